@@ -1,0 +1,14 @@
+//! The ingress's one configuration file (SPEC §10): TOML parsed with serde into typed
+//! settings with defaults, durations written `90s`/`30m`/`24h`/`7d`, and validation
+//! whose errors name the key at fault. Unknown keys are errors.
+
+mod duration;
+mod load;
+mod settings;
+
+pub use duration::{format_duration, parse_duration, ConfigDuration, DURATION_RULE};
+pub use load::ConfigError;
+pub use settings::{
+    AdminSettings, Config, EphemeralSettings, IdleSettings, ProxySettings, RuntimeSettings,
+    StoreSettings, SupersedeSettings, TokenSettings, WakeMode, WakeSettings,
+};

@@ -1,0 +1,317 @@
+//! Reading and validating the configuration file. Every error names the key that is
+//! wrong and what is allowed there.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::Path;
+
+use crate::settings::Config;
+
+/// A configuration that cannot be used, with the key at fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted path of the offending key (`proxy.listen`), or the file for I/O and
+    /// syntax errors.
+    pub key: String,
+    /// What is wrong and what is allowed.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn error(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates the file at `path`; `secret_env` tokens are read
+    /// from the process environment.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| error(path.display().to_string(), format!("cannot read: {e}")))?;
+        Config::parse(&text, |name| std::env::var(name).ok())
+            .map_err(|e| error(format!("{}: {}", path.display(), e.key), e.message))
+    }
+
+    /// Parses and validates TOML text. `env` looks up environment variables for
+    /// tokens given as `secret_env`; on success every token has its `secret` set.
+    pub fn parse(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let deserializer = toml::Deserializer::new(text);
+        let mut config: Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let path = e.path().to_string();
+            let key = if path == "." { "config".to_string() } else { path };
+            error(key, e.into_inner().message().trim().to_string())
+        })?;
+        config.validate(env)?;
+        Ok(config)
+    }
+
+    fn validate(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if self.proxy.threads == 0 || self.proxy.threads > 1024 {
+            return Err(error(
+                "proxy.threads",
+                format!("{} is out of range; allowed 1 to 1024", self.proxy.threads),
+            ));
+        }
+        if self.proxy.lease_cache_capacity == 0 {
+            return Err(error("proxy.lease_cache_capacity", "must be at least 1"));
+        }
+        for (key, value) in [
+            ("proxy.connect_timeout", self.proxy.connect_timeout),
+            ("proxy.read_timeout", self.proxy.read_timeout),
+            ("proxy.write_timeout", self.proxy.write_timeout),
+            ("proxy.lease_ttl", self.proxy.lease_ttl),
+            ("ephemeral.default_ttl", self.ephemeral.default_ttl),
+            ("ephemeral.max_ttl", self.ephemeral.max_ttl),
+            ("ephemeral.gc_interval", self.ephemeral.gc_interval),
+            ("idle.timeout", self.idle.timeout),
+            ("idle.check_interval", self.idle.check_interval),
+            ("wake.timeout", self.wake.timeout),
+        ] {
+            if value.0.is_zero() {
+                return Err(error(key, "must be longer than 0s"));
+            }
+        }
+        if self.ephemeral.default_ttl > self.ephemeral.max_ttl {
+            return Err(error(
+                "ephemeral.default_ttl",
+                format!(
+                    "{} is longer than ephemeral.max_ttl ({}); it must be at most max_ttl",
+                    self.ephemeral.default_ttl, self.ephemeral.max_ttl
+                ),
+            ));
+        }
+        if self.ephemeral.max_per_app == 0 {
+            return Err(error("ephemeral.max_per_app", "must be at least 1"));
+        }
+        if self.wake.max_waiters == 0 {
+            return Err(error("wake.max_waiters", "must be at least 1"));
+        }
+        let listeners = [
+            ("proxy.listen", self.proxy.listen),
+            ("admin.grpc_listen", self.admin.grpc_listen),
+            ("admin.http_listen", self.admin.http_listen),
+        ];
+        for (i, (key, addr)) in listeners.iter().enumerate() {
+            if let Some((other, _)) = listeners[..i].iter().find(|(_, a)| a == addr) {
+                return Err(error(
+                    *key,
+                    format!("{addr} is also {other}; each listener needs its own address"),
+                ));
+            }
+        }
+        self.resolve_tokens(env)
+    }
+
+    fn resolve_tokens(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        let mut names = HashSet::new();
+        for (i, token) in self.admin.tokens.iter_mut().enumerate() {
+            let key = format!("admin.tokens[{i}]");
+            if token.name.trim().is_empty() {
+                return Err(error(format!("{key}.name"), "must not be empty"));
+            }
+            if !names.insert(token.name.clone()) {
+                return Err(error(
+                    format!("{key}.name"),
+                    format!("{:?} is used by another token; names must be unique", token.name),
+                ));
+            }
+            let secret = match (&token.secret, &token.secret_env) {
+                (Some(secret), None) => secret.clone(),
+                (None, Some(var)) => env(var).ok_or_else(|| {
+                    error(
+                        format!("{key}.secret_env"),
+                        format!("environment variable {var} is not set"),
+                    )
+                })?,
+                _ => {
+                    return Err(error(
+                        key,
+                        "give exactly one of `secret` and `secret_env`",
+                    ))
+                }
+            };
+            if secret.len() < 16 {
+                return Err(error(
+                    format!("{key}.secret"),
+                    "is shorter than 16 characters; use a long random secret",
+                ));
+            }
+            token.secret = Some(secret);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::WakeMode;
+    use std::time::Duration;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, |name| {
+            (name == "ADMIN_SECRET").then(|| "0123456789abcdef-from-env".to_string())
+        })
+    }
+
+    fn error_of(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn an_empty_file_gives_the_spec_defaults() {
+        let config = parse("").unwrap();
+        assert_eq!(config, Config::default());
+        assert_eq!(config.proxy.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.proxy.threads, 2);
+        assert_eq!(config.admin.grpc_listen.to_string(), "127.0.0.1:9090");
+        assert_eq!(config.admin.http_listen.to_string(), "127.0.0.1:9091");
+        assert_eq!(config.ephemeral.default_ttl.0, Duration::from_secs(86_400));
+        assert_eq!(config.ephemeral.max_ttl.0, Duration::from_secs(30 * 86_400));
+        assert_eq!(config.ephemeral.max_per_app, 10);
+        assert_eq!(config.ephemeral.gc_interval.0, Duration::from_secs(300));
+        assert_eq!(config.idle.timeout.0, Duration::from_secs(3600));
+        assert_eq!(config.idle.check_interval.0, Duration::from_secs(60));
+        assert!(!config.idle.include_production);
+        assert_eq!(config.supersede.grace.0, Duration::from_secs(60));
+        assert_eq!(config.wake.timeout.0, Duration::from_secs(30));
+        assert_eq!(config.wake.max_waiters, 1024);
+        assert_eq!(config.wake.mode, WakeMode::Hold);
+        assert_eq!(config.wake.ignore_paths, ["/healthz"]);
+        assert_eq!(config.wake.ignore_user_agents, ["kube-probe", "Prometheus"]);
+        assert_eq!(config.runtime.stop_grace.0, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn the_full_spec_example_parses() {
+        let config = parse(
+            r#"
+[proxy]
+listen = "127.0.0.1:8080"
+threads = 2
+
+[admin]
+grpc_listen = "127.0.0.1:9090"
+http_listen = "127.0.0.1:9091"
+tokens = [{ name = "admin", secret = "a-long-enough-secret" }, { name = "ci", secret_env = "ADMIN_SECRET" }]
+
+[store]
+data_dir = "./data"
+
+[ephemeral]
+default_ttl = "24h"
+max_ttl = "30d"
+max_per_app = 10
+gc_interval = "5m"
+
+[idle]
+timeout = "1h"
+check_interval = "60s"
+include_production = false
+
+[supersede]
+grace = "60s"
+
+[wake]
+timeout = "30s"
+max_waiters = 1024
+mode = "page"
+ignore_paths = ["/healthz"]
+ignore_user_agents = ["kube-probe", "Prometheus"]
+
+[runtime]
+stop_grace = "10s"
+"#,
+        )
+        .unwrap();
+        assert_eq!(config.wake.mode, WakeMode::Page);
+        assert_eq!(config.admin.tokens.len(), 2);
+        assert_eq!(
+            config.admin.tokens[1].secret.as_deref(),
+            Some("0123456789abcdef-from-env")
+        );
+    }
+
+    #[test]
+    fn a_bad_socket_address_names_the_key() {
+        assert_eq!(
+            error_of("[proxy]\nlisten = \"x:y\""),
+            "proxy.listen: \"x:y\" is not a socket address; write IP:PORT, for example 127.0.0.1:8080 or [::1]:8080"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_sections_are_errors() {
+        let e = error_of("[proxy]\nlisten = \"127.0.0.1:1\"\nthreadz = 4");
+        assert!(e.starts_with("proxy.threadz: unknown field `threadz`"), "{e}");
+        assert!(e.contains("threads"), "lists the allowed keys: {e}");
+        let e = error_of("[proxies]\nthreads = 4");
+        assert!(e.starts_with("proxies: unknown field `proxies`"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key_and_the_rule() {
+        let e = error_of("[ephemeral]\nmax_ttl = \"30 days\"");
+        assert!(e.starts_with("ephemeral.max_ttl: \"30 days\" is not a duration"), "{e}");
+        let e = error_of("[wake]\nmode = \"sleep\"");
+        assert!(e.starts_with("wake.mode: unknown variant `sleep`"), "{e}");
+        assert!(e.contains("hold") && e.contains("page"), "{e}");
+        let e = error_of("[proxy]\nthreads = \"two\"");
+        assert!(e.starts_with("proxy.threads: invalid type"), "{e}");
+        let e = error_of("[proxy]\nthreads = 0");
+        assert_eq!(e, "proxy.threads: 0 is out of range; allowed 1 to 1024");
+        let e = error_of("[ephemeral]\ngc_interval = \"0s\"");
+        assert_eq!(e, "ephemeral.gc_interval: must be longer than 0s");
+        let e = error_of("[ephemeral]\ndefault_ttl = \"40d\"");
+        assert!(e.starts_with("ephemeral.default_ttl: 40d is longer than"), "{e}");
+        let e = error_of("[ephemeral]\nmax_per_app = 0");
+        assert_eq!(e, "ephemeral.max_per_app: must be at least 1");
+    }
+
+    #[test]
+    fn listeners_must_differ() {
+        let e = error_of("[admin]\ngrpc_listen = \"127.0.0.1:8080\"");
+        assert_eq!(
+            e,
+            "admin.grpc_listen: 127.0.0.1:8080 is also proxy.listen; each listener needs its own address"
+        );
+    }
+
+    #[test]
+    fn tokens_are_checked() {
+        let e = error_of("[admin]\ntokens = [{ name = \"a\", secret_env = \"NOPE\" }]");
+        assert_eq!(e, "admin.tokens[0].secret_env: environment variable NOPE is not set");
+        let e = error_of("[admin]\ntokens = [{ name = \"a\" }]");
+        assert_eq!(e, "admin.tokens[0]: give exactly one of `secret` and `secret_env`");
+        let e = error_of("[admin]\ntokens = [{ name = \"a\", secret = \"short\" }]");
+        assert!(e.starts_with("admin.tokens[0].secret: is shorter than 16"), "{e}");
+        let e = error_of(
+            "[admin]\ntokens = [{ name = \"a\", secret = \"0123456789abcdef\" }, { name = \"a\", secret = \"0123456789abcdef\" }]",
+        );
+        assert!(e.starts_with("admin.tokens[1].name: \"a\" is used"), "{e}");
+        let e = error_of("[admin]\ntokens = [{ name = \"a\", secret = \"0123456789abcdef\", role = \"x\" }]");
+        assert!(e.starts_with("admin.tokens[0].role: unknown field `role`"), "{e}");
+    }
+
+    #[test]
+    fn a_syntax_error_is_reported() {
+        let e = error_of("[proxy\nlisten=");
+        assert!(e.starts_with("config: "), "{e}");
+    }
+
+    #[test]
+    fn a_missing_file_names_the_file() {
+        let e = Config::load(Path::new("/nonexistent/ingress.toml")).unwrap_err();
+        assert!(e.to_string().starts_with("/nonexistent/ingress.toml: cannot read"), "{e}");
+    }
+}

@@ -1,0 +1,257 @@
+//! The typed settings of the configuration file (SPEC §10), with their defaults.
+//!
+//! Every section and every field may be left out; a missing one takes the default
+//! written next to it. Unknown keys are refused (`deny_unknown_fields`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::duration::ConfigDuration;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub proxy: ProxySettings,
+    pub admin: AdminSettings,
+    pub store: StoreSettings,
+    pub ephemeral: EphemeralSettings,
+    pub idle: IdleSettings,
+    pub supersede: SupersedeSettings,
+    pub wake: WakeSettings,
+    pub runtime: RuntimeSettings,
+}
+
+/// `[proxy]`: the public listener and how the proxy talks to upstreams.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProxySettings {
+    /// The public HTTP listener. Default `127.0.0.1:8080`.
+    #[serde(deserialize_with = "socket_addr")]
+    pub listen: SocketAddr,
+    /// Worker threads of the proxy service. Default 2.
+    pub threads: usize,
+    /// Let idle worker threads steal tasks from busy ones. Default true.
+    pub work_stealing: bool,
+    /// Time allowed to open a TCP connection to an upstream. Default `2s`.
+    pub connect_timeout: ConfigDuration,
+    /// Time allowed between two reads from an upstream (also the idle limit of a
+    /// WebSocket after its upgrade). Default `60s`.
+    pub read_timeout: ConfigDuration,
+    /// Time allowed for one write to an upstream. Default `60s`.
+    pub write_timeout: ConfigDuration,
+    /// How long an idle upstream keep-alive connection stays in the pool. Default `60s`.
+    pub upstream_idle_timeout: ConfigDuration,
+    /// Idle upstream connections kept for reuse, over all upstreams. Default 1024.
+    pub upstream_keepalive_pool_size: usize,
+    /// How long a lease (a version's ready addresses) is reused before it is asked
+    /// for again. Default `30s`.
+    pub lease_ttl: ConfigDuration,
+    /// Most leases kept in the lease cache. Default 100000.
+    pub lease_cache_capacity: u64,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            threads: 2,
+            work_stealing: true,
+            connect_timeout: secs(2),
+            read_timeout: secs(60),
+            write_timeout: secs(60),
+            upstream_idle_timeout: secs(60),
+            upstream_keepalive_pool_size: 1024,
+            lease_ttl: secs(30),
+            lease_cache_capacity: 100_000,
+        }
+    }
+}
+
+/// `[admin]`: the control API listeners and who may call them.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminSettings {
+    /// The gRPC control API. Default `127.0.0.1:9090`.
+    #[serde(deserialize_with = "socket_addr")]
+    pub grpc_listen: SocketAddr,
+    /// `/metrics`, `/healthz` and `/readyz`. Default `127.0.0.1:9091`.
+    #[serde(deserialize_with = "socket_addr")]
+    pub http_listen: SocketAddr,
+    /// Bearer tokens accepted by the control API. Default none.
+    pub tokens: Vec<TokenSettings>,
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        Self {
+            grpc_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 9091)),
+            tokens: Vec::new(),
+        }
+    }
+}
+
+/// One admin token: a name (recorded in the audit log) and its secret, written
+/// inline or read from an environment variable when the config is loaded.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TokenSettings {
+    pub name: String,
+    #[serde(default)]
+    pub secret: Option<String>,
+    #[serde(default)]
+    pub secret_env: Option<String>,
+}
+
+/// `[store]`: where the embedded store keeps its file.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreSettings {
+    /// Directory of the store file. Default `./data`.
+    pub data_dir: PathBuf,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./data"),
+        }
+    }
+}
+
+/// `[ephemeral]`: preview versions with a label and a TTL.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct EphemeralSettings {
+    /// TTL of a preview deployed without one. Default `24h`.
+    pub default_ttl: ConfigDuration,
+    /// Longest TTL a deploy may ask for. Default `30d`.
+    pub max_ttl: ConfigDuration,
+    /// Live labels per app; one more evicts the nearest to expiry. Default 10.
+    pub max_per_app: usize,
+    /// How often expired versions are deleted. Default `5m`.
+    pub gc_interval: ConfigDuration,
+    /// How long an expired label answers 410 Gone before it becomes a plain 404.
+    /// Default `24h`.
+    pub tombstone_ttl: ConfigDuration,
+}
+
+impl Default for EphemeralSettings {
+    fn default() -> Self {
+        Self {
+            default_ttl: secs(24 * 3600),
+            max_ttl: secs(30 * 86_400),
+            max_per_app: 10,
+            gc_interval: secs(300),
+            tombstone_ttl: secs(24 * 3600),
+        }
+    }
+}
+
+/// `[idle]`: stopping versions nobody uses.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct IdleSettings {
+    /// Inactivity after which a running preview is stopped. Default `1h`.
+    pub timeout: ConfigDuration,
+    /// How often idleness is checked. Default `60s`.
+    pub check_interval: ConfigDuration,
+    /// Also stop idle production versions. Default false.
+    pub include_production: bool,
+}
+
+impl Default for IdleSettings {
+    fn default() -> Self {
+        Self {
+            timeout: secs(3600),
+            check_interval: secs(60),
+            include_production: false,
+        }
+    }
+}
+
+/// `[supersede]`: stopping older previews of a branch.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SupersedeSettings {
+    /// Delay between a newer preview of a branch being ready and the older ones
+    /// stopping. Default `60s`.
+    pub grace: ConfigDuration,
+}
+
+impl Default for SupersedeSettings {
+    fn default() -> Self {
+        Self { grace: secs(60) }
+    }
+}
+
+/// How a browser's request for a stopped version is answered while it wakes.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum WakeMode {
+    /// Hold the request until the version is ready.
+    Hold,
+    /// Serve browser GETs a small self-refreshing "starting" page.
+    Page,
+}
+
+/// `[wake]`: waking stopped versions on request.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WakeSettings {
+    /// Longest a request is held while its version starts. Default `30s`.
+    pub timeout: ConfigDuration,
+    /// Requests held per version; past it, 503 at once. Default 1024.
+    pub max_waiters: usize,
+    /// `hold` or `page`. Default `hold`.
+    pub mode: WakeMode,
+    /// Request paths that never wake a version nor count as activity.
+    pub ignore_paths: Vec<String>,
+    /// User-agent substrings that never wake a version nor count as activity.
+    pub ignore_user_agents: Vec<String>,
+}
+
+impl Default for WakeSettings {
+    fn default() -> Self {
+        Self {
+            timeout: secs(30),
+            max_waiters: 1024,
+            mode: WakeMode::Hold,
+            ignore_paths: vec!["/healthz".to_string()],
+            ignore_user_agents: vec!["kube-probe".to_string(), "Prometheus".to_string()],
+        }
+    }
+}
+
+/// `[runtime]`: how instances are stopped.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeSettings {
+    /// Time between SIGTERM and SIGKILL when an instance is stopped. Default `10s`.
+    pub stop_grace: ConfigDuration,
+}
+
+impl Default for RuntimeSettings {
+    fn default() -> Self {
+        Self {
+            stop_grace: secs(10),
+        }
+    }
+}
+
+fn secs(seconds: u64) -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(seconds))
+}
+
+fn socket_addr<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    text.parse().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "{text:?} is not a socket address; write IP:PORT, for example 127.0.0.1:8080 or [::1]:8080"
+        ))
+    })
+}

@@ -1,0 +1,124 @@
+//! Per-version activity (SPEC §2.6, §3): last-seen time and in-flight requests,
+//! kept in atomics outside the snapshot so that they survive snapshot swaps and can
+//! be read by the control plane's idle loop.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+
+/// Activity counters of one version. Shared by every snapshot that routes to it.
+#[derive(Debug, Default)]
+pub struct VersionActivity {
+    last_seen_ms: AtomicU64,
+    in_flight: AtomicU64,
+}
+
+impl VersionActivity {
+    /// Records a request seen at `now_ms` (Unix milliseconds) and counts it as in
+    /// flight until the returned guard is dropped.
+    pub fn enter(self: &Arc<Self>, now_ms: u64) -> InFlightGuard {
+        self.last_seen_ms.fetch_max(now_ms, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlightGuard {
+            activity: Arc::clone(self),
+        }
+    }
+
+    /// Unix milliseconds of the latest request, or 0 if none was seen.
+    pub fn last_seen_ms(&self) -> u64 {
+        self.last_seen_ms.load(Ordering::Relaxed)
+    }
+
+    /// Requests (and open WebSockets) currently being served.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts one request as in flight for as long as it lives; dropping it ends the
+/// request, whichever way the request ended.
+#[derive(Debug)]
+pub struct InFlightGuard {
+    activity: Arc<VersionActivity>,
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.activity.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The activity counters of every version, by version id. Snapshot builds take their
+/// counters from here so that a version keeps the same counters across swaps.
+#[derive(Debug, Default)]
+pub struct ActivityRegistry {
+    by_version: DashMap<Arc<str>, Arc<VersionActivity>>,
+}
+
+impl ActivityRegistry {
+    /// The counters of `version_id`, created at zero on first use.
+    pub fn for_version(&self, version_id: &str) -> Arc<VersionActivity> {
+        if let Some(existing) = self.by_version.get(version_id) {
+            return Arc::clone(&existing);
+        }
+        Arc::clone(
+            &self
+                .by_version
+                .entry(Arc::from(version_id))
+                .or_default(),
+        )
+    }
+
+    /// The counters of `version_id` if any snapshot has routed to it.
+    pub fn get(&self, version_id: &str) -> Option<Arc<VersionActivity>> {
+        self.by_version.get(version_id).map(|entry| Arc::clone(&entry))
+    }
+
+    /// Forgets the versions for which `keep` is false (versions no longer in the
+    /// current snapshot). Requests still in flight keep their own `Arc`.
+    pub fn retain(&self, mut keep: impl FnMut(&str) -> bool) {
+        self.by_version.retain(|id, _| keep(id));
+    }
+
+    /// Number of versions tracked.
+    pub fn len(&self) -> usize {
+        self.by_version.len()
+    }
+
+    /// True when no version is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.by_version.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_flight_follows_guards_and_last_seen_only_moves_forward() {
+        let registry = ActivityRegistry::default();
+        let activity = registry.for_version("v1");
+        let first = activity.enter(1_000);
+        let second = activity.enter(900);
+        assert_eq!(activity.in_flight(), 2);
+        assert_eq!(activity.last_seen_ms(), 1_000);
+        drop(first);
+        assert_eq!(activity.in_flight(), 1);
+        drop(second);
+        assert_eq!(activity.in_flight(), 0);
+    }
+
+    #[test]
+    fn the_same_version_gets_the_same_counters() {
+        let registry = ActivityRegistry::default();
+        let a = registry.for_version("v1");
+        let b = registry.for_version("v1");
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(!Arc::ptr_eq(&a, &registry.for_version("v2")));
+        registry.retain(|id| id == "v2");
+        assert!(registry.get("v1").is_none());
+        assert_eq!(registry.len(), 1);
+    }
+}

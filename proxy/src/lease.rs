@@ -1,0 +1,225 @@
+//! The lease cache (SPEC §2.3): where a version's ready instances are, keyed by
+//! (app, label or none, version id) so that active and preview traffic never share
+//! an entry and a replaced version's entry is never reused.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::snapshot::Target;
+
+/// Identifies one lease: the app, the preview label (none for active traffic) and
+/// the version. Built once per snapshot entry, so a lookup only hashes it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LeaseKey {
+    pub app: Arc<str>,
+    pub label: Option<Arc<str>>,
+    pub version_id: Arc<str>,
+}
+
+/// The ready upstream addresses of one version, valid for one `state_epoch` of it.
+#[derive(Debug)]
+pub struct Lease {
+    addrs: Box<[SocketAddr]>,
+    state_epoch: u64,
+    next: AtomicUsize,
+}
+
+impl Lease {
+    /// A lease over `addrs` (at least one) for the version state `state_epoch`.
+    /// Returns `None` when `addrs` is empty: a lease always has somewhere to go.
+    pub fn new(addrs: Vec<SocketAddr>, state_epoch: u64) -> Option<Lease> {
+        if addrs.is_empty() {
+            return None;
+        }
+        Some(Lease {
+            addrs: addrs.into_boxed_slice(),
+            state_epoch,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    /// The next address in round-robin order.
+    pub fn pick(&self) -> SocketAddr {
+        let turn = self.next.fetch_add(1, Ordering::Relaxed);
+        self.addrs[turn % self.addrs.len()]
+    }
+
+    /// Every address of the lease.
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// The version state the lease was granted for.
+    pub fn state_epoch(&self) -> u64 {
+        self.state_epoch
+    }
+}
+
+/// A bounded, TTL-limited cache of leases. Reads take no lock and do not allocate.
+pub struct LeaseCache {
+    leases: moka::sync::Cache<LeaseKey, Arc<Lease>, ahash::RandomState>,
+}
+
+impl LeaseCache {
+    /// A cache of at most `capacity` leases, each reused for at most `ttl`.
+    pub fn new(capacity: u64, ttl: Duration) -> LeaseCache {
+        LeaseCache {
+            leases: moka::sync::Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(ttl)
+                .build_with_hasher(ahash::RandomState::new()),
+        }
+    }
+
+    /// The cached lease of `target`, if it was granted for the version's current
+    /// state; a lease from an earlier state (the version was stopped or restarted
+    /// since) is never returned.
+    pub fn get(&self, target: &Target) -> Option<Arc<Lease>> {
+        let lease = self.leases.get(&target.lease_key)?;
+        if lease.state_epoch == target.state_epoch {
+            Some(lease)
+        } else {
+            None
+        }
+    }
+
+    /// Stores the lease of `target`.
+    pub fn insert(&self, target: &Target, lease: Arc<Lease>) {
+        self.leases.insert(target.lease_key.clone(), lease);
+    }
+
+    /// Drops the lease of `key`, if any.
+    pub fn invalidate(&self, key: &LeaseKey) {
+        self.leases.invalidate(key);
+    }
+
+    /// Approximate number of cached leases.
+    pub fn len(&self) -> u64 {
+        self.leases.run_pending_tasks();
+        self.leases.entry_count()
+    }
+
+    /// True when no lease is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::{AppSpec, PreviewSpec, RouteSpec, SnapshotHandle, SnapshotInput, VersionRef};
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    fn version(id: &str, state_epoch: u64) -> VersionRef {
+        VersionRef {
+            id: id.to_string(),
+            state_epoch,
+        }
+    }
+
+    /// One app whose active version and whose preview `pr-1` are given.
+    fn snapshot(active: VersionRef, preview: VersionRef) -> SnapshotInput {
+        SnapshotInput {
+            apps: vec![AppSpec {
+                name: "shop".into(),
+                active: Some(active),
+                previews: vec![PreviewSpec {
+                    label: "pr-1".into(),
+                    version: preview,
+                    expires_at_ms: u64::MAX,
+                }],
+                expired_labels: vec![],
+            }],
+            routes: vec![RouteSpec::exact("shop.example.com", "shop")],
+        }
+    }
+
+    #[test]
+    fn round_robin_over_the_addresses() {
+        let lease = Lease::new(vec![addr(1), addr(2), addr(3)], 0).unwrap();
+        let picks: Vec<u16> = (0..6).map(|_| lease.pick().port()).collect();
+        assert_eq!(picks, [1, 2, 3, 1, 2, 3]);
+        assert!(Lease::new(vec![], 0).is_none());
+    }
+
+    #[test]
+    fn active_and_preview_traffic_never_share_an_entry() {
+        let handle = SnapshotHandle::new();
+        // Even with the same version id behind both, the label keeps them apart.
+        handle
+            .publish(&snapshot(version("v1", 0), version("v1", 0)))
+            .unwrap();
+        let snap = handle.load();
+        let app = snap.app("shop").unwrap();
+        let active = app.active().unwrap();
+        let preview = app.preview("pr-1").unwrap();
+        assert_ne!(active.lease_key, preview.lease_key);
+
+        let cache = LeaseCache::new(100, Duration::from_secs(60));
+        cache.insert(active, Arc::new(Lease::new(vec![addr(1)], 0).unwrap()));
+        assert!(cache.get(preview).is_none());
+        cache.insert(preview, Arc::new(Lease::new(vec![addr(2)], 0).unwrap()));
+        assert_eq!(cache.get(active).unwrap().pick(), addr(1));
+        assert_eq!(cache.get(preview).unwrap().pick(), addr(2));
+    }
+
+    #[test]
+    fn a_replaced_version_is_never_served_from_the_cache() {
+        let handle = SnapshotHandle::new();
+        handle
+            .publish(&snapshot(version("v1", 0), version("p1", 0)))
+            .unwrap();
+        let cache = LeaseCache::new(100, Duration::from_secs(60));
+        let old = handle.load();
+        let old_preview = old.app("shop").unwrap().preview("pr-1").unwrap();
+        cache.insert(old_preview, Arc::new(Lease::new(vec![addr(1)], 0).unwrap()));
+
+        // Same label, new version: a different key.
+        handle
+            .publish(&snapshot(version("v1", 0), version("p2", 0)))
+            .unwrap();
+        let new = handle.load();
+        let new_preview = new.app("shop").unwrap().preview("pr-1").unwrap();
+        assert!(cache.get(new_preview).is_none());
+    }
+
+    #[test]
+    fn a_stopped_or_restarted_version_is_never_served_from_the_cache() {
+        let handle = SnapshotHandle::new();
+        handle
+            .publish(&snapshot(version("v1", 3), version("p1", 0)))
+            .unwrap();
+        let cache = LeaseCache::new(100, Duration::from_secs(60));
+        let before = handle.load();
+        let active = before.app("shop").unwrap().active().unwrap();
+        cache.insert(active, Arc::new(Lease::new(vec![addr(1)], 3).unwrap()));
+        assert!(cache.get(active).is_some());
+
+        handle
+            .publish(&snapshot(version("v1", 4), version("p1", 0)))
+            .unwrap();
+        let after = handle.load();
+        assert!(cache.get(after.app("shop").unwrap().active().unwrap()).is_none());
+    }
+
+    #[test]
+    fn entries_expire_after_the_ttl() {
+        let handle = SnapshotHandle::new();
+        handle
+            .publish(&snapshot(version("v1", 0), version("p1", 0)))
+            .unwrap();
+        let snap = handle.load();
+        let active = snap.app("shop").unwrap().active().unwrap();
+        let cache = LeaseCache::new(100, Duration::from_millis(20));
+        cache.insert(active, Arc::new(Lease::new(vec![addr(1)], 0).unwrap()));
+        assert!(cache.get(active).is_some());
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(cache.get(active).is_none());
+    }
+}

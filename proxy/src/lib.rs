@@ -1,0 +1,28 @@
+//! The data plane of the ingress: resolves each request's host against a lock-free
+//! routing snapshot, takes a lease on the version's instances from a cache, and
+//! proxies with Pingora. It depends on no control-plane code: it reads snapshots
+//! that the control plane publishes and asks a [`LeaseSource`] for leases.
+
+pub mod activity;
+pub mod error_response;
+pub mod host;
+pub mod lease;
+pub mod lease_source;
+pub mod metrics;
+pub mod resolve;
+pub mod server;
+pub mod service;
+pub mod snapshot;
+pub mod time;
+
+pub use activity::{ActivityRegistry, InFlightGuard, VersionActivity};
+pub use lease::{Lease, LeaseCache, LeaseKey};
+pub use lease_source::{LeaseError, LeaseSource};
+pub use metrics::Metrics;
+pub use resolve::{resolve, Rejection, ResolutionKind, Resolved};
+pub use server::{ProxyServer, ServerOptions, ShutdownTrigger};
+pub use service::{IngressProxy, ProxyOptions};
+pub use snapshot::{
+    AppSpec, BuildError, ExpiredLabel, PreviewSpec, RouteHost, RouteSpec, Snapshot,
+    SnapshotHandle, SnapshotInput, Target, VersionRef,
+};

@@ -1,0 +1,121 @@
+//! Prometheus metrics of the data plane. Uses `prometheus` 0.14, the version
+//! `pingora-prometheus` 0.9 uses, in a registry of its own that the admin listener
+//! serves. Label lookups are done once at start: the hot path indexes arrays.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::resolve::ResolutionKind;
+
+/// Status classes; "none" is a request that ended before any response was written.
+const STATUS_CLASSES: [&str; 6] = ["none", "1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// The data plane's metrics.
+pub struct Metrics {
+    registry: Registry,
+    requests: Vec<[IntCounter; 6]>,
+    /// Seconds from choosing an upstream to its response header.
+    pub upstream_latency: Histogram,
+    /// Lease-cache hits.
+    pub lease_hits: IntCounter,
+    /// Lease-cache misses (a lease was asked of the lease source).
+    pub lease_misses: IntCounter,
+    /// Generation of the snapshot in use.
+    pub snapshot_generation: IntGauge,
+}
+
+impl Metrics {
+    /// Creates the metrics in a new registry.
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let requests_vec = IntCounterVec::new(
+            Opts::new(
+                "ingress_requests_total",
+                "Requests by how their host resolved and the class of their status.",
+            ),
+            &["kind", "status"],
+        )?;
+        registry.register(Box::new(requests_vec.clone()))?;
+        let requests = ResolutionKind::ALL
+            .iter()
+            .map(|kind| {
+                STATUS_CLASSES.map(|class| requests_vec.with_label_values(&[kind.as_str(), class]))
+            })
+            .collect();
+        let upstream_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "ingress_upstream_latency_seconds",
+                "Seconds from choosing an upstream to receiving its response header.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0,
+            ]),
+        )?;
+        registry.register(Box::new(upstream_latency.clone()))?;
+        let lease_hits = IntCounter::new("ingress_lease_cache_hits_total", "Lease-cache hits.")?;
+        registry.register(Box::new(lease_hits.clone()))?;
+        let lease_misses = IntCounter::new(
+            "ingress_lease_cache_misses_total",
+            "Lease-cache misses (a lease was asked of the runtime).",
+        )?;
+        registry.register(Box::new(lease_misses.clone()))?;
+        let snapshot_generation = IntGauge::new(
+            "ingress_snapshot_generation",
+            "Generation of the routing snapshot in use.",
+        )?;
+        registry.register(Box::new(snapshot_generation.clone()))?;
+        Ok(Metrics {
+            registry,
+            requests,
+            upstream_latency,
+            lease_hits,
+            lease_misses,
+            snapshot_generation,
+        })
+    }
+
+    /// Counts one finished request.
+    pub fn count_request(&self, kind: ResolutionKind, status: u16) {
+        let class = usize::from(status / 100).min(5);
+        self.requests[kind.index()][class].inc();
+    }
+
+    /// The registry, to register more metrics or to serve it.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Every metric in the Prometheus text format.
+    pub fn encode_text(&self) -> String {
+        let mut out = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed metric families.
+        if TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .is_err()
+        {
+            return String::new();
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_by_kind_and_status_class() {
+        let metrics = Metrics::new().unwrap();
+        metrics.count_request(ResolutionKind::Label, 200);
+        metrics.count_request(ResolutionKind::Label, 204);
+        metrics.count_request(ResolutionKind::Gone, 410);
+        metrics.count_request(ResolutionKind::NotFound, 0);
+        let text = metrics.encode_text();
+        assert!(text.contains("ingress_requests_total{kind=\"label\",status=\"2xx\"} 2"), "{text}");
+        assert!(text.contains("ingress_requests_total{kind=\"gone\",status=\"4xx\"} 1"), "{text}");
+        assert!(text.contains("ingress_requests_total{kind=\"not_found\",status=\"none\"} 1"), "{text}");
+    }
+}

@@ -1,0 +1,138 @@
+//! Running the proxy service on a Pingora `Server`. `Server::run` builds its own
+//! runtimes and blocks, so it runs on a thread of its own and is stopped through a
+//! [`ShutdownTrigger`] (or SIGTERM/SIGINT when asked to watch them).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use tokio::sync::watch;
+
+use crate::service::IngressProxy;
+
+/// How the Pingora server is set up.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// The public listener.
+    pub listen: SocketAddr,
+    /// Worker threads of the proxy service.
+    pub threads: usize,
+    /// Let idle workers steal tasks.
+    pub work_stealing: bool,
+    /// Idle upstream connections kept for reuse.
+    pub upstream_keepalive_pool_size: usize,
+}
+
+impl ServerOptions {
+    /// The options from the `[proxy]` settings.
+    pub fn from_config(config: &ingress_config::Config) -> ServerOptions {
+        ServerOptions {
+            listen: config.proxy.listen,
+            threads: config.proxy.threads,
+            work_stealing: config.proxy.work_stealing,
+            upstream_keepalive_pool_size: config.proxy.upstream_keepalive_pool_size,
+        }
+    }
+}
+
+/// Stops a running proxy server: in-flight requests get up to 5 s to finish.
+#[derive(Clone)]
+pub struct ShutdownTrigger(Arc<watch::Sender<bool>>);
+
+impl ShutdownTrigger {
+    /// Asks the server to stop. Idempotent.
+    pub fn trigger(&self) {
+        self.0.send_replace(true);
+    }
+}
+
+/// The watch the Pingora server waits on: the trigger, and optionally SIGTERM
+/// (graceful) and SIGINT (fast).
+struct ShutdownWatch {
+    trigger: watch::Receiver<bool>,
+    os_signals: bool,
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for ShutdownWatch {
+    async fn recv(&self) -> ShutdownSignal {
+        let mut trigger = self.trigger.clone();
+        let triggered = async move {
+            // An error means every trigger was dropped: treat it as a stop request.
+            let _ = trigger.wait_for(|stop| *stop).await;
+        };
+        if !self.os_signals {
+            triggered.await;
+            return ShutdownSignal::GracefulTerminate;
+        }
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            log::error!("cannot watch SIGTERM/SIGINT; stop the ingress through its trigger");
+            triggered.await;
+            return ShutdownSignal::GracefulTerminate;
+        };
+        tokio::select! {
+            _ = triggered => ShutdownSignal::GracefulTerminate,
+            _ = term.recv() => {
+                log::info!("SIGTERM received: stopping after in-flight requests");
+                ShutdownSignal::GracefulTerminate
+            }
+            _ = int.recv() => {
+                log::info!("SIGINT received: stopping");
+                ShutdownSignal::FastShutdown
+            }
+        }
+    }
+}
+
+/// A Pingora server with the proxy service on `options.listen`, ready to run.
+pub struct ProxyServer {
+    server: Server,
+    watch: ShutdownWatch,
+}
+
+impl ProxyServer {
+    /// Builds the server. With `os_signals`, SIGTERM and SIGINT also stop it.
+    pub fn new(options: &ServerOptions, proxy: IngressProxy, os_signals: bool) -> (ProxyServer, ShutdownTrigger) {
+        let conf = ServerConf {
+            threads: options.threads,
+            work_stealing: options.work_stealing,
+            upstream_keepalive_pool_size: options.upstream_keepalive_pool_size,
+            grace_period_seconds: Some(0),
+            graceful_shutdown_timeout_seconds: Some(5),
+            ..ServerConf::default()
+        };
+        let mut server = Server::new_with_opt_and_conf(None, conf);
+        server.bootstrap();
+        let mut service =
+            pingora_proxy::http_proxy_service_with_name(&server.configuration, proxy, "ingress proxy");
+        service.add_tcp(&options.listen.to_string());
+        server.add_service(service);
+        let (sender, receiver) = watch::channel(false);
+        let watch = ShutdownWatch {
+            trigger: receiver,
+            os_signals,
+        };
+        (ProxyServer { server, watch }, ShutdownTrigger(Arc::new(sender)))
+    }
+
+    /// Serves until the trigger fires (or a watched signal arrives). Blocks; never
+    /// call it from inside a tokio runtime.
+    pub fn run(self) {
+        self.server.run(RunArgs {
+            shutdown_signal: Box::new(self.watch),
+        });
+    }
+
+    /// Runs the server on a thread of its own.
+    pub fn spawn(self) -> std::io::Result<std::thread::JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name("ingress-proxy".into())
+            .spawn(move || self.run())
+    }
+}
