@@ -245,15 +245,39 @@ async fn websocket_echo_through_the_proxy() {
         apps: vec![app("chat", Some("v-ws"))],
         routes: vec![RouteSpec::exact("chat.example.com", "chat")],
     });
-    let mut request = format!("ws://{}/socket", proxy.addr)
-        .into_client_request()
-        .unwrap();
-    request
-        .headers_mut()
-        .insert("host", "chat.example.com".parse().unwrap());
-    let (mut socket, response) = tokio_tungstenite::connect_async(request).await.expect("upgrade");
-    assert_eq!(response.status(), 101);
-    assert_eq!(response.headers()["x-ingress-version"], "v-ws");
+    // Pingora 0.9.1 tears down an upgraded connection right after its 101 when the
+    // upstream answers before the proxy has consumed the upgrade request's empty body
+    // (cloudflare/pingora#946, fix not released). The symptom is a reset on the first
+    // frame; retry only that, a bounded number of times.
+    let mut attempts = 0;
+    let mut socket = loop {
+        attempts += 1;
+        let mut request = format!("ws://{}/socket", proxy.addr)
+            .into_client_request()
+            .unwrap();
+        request
+            .headers_mut()
+            .insert("host", "chat.example.com".parse().unwrap());
+        let (mut socket, response) =
+            tokio_tungstenite::connect_async(request).await.expect("upgrade");
+        assert_eq!(response.status(), 101);
+        assert_eq!(response.headers()["x-ingress-version"], "v-ws");
+        socket.send(Message::text("first")).await.unwrap();
+        let echoed = tokio::time::timeout(Duration::from_secs(5), socket.next())
+            .await
+            .expect("echo within 5 s")
+            .expect("a message");
+        match echoed {
+            Ok(message) => {
+                assert_eq!(message.into_text().unwrap().as_str(), "first");
+                break socket;
+            }
+            Err(tokio_tungstenite::tungstenite::Error::Protocol(
+                tokio_tungstenite::tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+            )) if attempts < 4 => continue,
+            Err(error) => panic!("attempt {attempts}: {error}"),
+        }
+    };
     for text in ["hello", "through", "pingora"] {
         socket.send(Message::text(text)).await.unwrap();
         let echoed = tokio::time::timeout(Duration::from_secs(5), socket.next())
@@ -322,8 +346,9 @@ async fn metrics_count_requests_and_lease_cache_use() {
     get(&client, &proxy, "pr-1.shop.example.com", None).await;
     get(&client, &proxy, "pr-9.shop.example.com", None).await;
     get(&client, &proxy, "old.shop.example.com", None).await;
-    let text = proxy.metrics.encode_text();
-    for line in [
+    // Requests are counted in Pingora's `logging` hook, just after the client has
+    // its answer: wait (bounded) for the counters to settle.
+    let expected = [
         "ingress_requests_total{kind=\"exact\",status=\"2xx\"} 3",
         "ingress_requests_total{kind=\"label\",status=\"2xx\"} 1",
         "ingress_requests_total{kind=\"not_found\",status=\"4xx\"} 1",
@@ -332,9 +357,17 @@ async fn metrics_count_requests_and_lease_cache_use() {
         "ingress_lease_cache_hits_total 2",
         "ingress_snapshot_generation 1",
         "ingress_upstream_latency_seconds_count 4",
-    ] {
-        assert!(text.contains(line), "missing {line:?} in:\n{text}");
+    ];
+    let mut text = String::new();
+    for _ in 0..500 {
+        text = proxy.metrics.encode_text();
+        if expected.iter().all(|line| text.contains(line)) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let missing: Vec<_> = expected.iter().filter(|line| !text.contains(*line)).collect();
+    panic!("missing {missing:?} in:\n{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,7 +3,7 @@
 //! an entry and a replaced version's entry is never reused.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,24 +18,30 @@ pub struct LeaseKey {
     pub version_id: Arc<str>,
 }
 
-/// The ready upstream addresses of one version, valid for one `state_epoch` of it.
+/// The ready upstream addresses of one version, valid for one `state_epoch` of it
+/// until `expires_at_ms` or until it is revoked.
 #[derive(Debug)]
 pub struct Lease {
     addrs: Box<[SocketAddr]>,
     state_epoch: u64,
+    expires_at_ms: u64,
+    revoked: AtomicBool,
     next: AtomicUsize,
 }
 
 impl Lease {
-    /// A lease over `addrs` (at least one) for the version state `state_epoch`.
-    /// Returns `None` when `addrs` is empty: a lease always has somewhere to go.
-    pub fn new(addrs: Vec<SocketAddr>, state_epoch: u64) -> Option<Lease> {
+    /// A lease over `addrs` for the version state `state_epoch`, valid until
+    /// `expires_at_ms` (Unix milliseconds). `None` when `addrs` is empty: a lease
+    /// always has somewhere to go.
+    pub fn new(addrs: Vec<SocketAddr>, state_epoch: u64, expires_at_ms: u64) -> Option<Lease> {
         if addrs.is_empty() {
             return None;
         }
         Some(Lease {
             addrs: addrs.into_boxed_slice(),
             state_epoch,
+            expires_at_ms,
+            revoked: AtomicBool::new(false),
             next: AtomicUsize::new(0),
         })
     }
@@ -55,44 +61,71 @@ impl Lease {
     pub fn state_epoch(&self) -> u64 {
         self.state_epoch
     }
+
+    /// True when the lease may still be used for `target` at `now_ms`.
+    fn is_valid_for(&self, target: &Target, now_ms: u64) -> bool {
+        self.state_epoch == target.state_epoch
+            && now_ms < self.expires_at_ms
+            && !self.revoked.load(Ordering::Relaxed)
+    }
 }
 
-/// A bounded, TTL-limited cache of leases. Reads take no lock and do not allocate.
+/// The lease cache: a bounded moka cache keyed by [`LeaseKey`], which outlives
+/// snapshot swaps, fronted by a memo slot in each snapshot [`Target`] that points
+/// at the target's current lease. A hit is one lock-free atomic load of the memo and
+/// no allocation; moka is consulted on the first request for a target after each
+/// snapshot swap. (Moka's own read bookkeeping costs as much as the rest of the
+/// request path; see benches/README.md.)
 pub struct LeaseCache {
     leases: moka::sync::Cache<LeaseKey, Arc<Lease>, ahash::RandomState>,
+    ttl_ms: u64,
 }
 
 impl LeaseCache {
-    /// A cache of at most `capacity` leases, each reused for at most `ttl`.
+    /// A cache of at most `capacity` leases, each used for at most `ttl`.
     pub fn new(capacity: u64, ttl: Duration) -> LeaseCache {
         LeaseCache {
             leases: moka::sync::Cache::builder()
                 .max_capacity(capacity)
                 .time_to_live(ttl)
                 .build_with_hasher(ahash::RandomState::new()),
+            ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
         }
     }
 
-    /// The cached lease of `target`, if it was granted for the version's current
-    /// state; a lease from an earlier state (the version was stopped or restarted
-    /// since) is never returned.
-    pub fn get(&self, target: &Target) -> Option<Arc<Lease>> {
+    /// The lease of `target` at `now_ms`, if one was granted for the version's
+    /// current state and has neither expired nor been revoked. A lease from an
+    /// earlier state (the version was stopped or restarted since) is never returned.
+    pub fn get(&self, target: &Target, now_ms: u64) -> Option<Arc<Lease>> {
+        if let Some(lease) = &*target.lease_memo.load() {
+            if lease.is_valid_for(target, now_ms) {
+                return Some(Arc::clone(lease));
+            }
+        }
         let lease = self.leases.get(&target.lease_key)?;
-        if lease.state_epoch == target.state_epoch {
-            Some(lease)
-        } else {
-            None
+        if !lease.is_valid_for(target, now_ms) {
+            return None;
         }
+        target.lease_memo.store(Some(Arc::clone(&lease)));
+        Some(lease)
     }
 
-    /// Stores the lease of `target`.
-    pub fn insert(&self, target: &Target, lease: Arc<Lease>) {
-        self.leases.insert(target.lease_key.clone(), lease);
+    /// Caches a lease over `addrs` for `target`, granted at `now_ms`, and returns
+    /// it; `None` (and nothing cached) when `addrs` is empty.
+    pub fn insert(&self, target: &Target, addrs: Vec<SocketAddr>, now_ms: u64) -> Option<Arc<Lease>> {
+        let expires_at_ms = now_ms.saturating_add(self.ttl_ms);
+        let lease = Arc::new(Lease::new(addrs, target.state_epoch, expires_at_ms)?);
+        self.leases.insert(target.lease_key.clone(), Arc::clone(&lease));
+        target.lease_memo.store(Some(Arc::clone(&lease)));
+        Some(lease)
     }
 
-    /// Drops the lease of `key`, if any.
+    /// Revokes the lease of `key`, if any: no request takes it again, whichever
+    /// snapshot it comes through.
     pub fn invalidate(&self, key: &LeaseKey) {
-        self.leases.invalidate(key);
+        if let Some(lease) = self.leases.remove(key) {
+            lease.revoked.store(true, Ordering::Relaxed);
+        }
     }
 
     /// Approximate number of cached leases.
@@ -111,6 +144,8 @@ impl LeaseCache {
 mod tests {
     use super::*;
     use crate::snapshot::{AppSpec, PreviewSpec, RouteSpec, SnapshotHandle, SnapshotInput, VersionRef};
+
+    const NOW: u64 = 1_000_000;
 
     fn addr(port: u16) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], port))
@@ -142,10 +177,10 @@ mod tests {
 
     #[test]
     fn round_robin_over_the_addresses() {
-        let lease = Lease::new(vec![addr(1), addr(2), addr(3)], 0).unwrap();
+        let lease = Lease::new(vec![addr(1), addr(2), addr(3)], 0, u64::MAX).unwrap();
         let picks: Vec<u16> = (0..6).map(|_| lease.pick().port()).collect();
         assert_eq!(picks, [1, 2, 3, 1, 2, 3]);
-        assert!(Lease::new(vec![], 0).is_none());
+        assert!(Lease::new(vec![], 0, u64::MAX).is_none());
     }
 
     #[test]
@@ -162,11 +197,11 @@ mod tests {
         assert_ne!(active.lease_key, preview.lease_key);
 
         let cache = LeaseCache::new(100, Duration::from_secs(60));
-        cache.insert(active, Arc::new(Lease::new(vec![addr(1)], 0).unwrap()));
-        assert!(cache.get(preview).is_none());
-        cache.insert(preview, Arc::new(Lease::new(vec![addr(2)], 0).unwrap()));
-        assert_eq!(cache.get(active).unwrap().pick(), addr(1));
-        assert_eq!(cache.get(preview).unwrap().pick(), addr(2));
+        cache.insert(active, vec![addr(1)], NOW);
+        assert!(cache.get(preview, NOW).is_none());
+        cache.insert(preview, vec![addr(2)], NOW);
+        assert_eq!(cache.get(active, NOW).unwrap().pick(), addr(1));
+        assert_eq!(cache.get(preview, NOW).unwrap().pick(), addr(2));
     }
 
     #[test]
@@ -178,7 +213,7 @@ mod tests {
         let cache = LeaseCache::new(100, Duration::from_secs(60));
         let old = handle.load();
         let old_preview = old.app("shop").unwrap().preview("pr-1").unwrap();
-        cache.insert(old_preview, Arc::new(Lease::new(vec![addr(1)], 0).unwrap()));
+        cache.insert(old_preview, vec![addr(1)], NOW);
 
         // Same label, new version: a different key.
         handle
@@ -186,7 +221,7 @@ mod tests {
             .unwrap();
         let new = handle.load();
         let new_preview = new.app("shop").unwrap().preview("pr-1").unwrap();
-        assert!(cache.get(new_preview).is_none());
+        assert!(cache.get(new_preview, NOW).is_none());
     }
 
     #[test]
@@ -198,14 +233,14 @@ mod tests {
         let cache = LeaseCache::new(100, Duration::from_secs(60));
         let before = handle.load();
         let active = before.app("shop").unwrap().active().unwrap();
-        cache.insert(active, Arc::new(Lease::new(vec![addr(1)], 3).unwrap()));
-        assert!(cache.get(active).is_some());
+        cache.insert(active, vec![addr(1)], NOW);
+        assert!(cache.get(active, NOW).is_some());
 
         handle
             .publish(&snapshot(version("v1", 4), version("p1", 0)))
             .unwrap();
         let after = handle.load();
-        assert!(cache.get(after.app("shop").unwrap().active().unwrap()).is_none());
+        assert!(cache.get(after.app("shop").unwrap().active().unwrap(), NOW).is_none());
     }
 
     #[test]
@@ -217,9 +252,28 @@ mod tests {
         let snap = handle.load();
         let active = snap.app("shop").unwrap().active().unwrap();
         let cache = LeaseCache::new(100, Duration::from_millis(20));
-        cache.insert(active, Arc::new(Lease::new(vec![addr(1)], 0).unwrap()));
-        assert!(cache.get(active).is_some());
-        std::thread::sleep(Duration::from_millis(40));
-        assert!(cache.get(active).is_none());
+        cache.insert(active, vec![addr(1)], NOW);
+        assert!(cache.get(active, NOW + 19).is_some());
+        assert!(cache.get(active, NOW + 20).is_none());
+    }
+
+    #[test]
+    fn a_lease_survives_a_snapshot_swap_and_revocation_reaches_every_snapshot() {
+        let handle = SnapshotHandle::new();
+        let input = snapshot(version("v1", 0), version("p1", 0));
+        handle.publish(&input).unwrap();
+        let cache = LeaseCache::new(100, Duration::from_secs(60));
+        let old = handle.load_full();
+        let old_active = old.app("shop").unwrap().active().unwrap();
+        cache.insert(old_active, vec![addr(1)], NOW);
+
+        handle.publish(&input).unwrap();
+        let new = handle.load_full();
+        let new_active = new.app("shop").unwrap().active().unwrap();
+        assert_eq!(cache.get(new_active, NOW).unwrap().pick(), addr(1));
+
+        cache.invalidate(&new_active.lease_key);
+        assert!(cache.get(new_active, NOW).is_none());
+        assert!(cache.get(old_active, NOW).is_none());
     }
 }

@@ -154,12 +154,14 @@ pub fn resolve<'s>(
     let mut buf: HostBuf = [0; MAX_HOST_LEN + 2];
     let host = normalise_host(raw_host, &mut buf).map_err(Rejection::InvalidHost)?;
 
-    if let Some(app) = snapshot.exact_route(host) {
-        return active(app, ResolutionKind::Exact);
+    let routes = snapshot.host_routes(host);
+    if let Some(app) = routes.and_then(|r| r.exact) {
+        return active(snapshot.app_at(app), ResolutionKind::Exact);
     }
     if let Some((first, rest)) = host.split_once('.') {
-        let wildcard = snapshot.wildcard_route(rest);
-        if let Some(app) = snapshot.exact_route(rest) {
+        let parent = snapshot.host_routes(rest).unwrap_or_default();
+        let wildcard = parent.wildcard.map(|i| snapshot.app_at(i));
+        if let Some(app) = parent.exact.map(|i| snapshot.app_at(i)) {
             let missing = match app.label(first) {
                 Some(LabelEntry::Live(target)) => match target.expires_at_ms {
                     Some(expiry) if now_ms >= expiry => Rejection::PreviewExpired {

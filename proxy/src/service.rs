@@ -90,8 +90,8 @@ impl IngressProxy {
     }
 
     /// The lease of `target`: from the cache, else from the lease source.
-    async fn lease_for(&self, target: &Target) -> std::result::Result<Arc<Lease>, LeaseError> {
-        if let Some(lease) = self.leases.get(target) {
+    async fn lease_for(&self, target: &Target, now_ms: u64) -> std::result::Result<Arc<Lease>, LeaseError> {
+        if let Some(lease) = self.leases.get(target, now_ms) {
             self.metrics.lease_hits.inc();
             return Ok(lease);
         }
@@ -110,15 +110,14 @@ impl IngressProxy {
                 })
             }
         };
-        let lease = Lease::new(addrs, target.state_epoch).ok_or_else(|| LeaseError::NotRunning {
-            reason: format!(
-                "version {} of app {} has no ready instance",
-                target.version_id, target.app
-            ),
-        })?;
-        let lease = Arc::new(lease);
-        self.leases.insert(target, Arc::clone(&lease));
-        Ok(lease)
+        self.leases
+            .insert(target, addrs, now_ms)
+            .ok_or_else(|| LeaseError::NotRunning {
+                reason: format!(
+                    "version {} of app {} has no ready instance",
+                    target.version_id, target.app
+                ),
+            })
     }
 }
 
@@ -203,7 +202,7 @@ impl ProxyHttp for IngressProxy {
             }
         };
         ctx.in_flight = Some(target.activity.enter(now_ms));
-        match self.lease_for(&target).await {
+        match self.lease_for(&target, now_ms).await {
             Ok(lease) => ctx.lease = Some(lease),
             Err(error) => {
                 let answer = ErrorAnswer {

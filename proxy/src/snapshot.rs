@@ -6,12 +6,12 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use arc_swap::{ArcSwap, Guard};
+use arc_swap::{ArcSwap, ArcSwapOption, Guard};
 use http::HeaderValue;
 
 use crate::activity::{ActivityRegistry, VersionActivity};
 use crate::host::{is_dns_label, normalise_host, HostBuf, MAX_HOST_LEN};
-use crate::lease::LeaseKey;
+use crate::lease::{Lease, LeaseKey};
 
 type FastMap<K, V> = HashMap<K, V, ahash::RandomState>;
 
@@ -152,6 +152,9 @@ pub struct Target {
     pub version_header: HeaderValue,
     /// Activity counters shared across snapshots.
     pub activity: Arc<VersionActivity>,
+    /// The lease this target last used: the lease cache's lock-free fast path.
+    /// The one mutable part of a snapshot, and only a cache.
+    pub(crate) lease_memo: ArcSwapOption<Lease>,
 }
 
 /// One app in a snapshot.
@@ -200,9 +203,19 @@ pub struct Snapshot {
     generation: u64,
     apps: Vec<AppEntry>,
     app_index: FastMap<Arc<str>, usize>,
-    exact: FastMap<Box<str>, usize>,
-    wildcard: FastMap<Box<str>, usize>,
+    /// Exact and wildcard routes in one map, so that a host and its parent each
+    /// cost one lookup: `hosts["example.com"].wildcard` is the app of `*.example.com`.
+    hosts: FastMap<Box<str>, HostRoutes>,
+    route_count: usize,
     default_app: Option<usize>,
+}
+
+/// The routes of one host name: the app routed at it exactly, and the app routed
+/// one label below it (`*.host`).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct HostRoutes {
+    pub(crate) exact: Option<usize>,
+    pub(crate) wildcard: Option<usize>,
 }
 
 impl Snapshot {
@@ -212,8 +225,8 @@ impl Snapshot {
             generation: 0,
             apps: Vec::new(),
             app_index: FastMap::default(),
-            exact: FastMap::default(),
-            wildcard: FastMap::default(),
+            hosts: FastMap::default(),
+            route_count: 0,
             default_app: None,
         }
     }
@@ -235,7 +248,7 @@ impl Snapshot {
 
     /// Number of routes (exact, wildcard and default).
     pub fn route_count(&self) -> usize {
-        self.exact.len() + self.wildcard.len() + usize::from(self.default_app.is_some())
+        self.route_count
     }
 
     /// The ids of every version this snapshot routes to (active or live preview).
@@ -251,12 +264,19 @@ impl Snapshot {
         ids
     }
 
-    pub(crate) fn exact_route(&self, host: &str) -> Option<&AppEntry> {
-        self.exact.get(host).map(|&i| &self.apps[i])
+    /// The routes of `host` (exact at it, wildcard below it).
+    pub(crate) fn host_routes(&self, host: &str) -> Option<HostRoutes> {
+        self.hosts.get(host).copied()
     }
 
-    pub(crate) fn wildcard_route(&self, suffix: &str) -> Option<&AppEntry> {
-        self.wildcard.get(suffix).map(|&i| &self.apps[i])
+    /// The app at index `i` of this snapshot.
+    pub(crate) fn app_at(&self, i: usize) -> &AppEntry {
+        &self.apps[i]
+    }
+
+    #[cfg(test)]
+    pub(crate) fn exact_route(&self, host: &str) -> Option<&AppEntry> {
+        self.host_routes(host)?.exact.map(|i| &self.apps[i])
     }
 
     pub(crate) fn default_route(&self) -> Option<&AppEntry> {
@@ -299,10 +319,11 @@ impl Snapshot {
                 route.host, route.app
             ))
         })?;
+        let apps = &self.apps;
         let taken = |other: usize| {
             BuildError(format!(
                 "route {} is claimed by both app {:?} and app {:?}",
-                route.host, self.apps[other].name, route.app
+                route.host, apps[other].name, route.app
             ))
         };
         match &route.host {
@@ -312,21 +333,20 @@ impl Snapshot {
                 }
                 self.default_app = Some(app);
             }
-            RouteHost::Exact(host) => {
-                let host = canonical_route_host(host, &route.host)?;
-                if let Some(&other) = self.exact.get(host.as_str()) {
+            RouteHost::Exact(name) | RouteHost::Wildcard(name) => {
+                let name = canonical_route_host(name, &route.host)?;
+                let routes = self.hosts.entry(name.into_boxed_str()).or_default();
+                let slot = match route.host {
+                    RouteHost::Exact(_) => &mut routes.exact,
+                    _ => &mut routes.wildcard,
+                };
+                if let Some(other) = *slot {
                     return Err(taken(other));
                 }
-                self.exact.insert(host.into_boxed_str(), app);
-            }
-            RouteHost::Wildcard(suffix) => {
-                let suffix = canonical_route_host(suffix, &route.host)?;
-                if let Some(&other) = self.wildcard.get(suffix.as_str()) {
-                    return Err(taken(other));
-                }
-                self.wildcard.insert(suffix.into_boxed_str(), app);
+                *slot = Some(app);
             }
         }
+        self.route_count += 1;
         Ok(())
     }
 }
@@ -417,6 +437,7 @@ fn target(
         expires_at_ms,
         state_epoch: version.state_epoch,
         version_header,
+        lease_memo: ArcSwapOption::empty(),
     }
 }
 
