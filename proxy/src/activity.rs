@@ -53,7 +53,7 @@ impl Drop for InFlightGuard {
 /// counters from here so that a version keeps the same counters across swaps.
 #[derive(Debug, Default)]
 pub struct ActivityRegistry {
-    by_version: DashMap<Arc<str>, Arc<VersionActivity>>,
+    by_version: DashMap<Arc<str>, Arc<VersionActivity>, ahash::RandomState>,
 }
 
 impl ActivityRegistry {

@@ -47,14 +47,15 @@ impl fmt::Display for HostError {
     }
 }
 
-/// A buffer that holds one normalised host; lives on the caller's stack so that
+/// A buffer that holds one lower-cased host; lives on the caller's stack so that
 /// normalisation does not allocate.
 pub type HostBuf = [u8; MAX_HOST_LEN + 2];
 
-/// Normalises a raw `Host` value into `buf` and returns it as a `&str`:
-/// lower-cased, without port, without one trailing dot. IPv6 literals keep their
-/// brackets (`[::1]`). Returns why the host is invalid otherwise.
-pub fn normalise_host<'b>(raw: &[u8], buf: &'b mut HostBuf) -> Result<&'b str, HostError> {
+/// Normalises a raw `Host` value: lower-cased, without port, without one trailing
+/// dot. IPv6 literals keep their brackets (`[::1]`). The result borrows `raw` when
+/// it was already lower-case (the common case) and is copied into `buf` otherwise.
+/// Returns why the host is invalid.
+pub fn normalise_host<'a>(raw: &'a [u8], buf: &'a mut HostBuf) -> Result<&'a str, HostError> {
     if raw.is_empty() {
         return Err(HostError::Missing);
     }
@@ -72,46 +73,54 @@ pub fn normalise_host<'b>(raw: &[u8], buf: &'b mut HostBuf) -> Result<&'b str, H
     if name.len() > MAX_HOST_LEN {
         return Err(HostError::TooLong);
     }
-    let mut label_len = 0usize;
-    let mut previous = b'.';
-    for (i, &byte) in name.iter().enumerate() {
-        let lower = byte.to_ascii_lowercase();
-        match lower {
-            b'a'..=b'z' | b'0'..=b'9' => label_len += 1,
-            b'-' => {
-                if previous == b'.' {
-                    return Err(HostError::BadHyphen);
-                }
-                label_len += 1;
-            }
-            b'.' => {
-                if label_len == 0 {
-                    return Err(HostError::BadLabelLength);
-                }
-                if previous == b'-' {
-                    return Err(HostError::BadHyphen);
-                }
-                label_len = 0;
-            }
-            _ => return Err(HostError::BadCharacter),
+    // Pass 1: every byte through a table that maps what a host may not contain to
+    // 0 and upper case to lower case. Pass 2: label lengths and hyphens.
+    let mut has_upper = false;
+    for &byte in name {
+        let lower = HOST_BYTES[usize::from(byte)];
+        if lower == 0 {
+            return Err(HostError::BadCharacter);
         }
-        if label_len > MAX_LABEL_LEN {
-            return Err(HostError::BadLabelLength);
+        has_upper |= lower != byte;
+    }
+    for label in name.split(|&b| b == b'.') {
+        match label {
+            [] => return Err(HostError::BadLabelLength),
+            [b'-', ..] | [.., b'-'] => return Err(HostError::BadHyphen),
+            _ if label.len() > MAX_LABEL_LEN => return Err(HostError::BadLabelLength),
+            _ => {}
         }
-        buf[i] = lower;
-        previous = lower;
     }
-    if label_len == 0 {
-        return Err(HostError::BadLabelLength);
-    }
-    if previous == b'-' {
-        return Err(HostError::BadHyphen);
-    }
-    // Every byte written is ASCII, checked above.
-    std::str::from_utf8(&buf[..name.len()]).map_err(|_| HostError::BadCharacter)
+    let host = if has_upper {
+        for (slot, &byte) in buf.iter_mut().zip(name) {
+            *slot = HOST_BYTES[usize::from(byte)];
+        }
+        &buf[..name.len()]
+    } else {
+        name
+    };
+    // Every byte is ASCII, checked by the table above.
+    std::str::from_utf8(host).map_err(|_| HostError::BadCharacter)
 }
 
-fn normalise_ipv6<'b>(raw: &[u8], buf: &'b mut HostBuf) -> Result<&'b str, HostError> {
+/// Host bytes lower-cased: letters, digits, `-` and `.` map to themselves (upper
+/// case to lower case); every other byte maps to 0.
+const HOST_BYTES: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut byte = 0usize;
+    while byte < 256 {
+        let b = byte as u8;
+        table[byte] = match b {
+            b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' => b,
+            b'A'..=b'Z' => b + 32,
+            _ => 0,
+        };
+        byte += 1;
+    }
+    table
+};
+
+fn normalise_ipv6<'a>(raw: &'a [u8], buf: &'a mut HostBuf) -> Result<&'a str, HostError> {
     let close = raw
         .iter()
         .position(|&b| b == b']')
@@ -122,13 +131,11 @@ fn normalise_ipv6<'b>(raw: &[u8], buf: &'b mut HostBuf) -> Result<&'b str, HostE
         _ => return Err(HostError::BadPort),
     }
     let literal = &raw[..=close];
-    if literal.len() > buf.len() {
-        return Err(HostError::BadIpv6);
-    }
     let inner = std::str::from_utf8(&literal[1..close]).map_err(|_| HostError::BadIpv6)?;
     inner
         .parse::<std::net::Ipv6Addr>()
         .map_err(|_| HostError::BadIpv6)?;
+    // A valid IPv6 literal is at most 47 bytes with its brackets: it fits.
     for (slot, byte) in buf.iter_mut().zip(literal) {
         *slot = byte.to_ascii_lowercase();
     }
