@@ -13,8 +13,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use ingress_proxy::{
-    resolve, AppSpec, LeaseCache, PreviewSpec, RouteSpec, SnapshotHandle, SnapshotInput,
-    VersionRef,
+    resolve, AppSpec, LeaseCache, PreviewSpec, RouteSpec, SnapshotHandle, SnapshotInput, VersionRef,
 };
 
 const LABELS_PER_APP: usize = 10;
@@ -77,7 +76,9 @@ fn resolve_and_lease_hit(c: &mut Criterion) {
         let addr = SocketAddr::from(([127, 0, 0, 1], 9));
         for host in &hosts {
             let snapshot = handle.load();
-            let target = resolve(&snapshot, host.as_bytes(), 1).expect("host resolves").target;
+            let target = resolve(&snapshot, host.as_bytes(), 1)
+                .expect("host resolves")
+                .target;
             cache.insert(target, vec![addr], 1);
         }
         let mut next = 0usize;

@@ -32,7 +32,10 @@ async fn get(
 
 fn upstream_of(body: &str) -> String {
     let value: serde_json::Value = serde_json::from_str(body).expect("upstream JSON");
-    value["upstream"].as_str().expect("upstream name").to_string()
+    value["upstream"]
+        .as_str()
+        .expect("upstream name")
+        .to_string()
 }
 
 /// shop (exact shop.example.com, preview pr-1, expired `old`, tombstone `gone`),
@@ -43,12 +46,16 @@ async fn routed_proxy() -> (TestProxy, Vec<Upstream>) {
     for name in ["shop", "pr-1", "blog", "fallback"] {
         upstreams.push(Upstream::start(name).await);
     }
-    for (version, upstream) in ["v-shop", "v-pr1", "v-blog", "v-fallback"].iter().zip(&upstreams) {
+    for (version, upstream) in ["v-shop", "v-pr1", "v-blog", "v-fallback"]
+        .iter()
+        .zip(&upstreams)
+    {
         proxy.runtime.set_upstreams(version, vec![upstream.addr]);
     }
     let now = now_unix_millis();
     let mut shop = app("shop", Some("v-shop"));
-    shop.previews.push(preview("pr-1", "v-pr1", now + 3_600_000));
+    shop.previews
+        .push(preview("pr-1", "v-pr1", now + 3_600_000));
     shop.previews.push(preview("old", "v-old", now - 1_000));
     shop.expired_labels.push(ExpiredLabel {
         label: "gone".into(),
@@ -105,12 +112,20 @@ async fn error_answers_name_what_is_wrong() {
     let (status, headers, body) = get(&client, &proxy, "pr-2.shop.example.com", None).await;
     assert_eq!(status, 404);
     assert_eq!(body, "no preview named pr-2 for app shop\n");
-    assert!(headers["content-type"].to_str().unwrap().starts_with("text/plain"));
+    assert!(headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
     assert!(headers.get("x-ingress-version").is_none());
 
     // The same as JSON for a client that accepts JSON.
-    let (status, headers, body) =
-        get(&client, &proxy, "pr-2.shop.example.com", Some("application/json")).await;
+    let (status, headers, body) = get(
+        &client,
+        &proxy,
+        "pr-2.shop.example.com",
+        Some("application/json"),
+    )
+    .await;
     assert_eq!(status, 404);
     assert_eq!(headers["content-type"], "application/json");
     let json: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -120,10 +135,16 @@ async fn error_answers_name_what_is_wrong() {
     // Expired but not yet collected, and tombstoned: 410 with the expiry time.
     let (status, _, body) = get(&client, &proxy, "old.shop.example.com", None).await;
     assert_eq!(status, 410);
-    assert!(body.starts_with("preview old of app shop expired at 20"), "{body}");
+    assert!(
+        body.starts_with("preview old of app shop expired at 20"),
+        "{body}"
+    );
     let (status, _, body) = get(&client, &proxy, "gone.shop.example.com", None).await;
     assert_eq!(status, 410);
-    assert!(body.starts_with("preview gone of app shop expired at"), "{body}");
+    assert!(
+        body.starts_with("preview gone of app shop expired at"),
+        "{body}"
+    );
 
     // An app without an active version.
     let (status, _, body) = get(&client, &proxy, "nover.example.com", None).await;
@@ -134,13 +155,20 @@ async fn error_answers_name_what_is_wrong() {
     for host in ["bad host", "a..b", "x.com:http"] {
         let response = raw_request(proxy.addr, &format!("GET / HTTP/1.1\r\nHost: {host}")).await;
         assert_eq!(response.status, 400, "{host}");
-        assert!(response.body.starts_with("invalid Host header: "), "{}", response.body);
+        assert!(
+            response.body.starts_with("invalid Host header: "),
+            "{}",
+            response.body
+        );
     }
     let long = "a".repeat(63);
     let host254 = format!("{long}.{long}.{long}.{long}")[..254].to_string();
     let response = raw_request(proxy.addr, &format!("GET / HTTP/1.1\r\nHost: {host254}")).await;
     assert_eq!(response.status, 400);
-    assert_eq!(response.body, "invalid Host header: the host is longer than 253 characters\n");
+    assert_eq!(
+        response.body,
+        "invalid Host header: the host is longer than 253 characters\n"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -166,7 +194,10 @@ async fn forwarded_headers_reach_the_upstream() {
     let body: serde_json::Value = response.json().await.unwrap();
     let headers = &body["headers"];
     assert_eq!(headers["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
-    assert_eq!(headers["x-forwarded-proto"], "http", "the client cannot claim https");
+    assert_eq!(
+        headers["x-forwarded-proto"], "http",
+        "the client cannot claim https"
+    );
     assert_eq!(headers["x-forwarded-host"], "shop.example.com");
     assert_eq!(headers["host"], "shop.example.com");
     assert_eq!(body["path"], "/hello");
@@ -209,7 +240,9 @@ async fn round_robin_and_a_dead_address_is_skipped() {
     let a = Upstream::start("a").await;
     let b = Upstream::start("b").await;
     proxy.runtime.set_upstreams("v-rr", vec![a.addr, b.addr]);
-    proxy.runtime.set_upstreams("v-half", vec![closed_addr(), a.addr]);
+    proxy
+        .runtime
+        .set_upstreams("v-half", vec![closed_addr(), a.addr]);
     proxy.publish(&SnapshotInput {
         apps: vec![app("rr", Some("v-rr")), app("half", Some("v-half"))],
         routes: vec![
@@ -258,8 +291,9 @@ async fn websocket_echo_through_the_proxy() {
         request
             .headers_mut()
             .insert("host", "chat.example.com".parse().unwrap());
-        let (mut socket, response) =
-            tokio_tungstenite::connect_async(request).await.expect("upgrade");
+        let (mut socket, response) = tokio_tungstenite::connect_async(request)
+            .await
+            .expect("upgrade");
         assert_eq!(response.status(), 101);
         assert_eq!(response.headers()["x-ingress-version"], "v-ws");
         socket.send(Message::text("first")).await.unwrap();
@@ -321,7 +355,10 @@ async fn activity_is_recorded_per_version() {
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    assert!(saw_in_flight, "the slow request was never counted in flight");
+    assert!(
+        saw_in_flight,
+        "the slow request was never counted in flight"
+    );
     assert_eq!(slow.await.unwrap(), 200);
     assert!(activity.last_seen_ms() >= before);
     // The in-flight count drops when the request is logged, just after the answer.
@@ -333,7 +370,15 @@ async fn activity_is_recorded_per_version() {
     }
     assert_eq!(activity.in_flight(), 0);
     // Requests to the preview count on the preview only.
-    assert_eq!(proxy.snapshots.activity().get("v-pr1").unwrap().last_seen_ms(), 0);
+    assert_eq!(
+        proxy
+            .snapshots
+            .activity()
+            .get("v-pr1")
+            .unwrap()
+            .last_seen_ms(),
+        0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -366,7 +411,10 @@ async fn metrics_count_requests_and_lease_cache_use() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let missing: Vec<_> = expected.iter().filter(|line| !text.contains(*line)).collect();
+    let missing: Vec<_> = expected
+        .iter()
+        .filter(|line| !text.contains(*line))
+        .collect();
     panic!("missing {missing:?} in:\n{text}");
 }
 
@@ -420,7 +468,11 @@ async fn snapshot_swaps_under_load_fail_no_request() {
     }
     let mut generation = 1;
     while workers.iter().any(|w| !w.is_finished()) && generation < 2_000 {
-        let active = if generation % 2 == 0 { "v-blue" } else { "v-green" };
+        let active = if generation % 2 == 0 {
+            "v-blue"
+        } else {
+            "v-green"
+        };
         generation = proxy.publish(&input(active));
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
@@ -429,7 +481,13 @@ async fn snapshot_swaps_under_load_fail_no_request() {
     }
     assert_eq!(failures.load(Ordering::Relaxed), 0);
     assert_eq!(served.load(Ordering::Relaxed), 8 * 150);
-    assert!(generation > 10, "only {generation} snapshots were published");
+    assert!(
+        generation > 10,
+        "only {generation} snapshots were published"
+    );
     let seen = seen.lock().unwrap();
-    assert!(seen.contains("v-blue") && seen.contains("v-green"), "{seen:?}");
+    assert!(
+        seen.contains("v-blue") && seen.contains("v-green"),
+        "{seen:?}"
+    );
 }

@@ -48,7 +48,11 @@ impl Config {
         let deserializer = toml::Deserializer::new(text);
         let mut config: Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
             let path = e.path().to_string();
-            let key = if path == "." { "config".to_string() } else { path };
+            let key = if path == "." {
+                "config".to_string()
+            } else {
+                path
+            };
             error(key, e.into_inner().message().trim().to_string())
         })?;
         config.validate(env)?;
@@ -122,7 +126,10 @@ impl Config {
             if !names.insert(token.name.clone()) {
                 return Err(error(
                     format!("{key}.name"),
-                    format!("{:?} is used by another token; names must be unique", token.name),
+                    format!(
+                        "{:?} is used by another token; names must be unique",
+                        token.name
+                    ),
                 ));
             }
             let secret = match (&token.secret, &token.secret_env) {
@@ -133,12 +140,7 @@ impl Config {
                         format!("environment variable {var} is not set"),
                     )
                 })?,
-                _ => {
-                    return Err(error(
-                        key,
-                        "give exactly one of `secret` and `secret_env`",
-                    ))
-                }
+                _ => return Err(error(key, "give exactly one of `secret` and `secret_env`")),
             };
             if secret.len() < 16 {
                 return Err(error(
@@ -253,7 +255,10 @@ stop_grace = "10s"
     #[test]
     fn unknown_keys_and_sections_are_errors() {
         let e = error_of("[proxy]\nlisten = \"127.0.0.1:1\"\nthreadz = 4");
-        assert!(e.starts_with("proxy.threadz: unknown field `threadz`"), "{e}");
+        assert!(
+            e.starts_with("proxy.threadz: unknown field `threadz`"),
+            "{e}"
+        );
         assert!(e.contains("threads"), "lists the allowed keys: {e}");
         let e = error_of("[proxies]\nthreads = 4");
         assert!(e.starts_with("proxies: unknown field `proxies`"), "{e}");
@@ -262,7 +267,10 @@ stop_grace = "10s"
     #[test]
     fn bad_values_name_the_key_and_the_rule() {
         let e = error_of("[ephemeral]\nmax_ttl = \"30 days\"");
-        assert!(e.starts_with("ephemeral.max_ttl: \"30 days\" is not a duration"), "{e}");
+        assert!(
+            e.starts_with("ephemeral.max_ttl: \"30 days\" is not a duration"),
+            "{e}"
+        );
         let e = error_of("[wake]\nmode = \"sleep\"");
         assert!(e.starts_with("wake.mode: unknown variant `sleep`"), "{e}");
         assert!(e.contains("hold") && e.contains("page"), "{e}");
@@ -273,7 +281,10 @@ stop_grace = "10s"
         let e = error_of("[ephemeral]\ngc_interval = \"0s\"");
         assert_eq!(e, "ephemeral.gc_interval: must be longer than 0s");
         let e = error_of("[ephemeral]\ndefault_ttl = \"40d\"");
-        assert!(e.starts_with("ephemeral.default_ttl: 40d is longer than"), "{e}");
+        assert!(
+            e.starts_with("ephemeral.default_ttl: 40d is longer than"),
+            "{e}"
+        );
         let e = error_of("[ephemeral]\nmax_per_app = 0");
         assert_eq!(e, "ephemeral.max_per_app: must be at least 1");
     }
@@ -290,17 +301,31 @@ stop_grace = "10s"
     #[test]
     fn tokens_are_checked() {
         let e = error_of("[admin]\ntokens = [{ name = \"a\", secret_env = \"NOPE\" }]");
-        assert_eq!(e, "admin.tokens[0].secret_env: environment variable NOPE is not set");
+        assert_eq!(
+            e,
+            "admin.tokens[0].secret_env: environment variable NOPE is not set"
+        );
         let e = error_of("[admin]\ntokens = [{ name = \"a\" }]");
-        assert_eq!(e, "admin.tokens[0]: give exactly one of `secret` and `secret_env`");
+        assert_eq!(
+            e,
+            "admin.tokens[0]: give exactly one of `secret` and `secret_env`"
+        );
         let e = error_of("[admin]\ntokens = [{ name = \"a\", secret = \"short\" }]");
-        assert!(e.starts_with("admin.tokens[0].secret: is shorter than 16"), "{e}");
+        assert!(
+            e.starts_with("admin.tokens[0].secret: is shorter than 16"),
+            "{e}"
+        );
         let e = error_of(
             "[admin]\ntokens = [{ name = \"a\", secret = \"0123456789abcdef\" }, { name = \"a\", secret = \"0123456789abcdef\" }]",
         );
         assert!(e.starts_with("admin.tokens[1].name: \"a\" is used"), "{e}");
-        let e = error_of("[admin]\ntokens = [{ name = \"a\", secret = \"0123456789abcdef\", role = \"x\" }]");
-        assert!(e.starts_with("admin.tokens[0].role: unknown field `role`"), "{e}");
+        let e = error_of(
+            "[admin]\ntokens = [{ name = \"a\", secret = \"0123456789abcdef\", role = \"x\" }]",
+        );
+        assert!(
+            e.starts_with("admin.tokens[0].role: unknown field `role`"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -312,6 +337,10 @@ stop_grace = "10s"
     #[test]
     fn a_missing_file_names_the_file() {
         let e = Config::load(Path::new("/nonexistent/ingress.toml")).unwrap_err();
-        assert!(e.to_string().starts_with("/nonexistent/ingress.toml: cannot read"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("/nonexistent/ingress.toml: cannot read"),
+            "{e}"
+        );
     }
 }

@@ -22,7 +22,8 @@ impl StaticRuntime {
 
     /// Sets the addresses of `version_id`, replacing earlier ones.
     pub fn set_upstreams(&self, version_id: &str, addrs: Vec<SocketAddr>) {
-        self.upstreams.insert(Arc::from(version_id), Arc::from(addrs));
+        self.upstreams
+            .insert(Arc::from(version_id), Arc::from(addrs));
     }
 
     /// Forgets `version_id`; later lease requests for it fail.
@@ -58,7 +59,10 @@ mod tests {
             .publish(&SnapshotInput {
                 apps: vec![AppSpec {
                     name: "shop".into(),
-                    active: Some(VersionRef { id: "v1".into(), state_epoch: 0 }),
+                    active: Some(VersionRef {
+                        id: "v1".into(),
+                        state_epoch: 0,
+                    }),
                     previews: vec![],
                     expired_labels: vec![],
                 }],

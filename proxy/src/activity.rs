@@ -62,17 +62,14 @@ impl ActivityRegistry {
         if let Some(existing) = self.by_version.get(version_id) {
             return Arc::clone(&existing);
         }
-        Arc::clone(
-            &self
-                .by_version
-                .entry(Arc::from(version_id))
-                .or_default(),
-        )
+        Arc::clone(&self.by_version.entry(Arc::from(version_id)).or_default())
     }
 
     /// The counters of `version_id` if any snapshot has routed to it.
     pub fn get(&self, version_id: &str) -> Option<Arc<VersionActivity>> {
-        self.by_version.get(version_id).map(|entry| Arc::clone(&entry))
+        self.by_version
+            .get(version_id)
+            .map(|entry| Arc::clone(&entry))
     }
 
     /// Forgets the versions for which `keep` is false (versions no longer in the

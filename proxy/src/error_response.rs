@@ -27,7 +27,10 @@ impl ErrorAnswer {
             });
             ("application/json", Bytes::from(body.to_string()))
         } else {
-            ("text/plain; charset=utf-8", Bytes::from(format!("{}\n", self.message)))
+            (
+                "text/plain; charset=utf-8",
+                Bytes::from(format!("{}\n", self.message)),
+            )
         }
     }
 }
@@ -39,7 +42,9 @@ mod tests {
     #[test]
     fn json_only_when_asked_for() {
         assert!(accepts_json(Some(b"application/json")));
-        assert!(accepts_json(Some(b"text/html, application/problem+JSON;q=0.9")));
+        assert!(accepts_json(Some(
+            b"text/html, application/problem+JSON;q=0.9"
+        )));
         assert!(!accepts_json(Some(b"text/html")));
         assert!(!accepts_json(None));
     }

@@ -228,8 +228,14 @@ mod tests {
     fn label_length_limits() {
         let label63 = "a".repeat(63);
         let label64 = "a".repeat(64);
-        assert_eq!(norm(&format!("{label63}.com")), Ok(format!("{label63}.com")));
-        assert_eq!(norm(&format!("{label64}.com")), Err(HostError::BadLabelLength));
+        assert_eq!(
+            norm(&format!("{label63}.com")),
+            Ok(format!("{label63}.com"))
+        );
+        assert_eq!(
+            norm(&format!("{label64}.com")),
+            Err(HostError::BadLabelLength)
+        );
     }
 
     #[test]

@@ -112,10 +112,16 @@ impl LeaseCache {
 
     /// Caches a lease over `addrs` for `target`, granted at `now_ms`, and returns
     /// it; `None` (and nothing cached) when `addrs` is empty.
-    pub fn insert(&self, target: &Target, addrs: Vec<SocketAddr>, now_ms: u64) -> Option<Arc<Lease>> {
+    pub fn insert(
+        &self,
+        target: &Target,
+        addrs: Vec<SocketAddr>,
+        now_ms: u64,
+    ) -> Option<Arc<Lease>> {
         let expires_at_ms = now_ms.saturating_add(self.ttl_ms);
         let lease = Arc::new(Lease::new(addrs, target.state_epoch, expires_at_ms)?);
-        self.leases.insert(target.lease_key.clone(), Arc::clone(&lease));
+        self.leases
+            .insert(target.lease_key.clone(), Arc::clone(&lease));
         target.lease_memo.store(Some(Arc::clone(&lease)));
         Some(lease)
     }
@@ -143,7 +149,9 @@ impl LeaseCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::{AppSpec, PreviewSpec, RouteSpec, SnapshotHandle, SnapshotInput, VersionRef};
+    use crate::snapshot::{
+        AppSpec, PreviewSpec, RouteSpec, SnapshotHandle, SnapshotInput, VersionRef,
+    };
 
     const NOW: u64 = 1_000_000;
 
@@ -240,7 +248,9 @@ mod tests {
             .publish(&snapshot(version("v1", 4), version("p1", 0)))
             .unwrap();
         let after = handle.load();
-        assert!(cache.get(after.app("shop").unwrap().active().unwrap(), NOW).is_none());
+        assert!(cache
+            .get(after.app("shop").unwrap().active().unwrap(), NOW)
+            .is_none());
     }
 
     #[test]

@@ -40,7 +40,9 @@ impl LeaseError {
 impl fmt::Display for LeaseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            LeaseError::NotRunning { reason } | LeaseError::Failed { reason } => f.write_str(reason),
+            LeaseError::NotRunning { reason } | LeaseError::Failed { reason } => {
+                f.write_str(reason)
+            }
         }
     }
 }

@@ -114,8 +114,17 @@ mod tests {
         metrics.count_request(ResolutionKind::Gone, 410);
         metrics.count_request(ResolutionKind::NotFound, 0);
         let text = metrics.encode_text();
-        assert!(text.contains("ingress_requests_total{kind=\"label\",status=\"2xx\"} 2"), "{text}");
-        assert!(text.contains("ingress_requests_total{kind=\"gone\",status=\"4xx\"} 1"), "{text}");
-        assert!(text.contains("ingress_requests_total{kind=\"not_found\",status=\"none\"} 1"), "{text}");
+        assert!(
+            text.contains("ingress_requests_total{kind=\"label\",status=\"2xx\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ingress_requests_total{kind=\"gone\",status=\"4xx\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ingress_requests_total{kind=\"not_found\",status=\"none\"} 1"),
+            "{text}"
+        );
     }
 }

@@ -217,7 +217,9 @@ fn active(app: &AppEntry, kind: ResolutionKind) -> Result<Resolved<'_>, Rejectio
 mod tests {
     use super::*;
     use crate::activity::ActivityRegistry;
-    use crate::snapshot::{AppSpec, ExpiredLabel, PreviewSpec, RouteSpec, SnapshotInput, VersionRef};
+    use crate::snapshot::{
+        AppSpec, ExpiredLabel, PreviewSpec, RouteSpec, SnapshotInput, VersionRef,
+    };
 
     const NOW: u64 = 1_700_000_000_000;
 
@@ -305,7 +307,10 @@ mod tests {
     #[test]
     fn exact_route_goes_to_the_active_version() {
         let s = snapshot();
-        assert_eq!(resolve_str(&s, "shop.example.com"), ok(ResolutionKind::Exact, "v-shop"));
+        assert_eq!(
+            resolve_str(&s, "shop.example.com"),
+            ok(ResolutionKind::Exact, "v-shop")
+        );
         assert_eq!(
             resolve_str(&s, "SHOP.Example.com.:8080"),
             ok(ResolutionKind::Exact, "v-shop")
@@ -360,7 +365,9 @@ mod tests {
             }
         );
         assert_eq!(rejection.status(), 410);
-        assert!(rejection.to_string().contains("expired at 2023-11-14T22:13:19Z"));
+        assert!(rejection
+            .to_string()
+            .contains("expired at 2023-11-14T22:13:19Z"));
     }
 
     #[test]
@@ -371,7 +378,9 @@ mod tests {
             Ok(ResolutionKind::Label)
         );
         assert_eq!(
-            resolve_str(&s, "soon.shop.example.com").unwrap_err().status(),
+            resolve_str(&s, "soon.shop.example.com")
+                .unwrap_err()
+                .status(),
             410
         );
     }
@@ -415,7 +424,10 @@ mod tests {
             resolve_str(&s, "a.blog.example.com"),
             ok(ResolutionKind::Wildcard, "v-blog")
         );
-        assert_eq!(resolve_str(&s, "x.example.org"), ok(ResolutionKind::Wildcard, "v-blog"));
+        assert_eq!(
+            resolve_str(&s, "x.example.org"),
+            ok(ResolutionKind::Wildcard, "v-blog")
+        );
         // Two labels deep and the bare suffix are not matched by the wildcard.
         assert_eq!(
             resolve_str(&s, "a.b.blog.example.com"),
@@ -434,8 +446,14 @@ mod tests {
             resolve_str(&s, "unknown.example.net"),
             ok(ResolutionKind::Default, "v-fallback")
         );
-        assert_eq!(resolve_str(&s, "localhost"), ok(ResolutionKind::Default, "v-fallback"));
-        assert_eq!(resolve_str(&s, "[::1]:8080"), ok(ResolutionKind::Default, "v-fallback"));
+        assert_eq!(
+            resolve_str(&s, "localhost"),
+            ok(ResolutionKind::Default, "v-fallback")
+        );
+        assert_eq!(
+            resolve_str(&s, "[::1]:8080"),
+            ok(ResolutionKind::Default, "v-fallback")
+        );
     }
 
     #[test]

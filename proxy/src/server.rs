@@ -98,7 +98,11 @@ pub struct ProxyServer {
 
 impl ProxyServer {
     /// Builds the server. With `os_signals`, SIGTERM and SIGINT also stop it.
-    pub fn new(options: &ServerOptions, proxy: IngressProxy, os_signals: bool) -> (ProxyServer, ShutdownTrigger) {
+    pub fn new(
+        options: &ServerOptions,
+        proxy: IngressProxy,
+        os_signals: bool,
+    ) -> (ProxyServer, ShutdownTrigger) {
         let conf = ServerConf {
             threads: options.threads,
             work_stealing: options.work_stealing,
@@ -109,8 +113,11 @@ impl ProxyServer {
         };
         let mut server = Server::new_with_opt_and_conf(None, conf);
         server.bootstrap();
-        let mut service =
-            pingora_proxy::http_proxy_service_with_name(&server.configuration, proxy, "ingress proxy");
+        let mut service = pingora_proxy::http_proxy_service_with_name(
+            &server.configuration,
+            proxy,
+            "ingress proxy",
+        );
         service.add_tcp(&options.listen.to_string());
         server.add_service(service);
         let (sender, receiver) = watch::channel(false);
@@ -118,7 +125,10 @@ impl ProxyServer {
             trigger: receiver,
             os_signals,
         };
-        (ProxyServer { server, watch }, ShutdownTrigger(Arc::new(sender)))
+        (
+            ProxyServer { server, watch },
+            ShutdownTrigger(Arc::new(sender)),
+        )
     }
 
     /// Serves until the trigger fires (or a watched signal arrives). Blocks; never

@@ -90,7 +90,11 @@ impl IngressProxy {
     }
 
     /// The lease of `target`: from the cache, else from the lease source.
-    async fn lease_for(&self, target: &Target, now_ms: u64) -> std::result::Result<Arc<Lease>, LeaseError> {
+    async fn lease_for(
+        &self,
+        target: &Target,
+        now_ms: u64,
+    ) -> std::result::Result<Arc<Lease>, LeaseError> {
         if let Some(lease) = self.leases.get(target, now_ms) {
             self.metrics.lease_hits.inc();
             return Ok(lease);
@@ -151,7 +155,9 @@ async fn write_error(session: &mut Session, answer: &ErrorAnswer, json: bool) ->
     response.insert_header(header::CONTENT_TYPE, content_type)?;
     response.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
     response.insert_header(header::CACHE_CONTROL, "no-store")?;
-    session.write_response_header(Box::new(response), false).await?;
+    session
+        .write_response_header(Box::new(response), false)
+        .await?;
     session.write_response_body(Some(body), true).await
 }
 
@@ -218,7 +224,11 @@ impl ProxyHttp for IngressProxy {
         Ok(false)
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
         let lease = ctx
             .lease
             .as_ref()
@@ -299,7 +309,12 @@ impl ProxyHttp for IngressProxy {
         Ok(())
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
         let (status, reason) = match e.etype() {
             ErrorType::HTTPStatus(code) => (*code, "the request failed"),
             _ => match e.esource() {
@@ -310,7 +325,9 @@ impl ProxyHttp for IngressProxy {
                     }
                     _ => (400, "the request could not be read"),
                 },
-                ErrorSource::Internal | ErrorSource::Unset => (500, "the ingress failed internally"),
+                ErrorSource::Internal | ErrorSource::Unset => {
+                    (500, "the ingress failed internally")
+                }
             },
         };
         if status > 0 {
@@ -323,7 +340,11 @@ impl ProxyHttp for IngressProxy {
             };
             let answer = ErrorAnswer {
                 status,
-                code: if status == 504 { "upstream_timeout" } else { "upstream_error" },
+                code: if status == 504 {
+                    "upstream_timeout"
+                } else {
+                    "upstream_error"
+                },
                 message,
             };
             if let Err(write_error) = write_error(session, &answer, ctx.wants_json).await {

@@ -381,7 +381,10 @@ fn build_app(spec: &AppSpec, activity: &ActivityRegistry) -> Result<AppEntry, Bu
             &preview.version,
             activity,
         )));
-        if labels.insert(Box::from(preview.label.as_str()), entry).is_some() {
+        if labels
+            .insert(Box::from(preview.label.as_str()), entry)
+            .is_some()
+        {
             return Err(BuildError(format!(
                 "app {:?} has two previews labelled {:?}",
                 spec.name, preview.label
@@ -552,11 +555,17 @@ mod tests {
             "route x.com points to app \"nope\", which does not exist"
         );
         assert_eq!(
-            err(vec![RouteSpec::exact("x.com", "a"), RouteSpec::exact("x.com", "b")]),
+            err(vec![
+                RouteSpec::exact("x.com", "a"),
+                RouteSpec::exact("x.com", "b")
+            ]),
             "route x.com is claimed by both app \"a\" and app \"b\""
         );
         assert_eq!(
-            err(vec![RouteSpec::wildcard("x.com", "a"), RouteSpec::wildcard("x.com", "b")]),
+            err(vec![
+                RouteSpec::wildcard("x.com", "a"),
+                RouteSpec::wildcard("x.com", "b")
+            ]),
             "route *.x.com is claimed by both app \"a\" and app \"b\""
         );
         assert!(err(vec![

@@ -48,9 +48,15 @@ mod tests {
     #[test]
     fn formats_known_instants() {
         assert_eq!(format_unix_millis(0), "1970-01-01T00:00:00Z");
-        assert_eq!(format_unix_millis(1_700_000_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(
+            format_unix_millis(1_700_000_000_000),
+            "2023-11-14T22:13:20Z"
+        );
         assert_eq!(format_unix_millis(951_782_400_000), "2000-02-29T00:00:00Z");
-        assert_eq!(format_unix_millis(4_102_444_799_999), "2099-12-31T23:59:59Z");
+        assert_eq!(
+            format_unix_millis(4_102_444_799_999),
+            "2099-12-31T23:59:59Z"
+        );
     }
 
     #[test]

@@ -6,7 +6,9 @@ use std::cell::Cell;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use ingress_proxy::{resolve, AppSpec, LeaseCache, PreviewSpec, RouteSpec, SnapshotHandle, SnapshotInput, VersionRef};
+use ingress_proxy::{
+    resolve, AppSpec, LeaseCache, PreviewSpec, RouteSpec, SnapshotHandle, SnapshotInput, VersionRef,
+};
 
 struct CountingAllocator;
 
@@ -41,10 +43,16 @@ fn resolve_and_lease_hit_do_not_allocate() {
     let apps = (0..100)
         .map(|i| AppSpec {
             name: format!("app{i}"),
-            active: Some(VersionRef { id: format!("v{i}"), state_epoch: 0 }),
+            active: Some(VersionRef {
+                id: format!("v{i}"),
+                state_epoch: 0,
+            }),
             previews: vec![PreviewSpec {
                 label: "pr-1".into(),
-                version: VersionRef { id: format!("p{i}"), state_epoch: 0 },
+                version: VersionRef {
+                    id: format!("p{i}"),
+                    state_epoch: 0,
+                },
                 expires_at_ms: u64::MAX,
             }],
             expired_labels: vec![],
@@ -56,7 +64,12 @@ fn resolve_and_lease_hit_do_not_allocate() {
     handle.publish(&SnapshotInput { apps, routes }).unwrap();
     let cache = LeaseCache::new(1_000, Duration::from_secs(3600));
     let hosts: Vec<String> = (0..100)
-        .flat_map(|i| [format!("app{i}.example.com"), format!("PR-1.app{i}.example.com:8080")])
+        .flat_map(|i| {
+            [
+                format!("app{i}.example.com"),
+                format!("PR-1.app{i}.example.com:8080"),
+            ]
+        })
         .collect();
     let addr = SocketAddr::from(([127, 0, 0, 1], 9));
     for host in &hosts {
@@ -85,5 +98,8 @@ fn resolve_and_lease_hit_do_not_allocate() {
     }
     let allocated = allocations() - before;
     assert_eq!(hits, 50 * hosts.len());
-    assert_eq!(allocated, 0, "{allocated} allocations in {hits} resolve + lease hits");
+    assert_eq!(
+        allocated, 0,
+        "{allocated} allocations in {hits} resolve + lease hits"
+    );
 }

@@ -30,7 +30,8 @@ fn config_path() -> Result<PathBuf, String> {
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let config = match config_path().and_then(|path| Config::load(&path).map_err(|e| e.to_string())) {
+    let config = match config_path().and_then(|path| Config::load(&path).map_err(|e| e.to_string()))
+    {
         Ok(config) => config,
         Err(message) => {
             eprintln!("ingress: {message}");

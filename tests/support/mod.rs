@@ -50,7 +50,9 @@ impl Drop for Upstream {
 
 impl Upstream {
     pub async fn start(name: &str) -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
         let addr = listener.local_addr().expect("upstream addr");
         let upstream_name = name.to_string();
         let task = tokio::spawn(async move {
@@ -169,8 +171,9 @@ impl TestProxy {
         config.proxy.listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
         config.proxy.connect_timeout.0 = Duration::from_secs(1);
         let metrics = Arc::new(Metrics::new().expect("metrics"));
-        let snapshots =
-            Arc::new(SnapshotHandle::new().with_generation_gauge(metrics.snapshot_generation.clone()));
+        let snapshots = Arc::new(
+            SnapshotHandle::new().with_generation_gauge(metrics.snapshot_generation.clone()),
+        );
         let runtime = Arc::new(StaticRuntime::new());
         let proxy = IngressProxy::new(
             Arc::clone(&snapshots),
@@ -179,7 +182,8 @@ impl TestProxy {
             Arc::clone(&metrics),
             ProxyOptions::from_config(&config),
         );
-        let (server, trigger) = ProxyServer::new(&ServerOptions::from_config(&config), proxy, false);
+        let (server, trigger) =
+            ProxyServer::new(&ServerOptions::from_config(&config), proxy, false);
         server.spawn().expect("spawn the proxy thread");
         let addr = config.proxy.listen;
         for _ in 0..500 {

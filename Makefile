@@ -1,0 +1,20 @@
+# The two commands of the README: `make run` and `make test`. Each installs what a
+# fresh machine lacks first (Pingora's zlib-ng build needs cmake).
+
+CARGO ?= cargo
+
+.PHONY: run test deps
+
+run: deps
+	$(CARGO) run --release --bin ingress -- --config config/example.toml
+
+test: deps
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) test --workspace
+	# Benches as a smoke check only: they must build and run; no timing is asserted.
+	$(CARGO) bench --bench resolve -- --quick --noplot
+
+deps:
+	@command -v $(CARGO) >/dev/null 2>&1 || { echo "cargo is missing: install Rust (rustup) first" >&2; exit 1; }
+	@command -v cmake >/dev/null 2>&1 || scripts/install-system-packages cmake
