@@ -11,9 +11,9 @@ run: deps
 test: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	$(CARGO) test --workspace
 	# Benches as a smoke check only: they must build and run; no timing is asserted.
 	$(CARGO) bench --bench resolve -- --quick --noplot
+	$(CARGO) test --workspace
 
 deps:
 	@command -v $(CARGO) >/dev/null 2>&1 || { echo "cargo is missing: install Rust (rustup) first" >&2; exit 1; }
