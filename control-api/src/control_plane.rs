@@ -1,0 +1,836 @@
+//! The control plane's operations (SPEC §6): apps, routes, deploys (active,
+//! ephemeral, clone), deletes, listings, the TTL garbage collection, and publishing
+//! every committed change to the proxy as a new snapshot.
+//!
+//! Every mutation is validated against the in-memory state first, then committed to
+//! the store as one atomic batch (with its audit entry), then applied in memory and
+//! published. A failure at any step before the commit changes nothing.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use ingress_config::{format_duration, parse_duration, EphemeralSettings};
+use ingress_proxy::{
+    AppSpec, ExpiredLabel, PreviewSpec, RouteHost, RouteSpec, SnapshotHandle, SnapshotInput,
+    VersionRef,
+};
+
+use crate::model::{
+    App, AuditEntry, Environment, Mutation, Route, RouteKind, RuntimeSpec, State, Tombstone,
+    Version, VersionStatus, DEFAULT_ROUTE_KEY,
+};
+use crate::names::{check_app_name, normalise_label, parse_route_host};
+use crate::static_runtime::StaticRuntime;
+use crate::store::Store;
+
+/// The actor name of automatic changes in the audit log.
+pub const SYSTEM_ACTOR: &str = "system";
+
+/// Which rule an operation broke; maps one to one onto gRPC status codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    InvalidArgument,
+    NotFound,
+    AlreadyExists,
+    FailedPrecondition,
+    Internal,
+}
+
+/// Why an operation was refused or failed. Nothing was changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl fmt::Display for ControlError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ControlError {}
+
+fn refuse(kind: ErrorKind, message: impl Into<String>) -> ControlError {
+    ControlError {
+        kind,
+        message: message.into(),
+    }
+}
+
+/// Where a deploy's instances come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeploySource {
+    /// A new static version over these addresses.
+    Upstreams(Vec<SocketAddr>),
+    /// An existing version of the app: activated again, or cloned as a preview.
+    Version(String),
+}
+
+/// A deploy as `ingressctl deploy` asks for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeployRequest {
+    pub app: String,
+    pub source: DeploySource,
+    pub env: Option<Environment>,
+    pub branch: Option<String>,
+    /// `(label as given, ttl as given)` for an ephemeral deploy.
+    pub ephemeral: Option<(String, Option<String>)>,
+}
+
+/// What a deploy did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeployOutcome {
+    pub version: VersionView,
+    /// A version deleted because it had the same label.
+    pub replaced: Option<String>,
+    /// A version deleted to stay within `ephemeral.max_per_app`.
+    pub evicted: Option<String>,
+}
+
+/// A version as listings show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionView {
+    pub id: String,
+    pub app: String,
+    pub status: VersionStatus,
+    pub label: Option<String>,
+    pub expires_at_ms: Option<u64>,
+    pub env: Environment,
+    pub branch: Option<String>,
+    pub desired_state: &'static str,
+    pub created_at_ms: u64,
+    pub cloned_from: Option<String>,
+    pub upstreams: Vec<SocketAddr>,
+    /// Where the version is reachable: `http://label.host` for a live preview,
+    /// `http://host` for the active version.
+    pub urls: Vec<String>,
+}
+
+/// What one garbage-collection sweep did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GcReport {
+    pub deleted: Vec<String>,
+    pub tombstones_pruned: usize,
+}
+
+struct Inner {
+    store: Box<dyn Store>,
+    state: State,
+}
+
+/// The control plane: state, operations and snapshot publishing.
+pub struct ControlPlane {
+    inner: Mutex<Inner>,
+    snapshots: Arc<SnapshotHandle>,
+    runtime: Arc<StaticRuntime>,
+    settings: EphemeralSettings,
+    clock: Box<dyn Fn() -> u64 + Send + Sync>,
+}
+
+impl ControlPlane {
+    /// Loads the state from `store`, hands the runtime every version's addresses
+    /// and publishes the first snapshot. `clock` gives Unix milliseconds.
+    pub fn open(
+        store: Box<dyn Store>,
+        snapshots: Arc<SnapshotHandle>,
+        runtime: Arc<StaticRuntime>,
+        settings: EphemeralSettings,
+        clock: Box<dyn Fn() -> u64 + Send + Sync>,
+    ) -> Result<ControlPlane, ControlError> {
+        let state = store
+            .load()
+            .map_err(|e| refuse(ErrorKind::Internal, e.to_string()))?;
+        for version in state.versions.values() {
+            register(&runtime, version);
+        }
+        let plane = ControlPlane {
+            inner: Mutex::new(Inner { store, state }),
+            snapshots,
+            runtime,
+            settings,
+            clock,
+        };
+        {
+            let inner = plane.lock();
+            plane.publish(&inner.state)?;
+        }
+        Ok(plane)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn now(&self) -> u64 {
+        (self.clock)()
+    }
+
+    /// Commits `mutations` plus an audit entry, then applies and publishes them.
+    fn commit(
+        &self,
+        inner: &mut Inner,
+        mut mutations: Vec<Mutation>,
+        audit: AuditEntry,
+    ) -> Result<(), ControlError> {
+        mutations.push(Mutation::Audit(audit));
+        inner.store.commit(&mutations).map_err(|e| {
+            refuse(
+                ErrorKind::Internal,
+                format!("the store refused the change: {e}"),
+            )
+        })?;
+        inner.state.apply(&mutations);
+        for mutation in &mutations {
+            match mutation {
+                Mutation::PutVersion(version) => register(&self.runtime, version),
+                Mutation::DeleteVersion(id) => self.runtime.forget(id),
+                _ => {}
+            }
+        }
+        self.publish(&inner.state)
+    }
+
+    fn audit(&self, actor: &str, action: &str, target: &str, detail: String) -> AuditEntry {
+        AuditEntry {
+            at_ms: self.now(),
+            actor: actor.to_string(),
+            action: action.to_string(),
+            target: target.to_string(),
+            detail,
+        }
+    }
+
+    /// Builds the proxy's snapshot from `state` and swaps it in.
+    fn publish(&self, state: &State) -> Result<(), ControlError> {
+        let input = snapshot_input(state, self.now(), self.settings.tombstone_ttl.0);
+        self.snapshots.publish(&input).map(|_| ()).map_err(|e| {
+            refuse(
+                ErrorKind::Internal,
+                format!("the routing snapshot could not be built: {e}"),
+            )
+        })
+    }
+
+    // ---------------------------------------------------------------- apps
+
+    /// Creates an app.
+    pub fn create_app(&self, actor: &str, name: &str) -> Result<(), ControlError> {
+        check_app_name(name).map_err(|e| refuse(ErrorKind::InvalidArgument, e))?;
+        let mut inner = self.lock();
+        if inner.state.apps.contains_key(name) {
+            return Err(refuse(
+                ErrorKind::AlreadyExists,
+                format!("app {name} already exists"),
+            ));
+        }
+        let app = App {
+            name: name.to_string(),
+            created_at_ms: self.now(),
+            active_version: None,
+        };
+        let audit = self.audit(actor, "app.create", name, String::new());
+        self.commit(&mut inner, vec![Mutation::PutApp(app)], audit)
+    }
+
+    /// Deletes an app with its routes, versions and tombstones.
+    pub fn delete_app(&self, actor: &str, name: &str) -> Result<(), ControlError> {
+        let mut inner = self.lock();
+        if !inner.state.apps.contains_key(name) {
+            return Err(not_found_app(name));
+        }
+        let state = &inner.state;
+        let mut mutations: Vec<Mutation> = state
+            .routes
+            .values()
+            .filter(|r| r.app == name)
+            .map(|r| Mutation::DeleteRoute(r.key()))
+            .collect();
+        mutations.extend(
+            state
+                .versions
+                .values()
+                .filter(|v| v.app == name)
+                .map(|v| Mutation::DeleteVersion(v.id.clone())),
+        );
+        mutations.extend(
+            state
+                .tombstones
+                .values()
+                .filter(|t| t.app == name)
+                .map(|t| Mutation::DeleteTombstone {
+                    app: t.app.clone(),
+                    label: t.label.clone(),
+                }),
+        );
+        let detail = format!("{} routes and versions removed with it", mutations.len());
+        mutations.push(Mutation::DeleteApp(name.to_string()));
+        let audit = self.audit(actor, "app.delete", name, detail);
+        self.commit(&mut inner, mutations, audit)
+    }
+
+    /// Every app, by name.
+    pub fn apps(&self) -> Vec<App> {
+        self.lock().state.apps.values().cloned().collect()
+    }
+
+    // -------------------------------------------------------------- routes
+
+    /// Adds an exact (`shop.example.com`) or wildcard (`*.example.com`) route.
+    pub fn add_route(&self, actor: &str, host: &str, app: &str) -> Result<Route, ControlError> {
+        let (kind, canonical) =
+            parse_route_host(host).map_err(|e| refuse(ErrorKind::InvalidArgument, e))?;
+        self.put_route(
+            actor,
+            Route {
+                kind,
+                host: canonical,
+                app: app.to_string(),
+            },
+        )
+    }
+
+    /// Makes `app` the default route (replacing none: an existing default route of
+    /// another app is a conflict).
+    pub fn set_default_route(&self, actor: &str, app: &str) -> Result<Route, ControlError> {
+        self.put_route(
+            actor,
+            Route {
+                kind: RouteKind::Default,
+                host: String::new(),
+                app: app.to_string(),
+            },
+        )
+    }
+
+    fn put_route(&self, actor: &str, route: Route) -> Result<Route, ControlError> {
+        let mut inner = self.lock();
+        if !inner.state.apps.contains_key(&route.app) {
+            return Err(not_found_app(&route.app));
+        }
+        let key = route.key();
+        if let Some(existing) = inner.state.routes.get(&key) {
+            return Err(refuse(
+                ErrorKind::AlreadyExists,
+                format!(
+                    "route {key} already belongs to app {}; remove it first",
+                    existing.app
+                ),
+            ));
+        }
+        let audit = self.audit(actor, "route.add", &key, format!("app {}", route.app));
+        self.commit(&mut inner, vec![Mutation::PutRoute(route.clone())], audit)?;
+        Ok(route)
+    }
+
+    /// Removes the route written `host` (`shop.example.com`, `*.example.com`, or
+    /// `(default)`).
+    pub fn remove_route(&self, actor: &str, host: &str) -> Result<(), ControlError> {
+        let key = if host == DEFAULT_ROUTE_KEY || host == "default" {
+            DEFAULT_ROUTE_KEY.to_string()
+        } else {
+            let (kind, canonical) =
+                parse_route_host(host).map_err(|e| refuse(ErrorKind::InvalidArgument, e))?;
+            Route {
+                kind,
+                host: canonical,
+                app: String::new(),
+            }
+            .key()
+        };
+        let mut inner = self.lock();
+        let Some(route) = inner.state.routes.get(&key) else {
+            return Err(refuse(
+                ErrorKind::NotFound,
+                format!("there is no route {key}"),
+            ));
+        };
+        let audit = self.audit(actor, "route.remove", &key, format!("app {}", route.app));
+        self.commit(&mut inner, vec![Mutation::DeleteRoute(key)], audit)
+    }
+
+    /// Every route, by key.
+    pub fn routes(&self) -> Vec<Route> {
+        self.lock().state.routes.values().cloned().collect()
+    }
+
+    // ------------------------------------------------------------- deploys
+
+    /// Deploys a version (SPEC §6). Validates everything first; the deploy, a
+    /// replaced label and an eviction are committed together or not at all.
+    pub fn deploy(
+        &self,
+        actor: &str,
+        request: &DeployRequest,
+    ) -> Result<DeployOutcome, ControlError> {
+        let now = self.now();
+        let ephemeral = match &request.ephemeral {
+            Some((label, ttl)) => Some(self.check_ephemeral(label, ttl.as_deref())?),
+            None => None,
+        };
+        if let Some(branch) = &request.branch {
+            if branch.trim().is_empty() || branch.len() > 255 {
+                return Err(refuse(
+                    ErrorKind::InvalidArgument,
+                    "branch must be 1 to 255 characters",
+                ));
+            }
+        }
+        let mut inner = self.lock();
+        let state = &inner.state;
+        let Some(app) = state.apps.get(&request.app) else {
+            return Err(not_found_app(&request.app));
+        };
+        let source = match &request.source {
+            DeploySource::Upstreams(addrs) => {
+                if addrs.is_empty() {
+                    return Err(refuse(
+                        ErrorKind::InvalidArgument,
+                        "--upstream needs at least one address (IP:PORT)",
+                    ));
+                }
+                None
+            }
+            DeploySource::Version(id) => match state.versions.get(id) {
+                Some(version) if version.app == request.app => Some(version.clone()),
+                _ => {
+                    return Err(refuse(
+                        ErrorKind::NotFound,
+                        format!("app {} has no version {id}", request.app),
+                    ))
+                }
+            },
+        };
+
+        let mut mutations = Vec::new();
+        let mut replaced = None;
+        let mut evicted = None;
+        let version = match (ephemeral, &source) {
+            // Activate an existing version again (a rollback).
+            (None, Some(existing)) => {
+                if existing.label.is_some() {
+                    return Err(refuse(
+                        ErrorKind::FailedPrecondition,
+                        format!(
+                            "version {} is ephemeral and never becomes active; deploy it with --ephemeral, or deploy its upstreams",
+                            existing.id
+                        ),
+                    ));
+                }
+                existing.clone()
+            }
+            (ephemeral, _) => {
+                let spec = match (&request.source, &source) {
+                    (DeploySource::Upstreams(addrs), _) => RuntimeSpec::Static {
+                        upstreams: addrs.clone(),
+                    },
+                    (_, Some(existing)) => existing.spec.clone(),
+                    (DeploySource::Version(_), None) => {
+                        return Err(refuse(ErrorKind::Internal, "deploy source vanished"))
+                    }
+                };
+                let (label, expires_at_ms) = match &ephemeral {
+                    Some((label, ttl)) => {
+                        (Some(label.clone()), Some(now.saturating_add(ttl_ms(*ttl))))
+                    }
+                    None => (None, None),
+                };
+                let env = request.env.unwrap_or(match (&label, &source) {
+                    (None, _) => Environment::Production,
+                    (Some(_), Some(existing)) => existing.env,
+                    (Some(_), None) => Environment::Preview,
+                });
+                let branch = request
+                    .branch
+                    .clone()
+                    .or_else(|| source.as_ref().and_then(|s| s.branch.clone()));
+                Version {
+                    id: new_version_id(state),
+                    app: request.app.clone(),
+                    spec,
+                    env,
+                    branch,
+                    label,
+                    expires_at_ms,
+                    created_at_ms: now,
+                    cloned_from: source.as_ref().map(|s| s.id.clone()),
+                }
+            }
+        };
+
+        if let Some(label) = &version.label {
+            // Replace on the same label (live or expired but not yet collected).
+            if let Some(old) = state
+                .versions
+                .values()
+                .find(|v| v.app == request.app && v.label.as_deref() == Some(label))
+            {
+                replaced = Some(old.id.clone());
+                mutations.push(Mutation::DeleteVersion(old.id.clone()));
+            } else {
+                let mut live: Vec<&Version> = state.live_previews(&request.app, now).collect();
+                if live.len() >= self.settings.max_per_app {
+                    live.sort_by_key(|v| (v.expires_at_ms, v.created_at_ms));
+                    if let Some(nearest) = live.first() {
+                        evicted = Some(nearest.id.clone());
+                        mutations.push(Mutation::DeleteVersion(nearest.id.clone()));
+                    }
+                }
+            }
+            if state
+                .tombstones
+                .contains_key(&(request.app.clone(), label.clone()))
+            {
+                mutations.push(Mutation::DeleteTombstone {
+                    app: request.app.clone(),
+                    label: label.clone(),
+                });
+            }
+            mutations.push(Mutation::PutVersion(version.clone()));
+        } else {
+            if source.is_none() {
+                mutations.push(Mutation::PutVersion(version.clone()));
+            }
+            mutations.push(Mutation::PutApp(App {
+                active_version: Some(version.id.clone()),
+                ..app.clone()
+            }));
+        }
+
+        let detail = deploy_detail(&version, replaced.as_deref(), evicted.as_deref());
+        let target = format!("{}/{}", version.app, version.id);
+        let audit = self.audit(actor, "deploy", &target, detail);
+        self.commit(&mut inner, mutations, audit)?;
+        let view = view(&inner.state, &version, self.now());
+        Ok(DeployOutcome {
+            version: view,
+            replaced,
+            evicted,
+        })
+    }
+
+    fn check_ephemeral(
+        &self,
+        label: &str,
+        ttl: Option<&str>,
+    ) -> Result<(String, Duration), ControlError> {
+        let label = normalise_label(label).map_err(|e| refuse(ErrorKind::InvalidArgument, e))?;
+        let max = self.settings.max_ttl.0;
+        let ttl = match ttl {
+            None => self.settings.default_ttl.0,
+            Some(text) => parse_duration(text)
+                .map_err(|e| refuse(ErrorKind::InvalidArgument, format!("--ttl: {e}")))?,
+        };
+        if ttl.is_zero() {
+            return Err(refuse(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "--ttl must be longer than 0s and at most {}",
+                    format_duration(max)
+                ),
+            ));
+        }
+        if ttl > max {
+            return Err(refuse(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "--ttl {} is longer than the maximum {} (ephemeral.max_ttl)",
+                    format_duration(ttl),
+                    format_duration(max)
+                ),
+            ));
+        }
+        Ok((label, ttl))
+    }
+
+    /// Deletes a version of an app. The active version cannot be deleted.
+    pub fn delete_version(&self, actor: &str, app: &str, id: &str) -> Result<(), ControlError> {
+        let mut inner = self.lock();
+        let state = &inner.state;
+        let Some(application) = state.apps.get(app) else {
+            return Err(not_found_app(app));
+        };
+        match state.versions.get(id) {
+            Some(version) if version.app == app => {}
+            _ => {
+                return Err(refuse(
+                    ErrorKind::NotFound,
+                    format!("app {app} has no version {id}"),
+                ))
+            }
+        }
+        if application.active_version.as_deref() == Some(id) {
+            return Err(refuse(
+                ErrorKind::FailedPrecondition,
+                format!(
+                    "version {id} is the active version of app {app}; deploy another version first"
+                ),
+            ));
+        }
+        let audit = self.audit(
+            actor,
+            "version.delete",
+            &format!("{app}/{id}"),
+            String::new(),
+        );
+        self.commit(
+            &mut inner,
+            vec![Mutation::DeleteVersion(id.to_string())],
+            audit,
+        )
+    }
+
+    /// The versions of `app`, newest first; with `ephemeral_only`, only those with a
+    /// label.
+    pub fn versions(
+        &self,
+        app: &str,
+        ephemeral_only: bool,
+    ) -> Result<Vec<VersionView>, ControlError> {
+        let inner = self.lock();
+        if !inner.state.apps.contains_key(app) {
+            return Err(not_found_app(app));
+        }
+        let now = self.now();
+        let mut views: Vec<VersionView> = inner
+            .state
+            .versions
+            .values()
+            .filter(|v| v.app == app && (!ephemeral_only || v.label.is_some()))
+            .map(|v| view(&inner.state, v, now))
+            .collect();
+        views.sort_by(|a, b| b.created_at_ms.cmp(&a.created_at_ms).then(b.id.cmp(&a.id)));
+        Ok(views)
+    }
+
+    /// The latest `limit` audit entries, newest first.
+    pub fn audit_log(&self, limit: usize) -> Result<Vec<AuditEntry>, ControlError> {
+        self.lock()
+            .store
+            .audit_log(limit)
+            .map_err(|e| refuse(ErrorKind::Internal, e.to_string()))
+    }
+
+    // ------------------------------------------------------------------ GC
+
+    /// One TTL sweep: every expired version is released from its runtime, then
+    /// deleted, leaving a tombstone so that its label answers 410 for
+    /// `ephemeral.tombstone_ttl`; tombstones older than that are pruned. If the
+    /// store refuses, nothing is deleted and the next sweep retries.
+    pub fn collect_garbage(&self) -> Result<GcReport, ControlError> {
+        let now = self.now();
+        let tombstone_ttl = ttl_ms(self.settings.tombstone_ttl.0);
+        let mut inner = self.lock();
+        let expired: Vec<Version> = inner
+            .state
+            .versions
+            .values()
+            .filter(|v| v.is_expired(now))
+            .cloned()
+            .collect();
+        let stale: Vec<Tombstone> = inner
+            .state
+            .tombstones
+            .values()
+            .filter(|t| t.expired_at_ms.saturating_add(tombstone_ttl) <= now)
+            .cloned()
+            .collect();
+        if expired.is_empty() && stale.is_empty() {
+            return Ok(GcReport::default());
+        }
+        let mut mutations = Vec::new();
+        for version in &expired {
+            // Release first: a version whose instances are not released keeps its
+            // record, so a later sweep retries (the static runtime cannot fail).
+            self.runtime.forget(&version.id);
+            mutations.push(Mutation::DeleteVersion(version.id.clone()));
+            if let (Some(label), Some(expired_at_ms)) = (&version.label, version.expires_at_ms) {
+                mutations.push(Mutation::PutTombstone(Tombstone {
+                    app: version.app.clone(),
+                    label: label.clone(),
+                    expired_at_ms,
+                }));
+            }
+        }
+        for tombstone in &stale {
+            mutations.push(Mutation::DeleteTombstone {
+                app: tombstone.app.clone(),
+                label: tombstone.label.clone(),
+            });
+        }
+        let deleted: Vec<String> = expired
+            .iter()
+            .map(|v| format!("{}/{}", v.app, v.id))
+            .collect();
+        let audit = self.audit(
+            SYSTEM_ACTOR,
+            "gc",
+            &deleted.join(","),
+            format!(
+                "{} expired versions deleted, {} tombstones pruned",
+                deleted.len(),
+                stale.len()
+            ),
+        );
+        self.commit(&mut inner, mutations, audit)?;
+        Ok(GcReport {
+            deleted,
+            tombstones_pruned: stale.len(),
+        })
+    }
+}
+
+fn not_found_app(name: &str) -> ControlError {
+    refuse(
+        ErrorKind::NotFound,
+        format!("app {name} does not exist; create it with `ingressctl app create {name}`"),
+    )
+}
+
+fn ttl_ms(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn register(runtime: &StaticRuntime, version: &Version) {
+    match &version.spec {
+        RuntimeSpec::Static { upstreams } => runtime.set_upstreams(&version.id, upstreams.clone()),
+    }
+}
+
+/// A fresh version id: `v` and 12 random hex digits, unused in `state`.
+fn new_version_id(state: &State) -> String {
+    loop {
+        let random = getrandom::u64().unwrap_or_else(|_| {
+            // No OS randomness: fall back on the clock, still checked for uniqueness.
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+        });
+        let id = format!("v{:012x}", random & 0xffff_ffff_ffff);
+        if !state.versions.contains_key(&id) {
+            return id;
+        }
+    }
+}
+
+fn deploy_detail(version: &Version, replaced: Option<&str>, evicted: Option<&str>) -> String {
+    let mut detail = match (&version.label, version.expires_at_ms) {
+        (Some(label), Some(expiry)) => format!(
+            "ephemeral label {label} until {}",
+            ingress_proxy::time::format_unix_millis(expiry)
+        ),
+        _ => "active".to_string(),
+    };
+    if let Some(source) = &version.cloned_from {
+        detail.push_str(&format!(", cloned from {source}"));
+    }
+    if let Some(old) = replaced {
+        detail.push_str(&format!(", replaced {old}"));
+    }
+    if let Some(old) = evicted {
+        detail.push_str(&format!(", evicted {old} (nearest to expiry)"));
+    }
+    detail
+}
+
+/// A version as listings show it, at `now_ms`.
+fn view(state: &State, version: &Version, now_ms: u64) -> VersionView {
+    let status = state.status(version, now_ms);
+    let hosts = state.exact_hosts(&version.app);
+    let urls = match (status, &version.label) {
+        (VersionStatus::Ephemeral, Some(label)) => hosts
+            .iter()
+            .map(|host| format!("http://{label}.{host}"))
+            .collect(),
+        (VersionStatus::Active, _) => hosts.iter().map(|host| format!("http://{host}")).collect(),
+        _ => Vec::new(),
+    };
+    let RuntimeSpec::Static { upstreams } = &version.spec;
+    VersionView {
+        id: version.id.clone(),
+        app: version.app.clone(),
+        status,
+        label: version.label.clone(),
+        expires_at_ms: version.expires_at_ms,
+        env: version.env,
+        branch: version.branch.clone(),
+        desired_state: "running",
+        created_at_ms: version.created_at_ms,
+        cloned_from: version.cloned_from.clone(),
+        upstreams: upstreams.clone(),
+        urls,
+    }
+}
+
+/// The proxy's view of `state` at `now_ms`: active versions, every labelled
+/// version (the proxy itself refuses expired ones), and tombstones younger than
+/// `tombstone_ttl`.
+pub fn snapshot_input(state: &State, now_ms: u64, tombstone_ttl: Duration) -> SnapshotInput {
+    let tombstone_ttl = ttl_ms(tombstone_ttl);
+    let mut apps: std::collections::BTreeMap<&str, AppSpec> = state
+        .apps
+        .values()
+        .map(|app| {
+            let spec = AppSpec {
+                name: app.name.clone(),
+                active: app.active_version.as_ref().map(|id| VersionRef {
+                    id: id.clone(),
+                    state_epoch: 0,
+                }),
+                previews: Vec::new(),
+                expired_labels: Vec::new(),
+            };
+            (app.name.as_str(), spec)
+        })
+        .collect();
+    for version in state.versions.values() {
+        if let (Some(label), Some(expires_at_ms), Some(app)) = (
+            &version.label,
+            version.expires_at_ms,
+            apps.get_mut(version.app.as_str()),
+        ) {
+            app.previews.push(PreviewSpec {
+                label: label.clone(),
+                version: VersionRef {
+                    id: version.id.clone(),
+                    state_epoch: 0,
+                },
+                expires_at_ms,
+            });
+        }
+    }
+    for tombstone in state.tombstones.values() {
+        if tombstone.expired_at_ms.saturating_add(tombstone_ttl) > now_ms {
+            if let Some(app) = apps.get_mut(tombstone.app.as_str()) {
+                app.expired_labels.push(ExpiredLabel {
+                    label: tombstone.label.clone(),
+                    expired_at_ms: tombstone.expired_at_ms,
+                });
+            }
+        }
+    }
+    let routes = state
+        .routes
+        .values()
+        .map(|route| RouteSpec {
+            host: match route.kind {
+                RouteKind::Exact => RouteHost::Exact(route.host.clone()),
+                RouteKind::Wildcard => RouteHost::Wildcard(route.host.clone()),
+                RouteKind::Default => RouteHost::Default,
+            },
+            app: route.app.clone(),
+        })
+        .collect();
+    SnapshotInput {
+        apps: apps.into_values().collect(),
+        routes,
+    }
+}
+
+#[cfg(test)]
+#[path = "control_plane_tests.rs"]
+mod tests;

@@ -1,0 +1,432 @@
+//! Tests of the control plane's operations against a real SQLite store, with a
+//! clock the test moves, checking what the published snapshot routes.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use ingress_config::EphemeralSettings;
+use ingress_proxy::{resolve, ResolutionKind, SnapshotHandle};
+
+use super::*;
+use crate::store::SqliteStore;
+
+const T0: u64 = 1_700_000_000_000;
+const HOUR: u64 = 3_600_000;
+
+struct Harness {
+    plane: ControlPlane,
+    snapshots: Arc<SnapshotHandle>,
+    clock: Arc<AtomicU64>,
+    dir: tempfile::TempDir,
+}
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+fn open(dir: tempfile::TempDir, clock: Arc<AtomicU64>) -> Harness {
+    let snapshots = Arc::new(SnapshotHandle::new());
+    let tick = Arc::clone(&clock);
+    let plane = ControlPlane::open(
+        Box::new(SqliteStore::open(dir.path()).unwrap()),
+        Arc::clone(&snapshots),
+        Arc::new(StaticRuntime::new()),
+        EphemeralSettings::default(),
+        Box::new(move || tick.load(Ordering::Relaxed)),
+    )
+    .unwrap();
+    Harness {
+        plane,
+        snapshots,
+        clock,
+        dir,
+    }
+}
+
+fn harness() -> Harness {
+    let h = open(tempfile::tempdir().unwrap(), Arc::new(AtomicU64::new(T0)));
+    h.plane.create_app("admin", "shop").unwrap();
+    h.plane
+        .add_route("admin", "shop.example.com", "shop")
+        .unwrap();
+    h
+}
+
+impl Harness {
+    fn deploy(&self, upstream: u16) -> DeployOutcome {
+        self.plane
+            .deploy(
+                "admin",
+                &DeployRequest {
+                    app: "shop".into(),
+                    source: DeploySource::Upstreams(vec![addr(upstream)]),
+                    env: None,
+                    branch: None,
+                    ephemeral: None,
+                },
+            )
+            .unwrap()
+    }
+
+    fn preview(&self, label: &str, ttl: Option<&str>) -> Result<DeployOutcome, ControlError> {
+        self.plane.deploy(
+            "admin",
+            &DeployRequest {
+                app: "shop".into(),
+                source: DeploySource::Upstreams(vec![addr(4000)]),
+                env: None,
+                branch: Some("feature/x".into()),
+                ephemeral: Some((label.into(), ttl.map(str::to_string))),
+            },
+        )
+    }
+
+    /// (kind, version id) or the status code the proxy would answer.
+    fn route(&self, host: &str) -> Result<(ResolutionKind, String), u16> {
+        let snapshot = self.snapshots.load();
+        resolve(
+            &snapshot,
+            host.as_bytes(),
+            self.clock.load(Ordering::Relaxed),
+        )
+        .map(|r| (r.kind, r.target.version_id.to_string()))
+        .map_err(|r| r.status())
+    }
+
+    fn advance(&self, ms: u64) {
+        self.clock.fetch_add(ms, Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn deploy_serves_and_a_preview_leaves_the_active_version_alone() {
+    let h = harness();
+    let active = h.deploy(3000).version;
+    assert_eq!(active.status, VersionStatus::Active);
+    assert_eq!(active.env, Environment::Production);
+    assert_eq!(active.urls, ["http://shop.example.com"]);
+    assert_eq!(
+        h.route("shop.example.com"),
+        Ok((ResolutionKind::Exact, active.id.clone()))
+    );
+
+    let preview = h.preview("Feature/Login_Page", Some("2h")).unwrap().version;
+    assert_eq!(preview.label.as_deref(), Some("feature-login-page"));
+    assert_eq!(preview.status, VersionStatus::Ephemeral);
+    assert_eq!(preview.env, Environment::Preview);
+    assert_eq!(preview.expires_at_ms, Some(T0 + 2 * HOUR));
+    assert_eq!(preview.urls, ["http://feature-login-page.shop.example.com"]);
+    assert_eq!(
+        h.route("feature-login-page.shop.example.com"),
+        Ok((ResolutionKind::Label, preview.id.clone()))
+    );
+    assert_eq!(
+        h.route("shop.example.com"),
+        Ok((ResolutionKind::Exact, active.id))
+    );
+}
+
+#[test]
+fn the_same_label_replaces_the_old_version() {
+    let h = harness();
+    h.deploy(3000);
+    let first = h.preview("pr-1", None).unwrap();
+    let second = h.preview("pr-1", None).unwrap();
+    assert_eq!(second.replaced.as_deref(), Some(first.version.id.as_str()));
+    assert_eq!(
+        h.route("pr-1.shop.example.com"),
+        Ok((ResolutionKind::Label, second.version.id.clone()))
+    );
+    let ids: Vec<String> = h
+        .plane
+        .versions("shop", true)
+        .unwrap()
+        .into_iter()
+        .map(|v| v.id)
+        .collect();
+    assert_eq!(ids, [second.version.id]);
+}
+
+#[test]
+fn one_label_too_many_evicts_the_nearest_to_expiry() {
+    let h = harness();
+    let mut nearest = String::new();
+    for i in 0..10 {
+        // pr-3 gets the shortest TTL.
+        let ttl = if i == 3 { "1h" } else { "5h" };
+        let outcome = h.preview(&format!("pr-{i}"), Some(ttl)).unwrap();
+        if i == 3 {
+            nearest = outcome.version.id;
+        }
+    }
+    let eleventh = h.preview("pr-10", Some("5h")).unwrap();
+    assert_eq!(eleventh.evicted, Some(nearest));
+    assert_eq!(h.route("pr-3.shop.example.com"), Err(404));
+    assert_eq!(h.plane.versions("shop", true).unwrap().len(), 10);
+}
+
+#[test]
+fn expiry_is_410_at_once_and_gc_deletes_with_a_tombstone() {
+    let h = harness();
+    h.deploy(3000);
+    let preview = h.preview("pr-1", Some("1h")).unwrap().version;
+    h.advance(HOUR);
+    assert_eq!(h.route("pr-1.shop.example.com"), Err(410));
+    assert_eq!(
+        h.plane.versions("shop", true).unwrap()[0].status,
+        VersionStatus::Expired
+    );
+
+    let report = h.plane.collect_garbage().unwrap();
+    assert_eq!(report.deleted, [format!("shop/{}", preview.id)]);
+    assert!(h.plane.versions("shop", true).unwrap().is_empty());
+    assert_eq!(
+        h.route("pr-1.shop.example.com"),
+        Err(410),
+        "the tombstone answers 410"
+    );
+
+    // After the tombstone's life the label is a plain 404, and the tombstone is pruned.
+    h.advance(24 * HOUR);
+    assert_eq!(h.plane.collect_garbage().unwrap().tombstones_pruned, 1);
+    assert_eq!(h.route("pr-1.shop.example.com"), Err(404));
+    let audit = h.plane.audit_log(10).unwrap();
+    assert_eq!(audit[0].actor, SYSTEM_ACTOR);
+    assert_eq!(audit[0].action, "gc");
+}
+
+#[test]
+fn a_clone_leaves_its_source_unchanged() {
+    let h = harness();
+    let source = h.deploy(3000).version;
+    let before = h.plane.versions("shop", false).unwrap();
+    let clone = h
+        .plane
+        .deploy(
+            "admin",
+            &DeployRequest {
+                app: "shop".into(),
+                source: DeploySource::Version(source.id.clone()),
+                env: None,
+                branch: None,
+                ephemeral: Some(("demo".into(), Some("1h".into()))),
+            },
+        )
+        .unwrap()
+        .version;
+    assert_ne!(clone.id, source.id);
+    assert_eq!(clone.cloned_from.as_deref(), Some(source.id.as_str()));
+    assert_eq!(clone.upstreams, source.upstreams);
+    assert_eq!(
+        clone.env,
+        Environment::Production,
+        "a clone keeps its source's environment"
+    );
+    let after: Vec<VersionView> = h
+        .plane
+        .versions("shop", false)
+        .unwrap()
+        .into_iter()
+        .filter(|v| v.id == source.id)
+        .collect();
+    assert_eq!(after, before);
+    assert_eq!(
+        h.route("shop.example.com"),
+        Ok((ResolutionKind::Exact, source.id))
+    );
+    assert_eq!(
+        h.route("demo.shop.example.com"),
+        Ok((ResolutionKind::Label, clone.id))
+    );
+}
+
+#[test]
+fn bad_input_is_refused_with_the_rule_and_changes_nothing() {
+    let h = harness();
+    h.deploy(3000);
+    let before = h.plane.versions("shop", false).unwrap();
+    let generation = h.snapshots.load().generation();
+    let audit_len = h.plane.audit_log(100).unwrap().len();
+
+    let e = h.preview("---", None).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::InvalidArgument);
+    assert!(e.message.contains("RFC 1123"), "{e}");
+    let e = h.preview("pr-1", Some("0s")).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::InvalidArgument);
+    assert_eq!(e.message, "--ttl must be longer than 0s and at most 30d");
+    let e = h.preview("pr-1", Some("31d")).unwrap_err();
+    assert_eq!(
+        e.message,
+        "--ttl 31d is longer than the maximum 30d (ephemeral.max_ttl)"
+    );
+    let e = h.preview("pr-1", Some("soon")).unwrap_err();
+    assert!(
+        e.message.starts_with("--ttl: \"soon\" is not a duration"),
+        "{e}"
+    );
+    let e = h
+        .plane
+        .deploy(
+            "admin",
+            &DeployRequest {
+                app: "nope".into(),
+                source: DeploySource::Upstreams(vec![addr(1)]),
+                env: None,
+                branch: None,
+                ephemeral: None,
+            },
+        )
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::NotFound);
+    assert!(e.message.starts_with("app nope does not exist"), "{e}");
+    assert_eq!(
+        h.plane.create_app("admin", "shop").unwrap_err().kind,
+        ErrorKind::AlreadyExists
+    );
+    assert_eq!(
+        h.plane.create_app("admin", "Bad_Name").unwrap_err().kind,
+        ErrorKind::InvalidArgument
+    );
+    assert_eq!(
+        h.plane
+            .add_route("admin", "shop.example.com", "shop")
+            .unwrap_err()
+            .kind,
+        ErrorKind::AlreadyExists
+    );
+    assert_eq!(
+        h.plane
+            .add_route("admin", "*.*.example.com", "shop")
+            .unwrap_err()
+            .kind,
+        ErrorKind::InvalidArgument
+    );
+
+    assert_eq!(h.plane.versions("shop", false).unwrap(), before);
+    assert_eq!(h.snapshots.load().generation(), generation);
+    assert_eq!(h.plane.audit_log(100).unwrap().len(), audit_len);
+}
+
+#[test]
+fn the_active_version_cannot_be_deleted_and_an_ephemeral_one_never_becomes_active() {
+    let h = harness();
+    let active = h.deploy(3000).version;
+    let e = h
+        .plane
+        .delete_version("admin", "shop", &active.id)
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::FailedPrecondition);
+    let preview = h.preview("pr-1", None).unwrap().version;
+    let e = h
+        .plane
+        .deploy(
+            "admin",
+            &DeployRequest {
+                app: "shop".into(),
+                source: DeploySource::Version(preview.id.clone()),
+                env: None,
+                branch: None,
+                ephemeral: None,
+            },
+        )
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::FailedPrecondition);
+    h.plane
+        .delete_version("admin", "shop", &preview.id)
+        .unwrap();
+    assert_eq!(h.route("pr-1.shop.example.com"), Err(404));
+}
+
+#[test]
+fn a_new_active_deploy_replaces_and_a_rollback_reactivates() {
+    let h = harness();
+    let first = h.deploy(3000).version;
+    let second = h.deploy(3001).version;
+    let statuses: Vec<(String, VersionStatus)> = h
+        .plane
+        .versions("shop", false)
+        .unwrap()
+        .into_iter()
+        .map(|v| (v.id, v.status))
+        .collect();
+    assert!(statuses.contains(&(first.id.clone(), VersionStatus::Replaced)));
+    assert!(statuses.contains(&(second.id.clone(), VersionStatus::Active)));
+    h.plane
+        .deploy(
+            "admin",
+            &DeployRequest {
+                app: "shop".into(),
+                source: DeploySource::Version(first.id.clone()),
+                env: None,
+                branch: None,
+                ephemeral: None,
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        h.route("shop.example.com"),
+        Ok((ResolutionKind::Exact, first.id))
+    );
+}
+
+#[test]
+fn state_survives_reopening_the_store() {
+    let h = harness();
+    let active = h.deploy(3000).version;
+    let preview = h.preview("pr-1", None).unwrap().version;
+    let Harness {
+        plane, dir, clock, ..
+    } = h;
+    drop(plane);
+    let reopened = open(dir, clock);
+    assert_eq!(
+        reopened.route("shop.example.com"),
+        Ok((ResolutionKind::Exact, active.id))
+    );
+    assert_eq!(
+        reopened.route("pr-1.shop.example.com"),
+        Ok((ResolutionKind::Label, preview.id))
+    );
+}
+
+#[test]
+fn deleting_an_app_removes_its_routes_and_versions() {
+    let h = harness();
+    h.deploy(3000);
+    h.preview("pr-1", None).unwrap();
+    h.plane.delete_app("admin", "shop").unwrap();
+    assert!(h.plane.apps().is_empty());
+    assert!(h.plane.routes().is_empty());
+    assert_eq!(h.route("shop.example.com"), Err(404));
+    assert_eq!(
+        h.plane.versions("shop", false).unwrap_err().kind,
+        ErrorKind::NotFound
+    );
+}
+
+#[test]
+fn routes_default_and_removal() {
+    let h = harness();
+    let v = h.deploy(3000).version;
+    h.plane.set_default_route("admin", "shop").unwrap();
+    assert_eq!(
+        h.route("anything.test"),
+        Ok((ResolutionKind::Default, v.id.clone()))
+    );
+    h.plane.add_route("admin", "*.example.org", "shop").unwrap();
+    assert_eq!(
+        h.route("x.example.org"),
+        Ok((ResolutionKind::Wildcard, v.id))
+    );
+    h.plane.remove_route("admin", "*.example.org").unwrap();
+    h.plane.remove_route("admin", "(default)").unwrap();
+    assert_eq!(h.route("x.example.org"), Err(404));
+    assert_eq!(
+        h.plane
+            .remove_route("admin", "x.example.org")
+            .unwrap_err()
+            .kind,
+        ErrorKind::NotFound
+    );
+}

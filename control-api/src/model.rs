@@ -1,0 +1,292 @@
+//! The control plane's records (SPEC §1, §6): apps, routes, versions, tombstones and
+//! audit entries, and the whole state they make up.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// A named service. Its name is a DNS label.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct App {
+    pub name: String,
+    pub created_at_ms: u64,
+    /// The version served on the app's routes.
+    pub active_version: Option<String>,
+}
+
+/// Which hosts a route claims.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RouteKind {
+    /// One host.
+    Exact,
+    /// Every host one label below the host.
+    Wildcard,
+    /// Every host nothing else matches.
+    Default,
+}
+
+impl RouteKind {
+    /// The stored name.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RouteKind::Exact => "exact",
+            RouteKind::Wildcard => "wildcard",
+            RouteKind::Default => "default",
+        }
+    }
+
+    /// Parses the stored name.
+    pub fn parse(text: &str) -> Option<RouteKind> {
+        match text {
+            "exact" => Some(RouteKind::Exact),
+            "wildcard" => Some(RouteKind::Wildcard),
+            "default" => Some(RouteKind::Default),
+            _ => None,
+        }
+    }
+}
+
+/// A host that belongs to an app. `host` is the canonical host (`shop.example.com`),
+/// the wildcard's suffix (`example.com` for `*.example.com`), or empty for the
+/// default route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub kind: RouteKind,
+    pub host: String,
+    pub app: String,
+}
+
+impl Route {
+    /// The key a route is stored under: its host as written (`*.example.com`), or
+    /// `(default)`. Two routes with one key conflict.
+    pub fn key(&self) -> String {
+        match self.kind {
+            RouteKind::Exact => self.host.clone(),
+            RouteKind::Wildcard => format!("*.{}", self.host),
+            RouteKind::Default => DEFAULT_ROUTE_KEY.to_string(),
+        }
+    }
+}
+
+/// The key of the default route.
+pub const DEFAULT_ROUTE_KEY: &str = "(default)";
+
+/// How a version runs. `static` only for now; `process` comes with the process
+/// runtime.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "runtime", rename_all = "lowercase")]
+pub enum RuntimeSpec {
+    /// Fixed upstream addresses, always ready.
+    Static { upstreams: Vec<SocketAddr> },
+}
+
+/// `production` or `preview`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Environment {
+    Production,
+    Preview,
+}
+
+impl Environment {
+    /// The stored and displayed name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Environment::Production => "production",
+            Environment::Preview => "preview",
+        }
+    }
+
+    /// Parses `production` or `preview`.
+    pub fn parse(text: &str) -> Option<Environment> {
+        match text {
+            "production" => Some(Environment::Production),
+            "preview" => Some(Environment::Preview),
+            _ => None,
+        }
+    }
+}
+
+/// An immutable description of how to run an app, plus its metadata. An ephemeral
+/// version has a label and an expiry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Version {
+    pub id: String,
+    pub app: String,
+    pub spec: RuntimeSpec,
+    pub env: Environment,
+    pub branch: Option<String>,
+    pub label: Option<String>,
+    pub expires_at_ms: Option<u64>,
+    pub created_at_ms: u64,
+    /// The version this one was cloned from, for ephemeral deploys of an existing
+    /// version.
+    pub cloned_from: Option<String>,
+}
+
+impl Version {
+    /// True for an ephemeral version whose expiry has passed at `now_ms`.
+    pub fn is_expired(&self, now_ms: u64) -> bool {
+        self.expires_at_ms.is_some_and(|expiry| now_ms >= expiry)
+    }
+}
+
+/// What a version is to its app, as `ingressctl versions` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VersionStatus {
+    /// The app's active version.
+    Active,
+    /// A live preview.
+    Ephemeral,
+    /// A non-ephemeral version that is no longer active.
+    Replaced,
+    /// Desired state stopped (comes with the process runtime).
+    Stopped,
+    /// A preview past its expiry, not yet collected.
+    Expired,
+}
+
+impl VersionStatus {
+    /// The displayed name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VersionStatus::Active => "active",
+            VersionStatus::Ephemeral => "ephemeral",
+            VersionStatus::Replaced => "replaced",
+            VersionStatus::Stopped => "stopped",
+            VersionStatus::Expired => "expired",
+        }
+    }
+}
+
+impl fmt::Display for VersionStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A label whose version expired: answered 410 Gone until it is pruned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tombstone {
+    pub app: String,
+    pub label: String,
+    pub expired_at_ms: u64,
+}
+
+/// One audited mutation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    pub at_ms: u64,
+    /// The token name, or `system` for the control loops.
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub detail: String,
+}
+
+/// Everything the control plane knows, as loaded from the store.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct State {
+    pub apps: BTreeMap<String, App>,
+    /// By [`Route::key`].
+    pub routes: BTreeMap<String, Route>,
+    pub versions: BTreeMap<String, Version>,
+    /// By (app, label).
+    pub tombstones: BTreeMap<(String, String), Tombstone>,
+}
+
+/// One change to the state. A list of them is committed atomically.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mutation {
+    PutApp(App),
+    DeleteApp(String),
+    PutRoute(Route),
+    /// By [`Route::key`].
+    DeleteRoute(String),
+    PutVersion(Version),
+    DeleteVersion(String),
+    PutTombstone(Tombstone),
+    DeleteTombstone {
+        app: String,
+        label: String,
+    },
+    Audit(AuditEntry),
+}
+
+impl State {
+    /// Applies committed mutations to the in-memory copy.
+    pub fn apply(&mut self, mutations: &[Mutation]) {
+        for mutation in mutations {
+            match mutation {
+                Mutation::PutApp(app) => {
+                    self.apps.insert(app.name.clone(), app.clone());
+                }
+                Mutation::DeleteApp(name) => {
+                    self.apps.remove(name);
+                }
+                Mutation::PutRoute(route) => {
+                    self.routes.insert(route.key(), route.clone());
+                }
+                Mutation::DeleteRoute(key) => {
+                    self.routes.remove(key);
+                }
+                Mutation::PutVersion(version) => {
+                    self.versions.insert(version.id.clone(), version.clone());
+                }
+                Mutation::DeleteVersion(id) => {
+                    self.versions.remove(id);
+                }
+                Mutation::PutTombstone(tombstone) => {
+                    self.tombstones.insert(
+                        (tombstone.app.clone(), tombstone.label.clone()),
+                        tombstone.clone(),
+                    );
+                }
+                Mutation::DeleteTombstone { app, label } => {
+                    self.tombstones.remove(&(app.clone(), label.clone()));
+                }
+                Mutation::Audit(_) => {}
+            }
+        }
+    }
+
+    /// The status of `version` at `now_ms`.
+    pub fn status(&self, version: &Version, now_ms: u64) -> VersionStatus {
+        let active = self
+            .apps
+            .get(&version.app)
+            .and_then(|app| app.active_version.as_deref());
+        if active == Some(version.id.as_str()) {
+            VersionStatus::Active
+        } else if version.label.is_some() {
+            if version.is_expired(now_ms) {
+                VersionStatus::Expired
+            } else {
+                VersionStatus::Ephemeral
+            }
+        } else {
+            VersionStatus::Replaced
+        }
+    }
+
+    /// The app's versions that hold a live (unexpired) label at `now_ms`.
+    pub fn live_previews<'s>(
+        &'s self,
+        app: &'s str,
+        now_ms: u64,
+    ) -> impl Iterator<Item = &'s Version> + 's {
+        self.versions
+            .values()
+            .filter(move |v| v.app == app && v.label.is_some() && !v.is_expired(now_ms))
+    }
+
+    /// The exact-route hosts of `app`, sorted.
+    pub fn exact_hosts(&self, app: &str) -> Vec<&str> {
+        self.routes
+            .values()
+            .filter(|r| r.app == app && r.kind == RouteKind::Exact)
+            .map(|r| r.host.as_str())
+            .collect()
+    }
+}

@@ -1,0 +1,432 @@
+//! The embedded store: one SQLite file, `ingress.db`, in `store.data_dir`.
+//!
+//! Write-ahead log with `synchronous = FULL`: a committed batch is on disk before
+//! `commit` returns, so it survives `kill -9` and power loss.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{params, Connection};
+
+use super::migrations::migrate;
+use super::{Store, StoreError};
+use crate::model::{
+    App, AuditEntry, Environment, Mutation, Route, RouteKind, RuntimeSpec, State, Tombstone,
+    Version,
+};
+
+/// The file name inside `store.data_dir`.
+pub const STORE_FILE: &str = "ingress.db";
+
+/// The SQLite store.
+pub struct SqliteStore {
+    connection: Connection,
+    file: String,
+}
+
+fn sql_error(file: &str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+    move |e| StoreError(format!("{file}: {e}"))
+}
+
+fn ms(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+fn to_sql_ms(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store in `data_dir` and migrates its schema.
+    pub fn open(data_dir: &Path) -> Result<SqliteStore, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            StoreError(format!(
+                "store.data_dir {}: cannot create it: {e}",
+                data_dir.display()
+            ))
+        })?;
+        Self::open_file(&data_dir.join(STORE_FILE))
+    }
+
+    /// Opens the store file at `path` and migrates its schema.
+    pub fn open_file(path: &PathBuf) -> Result<SqliteStore, StoreError> {
+        let file = path.display().to_string();
+        let mut connection = Connection::open(path)
+            .map_err(|e| StoreError(format!("{file}: cannot open the store: {e}")))?;
+        connection
+            .pragma_update(None, "journal_mode", "WAL")
+            .and_then(|()| connection.pragma_update(None, "synchronous", "FULL"))
+            .and_then(|()| connection.busy_timeout(std::time::Duration::from_secs(5)))
+            .map_err(|e| StoreError(format!("{file}: cannot configure the store: {e}")))?;
+        migrate(&mut connection, &file)?;
+        Ok(SqliteStore { connection, file })
+    }
+
+    #[cfg(test)]
+    pub(crate) fn connection(&self) -> &Connection {
+        &self.connection
+    }
+
+    fn load_versions(&self, state: &mut State) -> Result<(), StoreError> {
+        let file = &self.file;
+        let mut statement = self
+            .connection
+            .prepare(
+                "SELECT id, app, spec, env, branch, label, expires_at_ms, created_at_ms, cloned_from FROM versions",
+            )
+            .map_err(sql_error(file))?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, String>(3)?,
+                    row.get::<_, Option<String>>(4)?,
+                    row.get::<_, Option<String>>(5)?,
+                    row.get::<_, Option<i64>>(6)?,
+                    row.get::<_, i64>(7)?,
+                    row.get::<_, Option<String>>(8)?,
+                ))
+            })
+            .map_err(sql_error(file))?;
+        for row in rows {
+            let (id, app, spec, env, branch, label, expires, created, cloned_from) =
+                row.map_err(sql_error(file))?;
+            let spec: RuntimeSpec = serde_json::from_str(&spec).map_err(|e| {
+                StoreError(format!(
+                    "{file}: version {id} has an unreadable runtime spec: {e}"
+                ))
+            })?;
+            let env = Environment::parse(&env).ok_or_else(|| {
+                StoreError(format!(
+                    "{file}: version {id} has unknown environment {env:?}"
+                ))
+            })?;
+            state.versions.insert(
+                id.clone(),
+                Version {
+                    id,
+                    app,
+                    spec,
+                    env,
+                    branch,
+                    label,
+                    expires_at_ms: expires.map(ms),
+                    created_at_ms: ms(created),
+                    cloned_from,
+                },
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Store for SqliteStore {
+    fn load(&self) -> Result<State, StoreError> {
+        let file = &self.file;
+        let mut state = State::default();
+
+        let mut apps = self
+            .connection
+            .prepare("SELECT name, created_at_ms, active_version FROM apps")
+            .map_err(sql_error(file))?;
+        let rows = apps
+            .query_map([], |row| {
+                Ok(App {
+                    name: row.get(0)?,
+                    created_at_ms: ms(row.get(1)?),
+                    active_version: row.get(2)?,
+                })
+            })
+            .map_err(sql_error(file))?;
+        for app in rows {
+            let app = app.map_err(sql_error(file))?;
+            state.apps.insert(app.name.clone(), app);
+        }
+
+        let mut routes = self
+            .connection
+            .prepare("SELECT kind, host, app FROM routes")
+            .map_err(sql_error(file))?;
+        let rows = routes
+            .query_map([], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                ))
+            })
+            .map_err(sql_error(file))?;
+        for row in rows {
+            let (kind, host, app) = row.map_err(sql_error(file))?;
+            let kind = RouteKind::parse(&kind).ok_or_else(|| {
+                StoreError(format!("{file}: route {host:?} has unknown kind {kind:?}"))
+            })?;
+            let route = Route { kind, host, app };
+            state.routes.insert(route.key(), route);
+        }
+
+        self.load_versions(&mut state)?;
+
+        let mut tombstones = self
+            .connection
+            .prepare("SELECT app, label, expired_at_ms FROM tombstones")
+            .map_err(sql_error(file))?;
+        let rows = tombstones
+            .query_map([], |row| {
+                Ok(Tombstone {
+                    app: row.get(0)?,
+                    label: row.get(1)?,
+                    expired_at_ms: ms(row.get(2)?),
+                })
+            })
+            .map_err(sql_error(file))?;
+        for tombstone in rows {
+            let tombstone = tombstone.map_err(sql_error(file))?;
+            state
+                .tombstones
+                .insert((tombstone.app.clone(), tombstone.label.clone()), tombstone);
+        }
+        Ok(state)
+    }
+
+    fn commit(&mut self, mutations: &[Mutation]) -> Result<(), StoreError> {
+        let file = self.file.clone();
+        let transaction = self.connection.transaction().map_err(sql_error(&file))?;
+        for mutation in mutations {
+            let result = match mutation {
+                Mutation::PutApp(app) => transaction.execute(
+                    "INSERT OR REPLACE INTO apps (name, created_at_ms, active_version) VALUES (?1, ?2, ?3)",
+                    params![app.name, to_sql_ms(app.created_at_ms), app.active_version],
+                ),
+                Mutation::DeleteApp(name) => {
+                    transaction.execute("DELETE FROM apps WHERE name = ?1", params![name])
+                }
+                Mutation::PutRoute(route) => transaction.execute(
+                    "INSERT OR REPLACE INTO routes (key, kind, host, app) VALUES (?1, ?2, ?3, ?4)",
+                    params![route.key(), route.kind.as_str(), route.host, route.app],
+                ),
+                Mutation::DeleteRoute(key) => {
+                    transaction.execute("DELETE FROM routes WHERE key = ?1", params![key])
+                }
+                Mutation::PutVersion(version) => {
+                    let spec = serde_json::to_string(&version.spec).map_err(|e| {
+                        StoreError(format!("version {}: cannot encode its spec: {e}", version.id))
+                    })?;
+                    transaction.execute(
+                        "INSERT OR REPLACE INTO versions (id, app, spec, env, branch, label, expires_at_ms, created_at_ms, cloned_from) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                        params![
+                            version.id,
+                            version.app,
+                            spec,
+                            version.env.as_str(),
+                            version.branch,
+                            version.label,
+                            version.expires_at_ms.map(to_sql_ms),
+                            to_sql_ms(version.created_at_ms),
+                            version.cloned_from
+                        ],
+                    )
+                }
+                Mutation::DeleteVersion(id) => {
+                    transaction.execute("DELETE FROM versions WHERE id = ?1", params![id])
+                }
+                Mutation::PutTombstone(tombstone) => transaction.execute(
+                    "INSERT OR REPLACE INTO tombstones (app, label, expired_at_ms) VALUES (?1, ?2, ?3)",
+                    params![tombstone.app, tombstone.label, to_sql_ms(tombstone.expired_at_ms)],
+                ),
+                Mutation::DeleteTombstone { app, label } => transaction.execute(
+                    "DELETE FROM tombstones WHERE app = ?1 AND label = ?2",
+                    params![app, label],
+                ),
+                Mutation::Audit(entry) => transaction.execute(
+                    "INSERT INTO audit (at_ms, actor, action, target, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![to_sql_ms(entry.at_ms), entry.actor, entry.action, entry.target, entry.detail],
+                ),
+            };
+            result.map_err(sql_error(&file))?;
+        }
+        transaction.commit().map_err(sql_error(&file))
+    }
+
+    fn audit_log(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        let file = &self.file;
+        let mut statement = self
+            .connection
+            .prepare(
+                "SELECT at_ms, actor, action, target, detail FROM audit ORDER BY seq DESC LIMIT ?1",
+            )
+            .map_err(sql_error(file))?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = statement
+            .query_map(params![limit], |row| {
+                Ok(AuditEntry {
+                    at_ms: ms(row.get(0)?),
+                    actor: row.get(1)?,
+                    action: row.get(2)?,
+                    target: row.get(3)?,
+                    detail: row.get(4)?,
+                })
+            })
+            .map_err(sql_error(file))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(sql_error(file))
+    }
+}
+
+/// The schema version stored in `path`, if the file exists and has one.
+#[cfg(test)]
+fn stored_schema_version(path: &Path) -> Result<Option<u32>, StoreError> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let connection = Connection::open(path).map_err(sql_error(&path.display().to_string()))?;
+    connection
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .map(Some)
+        .map_err(sql_error(&path.display().to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::migrations::migrate_to;
+    use super::super::SCHEMA_VERSION;
+    use super::*;
+    use std::net::SocketAddr;
+
+    fn version(id: &str, label: Option<&str>) -> Version {
+        Version {
+            id: id.into(),
+            app: "shop".into(),
+            spec: RuntimeSpec::Static {
+                upstreams: vec![SocketAddr::from(([127, 0, 0, 1], 3000))],
+            },
+            env: Environment::Preview,
+            branch: Some("feature/x".into()),
+            label: label.map(str::to_string),
+            expires_at_ms: label.map(|_| 5_000),
+            created_at_ms: 1_000,
+            cloned_from: None,
+        }
+    }
+
+    #[test]
+    fn committed_state_loads_back_after_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let mutations = vec![
+            Mutation::PutApp(App {
+                name: "shop".into(),
+                created_at_ms: 1,
+                active_version: Some("v1".into()),
+            }),
+            Mutation::PutRoute(Route {
+                kind: RouteKind::Exact,
+                host: "shop.example.com".into(),
+                app: "shop".into(),
+            }),
+            Mutation::PutRoute(Route {
+                kind: RouteKind::Wildcard,
+                host: "example.org".into(),
+                app: "shop".into(),
+            }),
+            Mutation::PutRoute(Route {
+                kind: RouteKind::Default,
+                host: String::new(),
+                app: "shop".into(),
+            }),
+            Mutation::PutVersion(version("v1", None)),
+            Mutation::PutVersion(version("p1", Some("pr-1"))),
+            Mutation::PutTombstone(Tombstone {
+                app: "shop".into(),
+                label: "old".into(),
+                expired_at_ms: 7,
+            }),
+            Mutation::Audit(AuditEntry {
+                at_ms: 9,
+                actor: "admin".into(),
+                action: "deploy".into(),
+                target: "shop/v1".into(),
+                detail: String::new(),
+            }),
+        ];
+        let mut expected = State::default();
+        expected.apply(&mutations);
+        {
+            let mut store = SqliteStore::open(dir.path()).unwrap();
+            store.commit(&mutations).unwrap();
+        }
+        let store = SqliteStore::open(dir.path()).unwrap();
+        assert_eq!(store.load().unwrap(), expected);
+        assert_eq!(store.audit_log(10).unwrap().len(), 1);
+
+        let mut store = store;
+        store
+            .commit(&[
+                Mutation::DeleteVersion("p1".into()),
+                Mutation::DeleteRoute("*.example.org".into()),
+            ])
+            .unwrap();
+        let state = store.load().unwrap();
+        assert!(!state.versions.contains_key("p1"));
+        assert!(!state.routes.contains_key("*.example.org"));
+    }
+
+    #[test]
+    fn a_file_of_schema_1_is_migrated_and_keeps_its_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(STORE_FILE);
+        {
+            let mut connection = Connection::open(&path).unwrap();
+            migrate_to(&mut connection, "old", 1).unwrap();
+            connection
+                .execute_batch(
+                    "INSERT INTO apps VALUES ('shop', 1, 'v1');
+                     INSERT INTO routes VALUES ('shop.example.com', 'exact', 'shop.example.com', 'shop');
+                     INSERT INTO versions VALUES ('v1', 'shop', '{\"runtime\":\"static\",\"upstreams\":[\"127.0.0.1:3000\"]}', 'production', NULL, NULL, NULL, 1, NULL);",
+                )
+                .unwrap();
+        }
+        assert_eq!(stored_schema_version(&path).unwrap(), Some(1));
+        let mut store = SqliteStore::open(dir.path()).unwrap();
+        assert_eq!(stored_schema_version(&path).unwrap(), Some(SCHEMA_VERSION));
+        let state = store.load().unwrap();
+        assert_eq!(state.apps["shop"].active_version.as_deref(), Some("v1"));
+        assert_eq!(state.routes["shop.example.com"].kind, RouteKind::Exact);
+        assert_eq!(state.versions["v1"].env, Environment::Production);
+        // The tables schema 2 added work.
+        store
+            .commit(&[Mutation::PutTombstone(Tombstone {
+                app: "shop".into(),
+                label: "x".into(),
+                expired_at_ms: 1,
+            })])
+            .unwrap();
+        assert_eq!(store.load().unwrap().tombstones.len(), 1);
+    }
+
+    #[test]
+    fn a_file_from_a_newer_ingress_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SqliteStore::open(dir.path()).unwrap();
+            store
+                .connection()
+                .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+                .unwrap();
+        }
+        let error = SqliteStore::open(dir.path()).err().unwrap().0;
+        assert!(error.contains("written by a newer ingress"), "{error}");
+        assert!(
+            error.contains(&format!("schema version {}", SCHEMA_VERSION + 1)),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn an_unwritable_data_dir_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("not-a-dir");
+        std::fs::write(&file, b"x").unwrap();
+        let error = SqliteStore::open(&file.join("data")).err().unwrap().0;
+        assert!(error.starts_with("store.data_dir "), "{error}");
+    }
+}
