@@ -3,8 +3,10 @@
 //! that hand the proxy its leases. The admin API and control loops build on it.
 
 pub mod control_plane;
+pub mod grpc;
 pub mod model;
 pub mod names;
+pub mod serve;
 pub mod static_runtime;
 pub mod store;
 

@@ -1,12 +1,17 @@
-//! `ingress --config FILE`: parses the configuration, wires the data plane to the
-//! control plane's runtime, and serves until SIGTERM/SIGINT.
+//! `ingress --config FILE`: one process with the Pingora proxy, the control plane
+//! (store, gRPC admin API, admin HTTP, GC loop) and the runtime; serves until
+//! SIGTERM (graceful) or SIGINT.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use ingress_config::Config;
-use ingress_control_api::StaticRuntime;
+use ingress_control_api::grpc::Token;
+use ingress_control_api::serve::{self, ControlSettings};
+use ingress_control_api::store::SqliteStore;
+use ingress_control_api::{ControlPlane, StaticRuntime};
+use ingress_proxy::time::now_unix_millis;
 use ingress_proxy::{
     IngressProxy, LeaseCache, Metrics, ProxyOptions, ProxyServer, ServerOptions, SnapshotHandle,
 };
@@ -30,36 +35,81 @@ fn config_path() -> Result<PathBuf, String> {
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let config = match config_path().and_then(|path| Config::load(&path).map_err(|e| e.to_string()))
-    {
-        Ok(config) => config,
+    match config_path().and_then(|path| Config::load(&path).map_err(|e| e.to_string())) {
+        Ok(config) => match run(&config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(message) => {
+                eprintln!("ingress: {message}");
+                ExitCode::FAILURE
+            }
+        },
         Err(message) => {
             eprintln!("ingress: {message}");
-            return ExitCode::from(2);
+            ExitCode::from(2)
         }
-    };
-    let metrics = match Metrics::new() {
-        Ok(metrics) => Arc::new(metrics),
-        Err(e) => {
-            eprintln!("ingress: cannot set up metrics: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    }
+}
+
+/// Wires the store, the control plane and the proxy, and serves until a signal.
+fn run(config: &Config) -> Result<(), String> {
+    let metrics = Arc::new(Metrics::new().map_err(|e| format!("cannot set up metrics: {e}"))?);
     let snapshots =
         Arc::new(SnapshotHandle::new().with_generation_gauge(metrics.snapshot_generation.clone()));
     let runtime = Arc::new(StaticRuntime::new());
+    let store = SqliteStore::open(&config.store.data_dir).map_err(|e| e.to_string())?;
+    let plane = ControlPlane::open(
+        Box::new(store),
+        Arc::clone(&snapshots),
+        Arc::clone(&runtime),
+        config.ephemeral.clone(),
+        Box::new(now_unix_millis),
+    )
+    .map_err(|e| e.to_string())?;
+    let plane = Arc::new(plane);
+
     let proxy = IngressProxy::new(
-        snapshots,
+        Arc::clone(&snapshots),
         LeaseCache::new(config.proxy.lease_cache_capacity, config.proxy.lease_ttl.0),
         runtime,
-        metrics,
-        ProxyOptions::from_config(&config),
+        Arc::clone(&metrics),
+        ProxyOptions::from_config(config),
     );
-    let (server, _trigger) = ProxyServer::new(&ServerOptions::from_config(&config), proxy, true);
-    log::warn!(
-        "no control plane yet: serving an empty routing snapshot, so every request is answered 404 (no route)"
+    let (server, trigger) = ProxyServer::new(&ServerOptions::from_config(config), proxy, true);
+
+    let tokens = config
+        .admin
+        .tokens
+        .iter()
+        .filter_map(|t| {
+            t.secret.clone().map(|secret| Token {
+                name: t.name.clone(),
+                secret,
+            })
+        })
+        .collect::<Vec<_>>();
+    if tokens.is_empty() {
+        log::warn!("admin.tokens is empty: every admin API call will be refused");
+    }
+    let render_metrics = Arc::clone(&metrics);
+    let control = serve::spawn(
+        ControlSettings {
+            grpc_listen: config.admin.grpc_listen,
+            http_listen: config.admin.http_listen,
+            tokens,
+            gc_interval: config.ephemeral.gc_interval.0,
+        },
+        plane,
+        Arc::new(move || render_metrics.encode_text()),
+        Box::new(move || trigger.trigger()),
+    )?;
+    log::info!(
+        "proxy on http://{}, admin gRPC on {}, metrics on http://{}/metrics",
+        config.proxy.listen,
+        config.admin.grpc_listen,
+        config.admin.http_listen
     );
-    log::info!("proxy listening on http://{}", config.proxy.listen);
+    // Pingora builds its own runtimes and blocks until SIGTERM/SIGINT (or until the
+    // control plane fails and triggers the stop).
     server.run();
-    ExitCode::SUCCESS
+    control.stop()
 }

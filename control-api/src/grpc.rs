@@ -1,0 +1,351 @@
+//! The gRPC admin API (tonic): bearer-token authentication, and a thin mapping of
+//! each call onto a [`ControlPlane`] operation. Operations run on tokio's blocking
+//! pool because they commit to the store with fsync.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use subtle::ConstantTimeEq;
+use tonic::service::interceptor::InterceptedService;
+use tonic::{Request, Response, Status};
+
+use crate::control_plane::{
+    ControlError, ControlPlane, DeployRequest, DeploySource, ErrorKind, VersionView,
+};
+use crate::model::{Environment, Route};
+
+/// The generated protobuf types and gRPC client and server.
+pub mod proto {
+    tonic::include_proto!("ingress.v1");
+}
+
+use proto::admin_server::{Admin, AdminServer};
+
+/// One accepted bearer token.
+#[derive(Clone)]
+pub struct Token {
+    /// Recorded in the audit log as the actor.
+    pub name: String,
+    pub secret: String,
+}
+
+/// The name of the token that authenticated a request (a request extension).
+#[derive(Clone)]
+struct Caller(String);
+
+/// Checks `authorization: Bearer <secret>` against every token in constant time.
+#[derive(Clone)]
+pub struct Authenticator {
+    tokens: Arc<Vec<Token>>,
+}
+
+impl Authenticator {
+    /// Accepts the given tokens. With none, every call is refused.
+    pub fn new(tokens: Vec<Token>) -> Authenticator {
+        Authenticator {
+            tokens: Arc::new(tokens),
+        }
+    }
+
+    fn check(&self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let Some(header) = request.metadata().get("authorization") else {
+            return Err(Status::unauthenticated(
+                "missing bearer token: pass --token or set INGRESS_TOKEN",
+            ));
+        };
+        let presented = header
+            .to_str()
+            .ok()
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                Status::unauthenticated("the authorization header must be `Bearer <token>`")
+            })?;
+        // Compare against every token, without stopping early, in constant time.
+        let mut caller = None;
+        for token in self.tokens.iter() {
+            if bool::from(token.secret.as_bytes().ct_eq(presented.as_bytes())) {
+                caller = Some(token.name.clone());
+            }
+        }
+        let caller =
+            caller.ok_or_else(|| Status::unauthenticated("the bearer token is not valid"))?;
+        request.extensions_mut().insert(Caller(caller));
+        Ok(request)
+    }
+}
+
+impl tonic::service::Interceptor for Authenticator {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        self.check(request)
+    }
+}
+
+/// The admin service over a control plane.
+pub struct AdminService {
+    plane: Arc<ControlPlane>,
+}
+
+/// The admin service with authentication, ready for a tonic `Server`.
+pub fn admin_service(
+    plane: Arc<ControlPlane>,
+    authenticator: Authenticator,
+) -> InterceptedService<AdminServer<AdminService>, Authenticator> {
+    AdminServer::with_interceptor(AdminService { plane }, authenticator)
+}
+
+fn status(error: ControlError) -> Status {
+    match error.kind {
+        ErrorKind::InvalidArgument => Status::invalid_argument(error.message),
+        ErrorKind::NotFound => Status::not_found(error.message),
+        ErrorKind::AlreadyExists => Status::already_exists(error.message),
+        ErrorKind::FailedPrecondition => Status::failed_precondition(error.message),
+        ErrorKind::Internal => Status::internal(error.message),
+    }
+}
+
+fn caller<T>(request: &Request<T>) -> Result<String, Status> {
+    request
+        .extensions()
+        .get::<Caller>()
+        .map(|caller| caller.0.clone())
+        .ok_or_else(|| Status::unauthenticated("the request was not authenticated"))
+}
+
+/// Runs a control-plane operation on the blocking pool.
+async fn run<T: Send + 'static>(
+    plane: &Arc<ControlPlane>,
+    operation: impl FnOnce(&ControlPlane) -> Result<T, ControlError> + Send + 'static,
+) -> Result<T, Status> {
+    let plane = Arc::clone(plane);
+    tokio::task::spawn_blocking(move || operation(&plane))
+        .await
+        .map_err(|e| Status::internal(format!("the operation did not finish: {e}")))?
+        .map_err(status)
+}
+
+fn route_info(route: &Route) -> proto::RouteInfo {
+    proto::RouteInfo {
+        host: route.key(),
+        kind: route.kind.as_str().to_string(),
+        app: route.app.clone(),
+    }
+}
+
+fn version_info(view: VersionView) -> proto::VersionInfo {
+    proto::VersionInfo {
+        id: view.id,
+        app: view.app,
+        status: view.status.as_str().to_string(),
+        label: view.label,
+        expires_at_ms: view.expires_at_ms,
+        env: view.env.as_str().to_string(),
+        branch: view.branch,
+        desired_state: view.desired_state.to_string(),
+        created_at_ms: view.created_at_ms,
+        cloned_from: view.cloned_from,
+        upstreams: view.upstreams.iter().map(ToString::to_string).collect(),
+        urls: view.urls,
+    }
+}
+
+fn deploy_request(request: proto::DeployRequest) -> Result<DeployRequest, Status> {
+    let source = match (request.upstreams.is_empty(), request.version) {
+        (false, None) => {
+            let addrs = request
+                .upstreams
+                .iter()
+                .map(|text| {
+                    text.parse::<SocketAddr>().map_err(|_| {
+                        Status::invalid_argument(format!(
+                            "upstream {text:?} is not an address; write IP:PORT, for example 127.0.0.1:3000"
+                        ))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            DeploySource::Upstreams(addrs)
+        }
+        (true, Some(version)) => DeploySource::Version(version),
+        _ => {
+            return Err(Status::invalid_argument(
+                "give exactly one of --upstream ADDR[,ADDR...] and --version ID",
+            ))
+        }
+    };
+    let env = match request.env.as_deref() {
+        None => None,
+        Some(text) => Some(Environment::parse(text).ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "--env {text:?} is not allowed; use production or preview"
+            ))
+        })?),
+    };
+    let ephemeral = match (request.ephemeral_label, request.ttl) {
+        (Some(label), ttl) => Some((label, ttl)),
+        (None, Some(_)) => {
+            return Err(Status::invalid_argument(
+                "--ttl is only for --ephemeral deploys",
+            ))
+        }
+        (None, None) => None,
+    };
+    Ok(DeployRequest {
+        app: request.app,
+        source,
+        env,
+        branch: request.branch,
+        ephemeral,
+    })
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn create_app(
+        &self,
+        request: Request<proto::AppName>,
+    ) -> Result<Response<proto::Empty>, Status> {
+        let actor = caller(&request)?;
+        let name = request.into_inner().name;
+        run(&self.plane, move |plane| plane.create_app(&actor, &name)).await?;
+        Ok(Response::new(proto::Empty {}))
+    }
+
+    async fn delete_app(
+        &self,
+        request: Request<proto::AppName>,
+    ) -> Result<Response<proto::Empty>, Status> {
+        let actor = caller(&request)?;
+        let name = request.into_inner().name;
+        run(&self.plane, move |plane| plane.delete_app(&actor, &name)).await?;
+        Ok(Response::new(proto::Empty {}))
+    }
+
+    async fn list_apps(
+        &self,
+        _request: Request<proto::Empty>,
+    ) -> Result<Response<proto::AppList>, Status> {
+        let apps = run(&self.plane, |plane| Ok(plane.apps())).await?;
+        Ok(Response::new(proto::AppList {
+            apps: apps
+                .into_iter()
+                .map(|app| proto::AppInfo {
+                    name: app.name,
+                    created_at_ms: app.created_at_ms,
+                    active_version: app.active_version,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn add_route(
+        &self,
+        request: Request<proto::RouteRequest>,
+    ) -> Result<Response<proto::RouteInfo>, Status> {
+        let actor = caller(&request)?;
+        let proto::RouteRequest { host, app } = request.into_inner();
+        let route = run(&self.plane, move |plane| {
+            plane.add_route(&actor, &host, &app)
+        })
+        .await?;
+        Ok(Response::new(route_info(&route)))
+    }
+
+    async fn remove_route(
+        &self,
+        request: Request<proto::RouteRequest>,
+    ) -> Result<Response<proto::Empty>, Status> {
+        let actor = caller(&request)?;
+        let host = request.into_inner().host;
+        run(&self.plane, move |plane| plane.remove_route(&actor, &host)).await?;
+        Ok(Response::new(proto::Empty {}))
+    }
+
+    async fn set_default_route(
+        &self,
+        request: Request<proto::AppName>,
+    ) -> Result<Response<proto::RouteInfo>, Status> {
+        let actor = caller(&request)?;
+        let app = request.into_inner().name;
+        let route = run(&self.plane, move |plane| {
+            plane.set_default_route(&actor, &app)
+        })
+        .await?;
+        Ok(Response::new(route_info(&route)))
+    }
+
+    async fn list_routes(
+        &self,
+        _request: Request<proto::Empty>,
+    ) -> Result<Response<proto::RouteList>, Status> {
+        let routes = run(&self.plane, |plane| Ok(plane.routes())).await?;
+        Ok(Response::new(proto::RouteList {
+            routes: routes.iter().map(route_info).collect(),
+        }))
+    }
+
+    async fn deploy(
+        &self,
+        request: Request<proto::DeployRequest>,
+    ) -> Result<Response<proto::DeployReply>, Status> {
+        let actor = caller(&request)?;
+        let deploy = deploy_request(request.into_inner())?;
+        let outcome = run(&self.plane, move |plane| plane.deploy(&actor, &deploy)).await?;
+        Ok(Response::new(proto::DeployReply {
+            version: Some(version_info(outcome.version)),
+            replaced: outcome.replaced,
+            evicted: outcome.evicted,
+        }))
+    }
+
+    async fn list_versions(
+        &self,
+        request: Request<proto::ListVersionsRequest>,
+    ) -> Result<Response<proto::VersionList>, Status> {
+        let proto::ListVersionsRequest {
+            app,
+            ephemeral_only,
+        } = request.into_inner();
+        let views = run(&self.plane, move |plane| {
+            plane.versions(&app, ephemeral_only)
+        })
+        .await?;
+        Ok(Response::new(proto::VersionList {
+            versions: views.into_iter().map(version_info).collect(),
+        }))
+    }
+
+    async fn delete_version(
+        &self,
+        request: Request<proto::VersionName>,
+    ) -> Result<Response<proto::Empty>, Status> {
+        let actor = caller(&request)?;
+        let proto::VersionName { app, version } = request.into_inner();
+        run(&self.plane, move |plane| {
+            plane.delete_version(&actor, &app, &version)
+        })
+        .await?;
+        Ok(Response::new(proto::Empty {}))
+    }
+
+    async fn audit(
+        &self,
+        request: Request<proto::AuditRequest>,
+    ) -> Result<Response<proto::AuditList>, Status> {
+        let limit = match request.into_inner().limit {
+            0 => 50,
+            n => n.min(10_000) as usize,
+        };
+        let entries = run(&self.plane, move |plane| plane.audit_log(limit)).await?;
+        Ok(Response::new(proto::AuditList {
+            entries: entries
+                .into_iter()
+                .map(|e| proto::AuditEntry {
+                    at_ms: e.at_ms,
+                    actor: e.actor,
+                    action: e.action,
+                    target: e.target,
+                    detail: e.detail,
+                })
+                .collect(),
+        }))
+    }
+}

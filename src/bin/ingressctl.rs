@@ -1,0 +1,463 @@
+//! `ingressctl`: the admin CLI over the gRPC API. Tables by default, one JSON
+//! document with `--output json`. Exit code 0 on success, 1 with a one-line error
+//! when the server refuses, 2 for a bad command line.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use ingress_control_api::grpc::proto::{self, admin_client::AdminClient};
+use ingress_proxy::time::format_unix_millis;
+use serde_json::{json, Value};
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+use tonic::Request;
+
+#[derive(Parser)]
+#[command(
+    name = "ingressctl",
+    about = "Administer the ingress through its gRPC API"
+)]
+struct Cli {
+    /// The admin gRPC endpoint.
+    #[arg(
+        long,
+        env = "INGRESS_SERVER",
+        default_value = "http://127.0.0.1:9090",
+        global = true
+    )]
+    server: String,
+    /// A bearer token from the server's admin.tokens.
+    #[arg(long, env = "INGRESS_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// Output format of listings and results.
+    #[arg(long, value_enum, default_value = "table", global = true)]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create, list and delete apps.
+    App {
+        #[command(subcommand)]
+        command: AppCommand,
+    },
+    /// Add, remove and list routes.
+    Route {
+        #[command(subcommand)]
+        command: RouteCommand,
+    },
+    /// Deploy a version: active, or ephemeral with --ephemeral LABEL.
+    Deploy {
+        app: String,
+        /// Upstream addresses IP:PORT, comma-separated.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            conflicts_with = "version",
+            required_unless_present = "version"
+        )]
+        upstream: Vec<String>,
+        /// An existing version: activate it again, or clone it with --ephemeral.
+        #[arg(long)]
+        version: Option<String>,
+        /// production or preview.
+        #[arg(long)]
+        env: Option<String>,
+        #[arg(long)]
+        branch: Option<String>,
+        /// Deploy as a preview reachable at LABEL.<app host>.
+        #[arg(long)]
+        ephemeral: Option<String>,
+        /// Preview lifetime: 90s, 30m, 24h, 7d.
+        #[arg(long, requires = "ephemeral")]
+        ttl: Option<String>,
+    },
+    /// List the versions of an app.
+    Versions {
+        app: String,
+        /// Only ephemeral versions.
+        #[arg(long)]
+        ephemeral: bool,
+    },
+    /// Delete a version.
+    Delete { app: String, version: String },
+    /// Show the audit log, newest first.
+    Audit {
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum AppCommand {
+    Create { name: String },
+    List,
+    Delete { name: String },
+}
+
+#[derive(Subcommand)]
+enum RouteCommand {
+    /// HOST is exact (shop.example.com) or a wildcard (*.example.com).
+    Add {
+        host: String,
+        #[arg(long)]
+        app: String,
+    },
+    /// HOST as added, or (default).
+    Remove {
+        host: String,
+    },
+    /// Route every unmatched host to an app.
+    Default {
+        #[arg(long)]
+        app: String,
+    },
+    List,
+}
+
+/// Adds the bearer token to every call.
+type AddToken = Box<dyn FnMut(Request<()>) -> Result<Request<()>, tonic::Status> + Send>;
+
+type Client = AdminClient<tonic::service::interceptor::InterceptedService<Channel, AddToken>>;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("ingressctl: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn connect(server: &str, token: Option<String>) -> Result<Client, String> {
+    let endpoint = Channel::from_shared(server.to_string())
+        .map_err(|_| format!("--server {server:?} is not a URL; write http://HOST:PORT"))?
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .timeout(std::time::Duration::from_secs(60));
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| format!("cannot reach the ingress at {server}: {e}"))?;
+    let header = match token.filter(|token| !token.is_empty()) {
+        Some(token) => Some(
+            MetadataValue::try_from(format!("Bearer {token}"))
+                .map_err(|_| "--token contains characters a header cannot carry".to_string())?,
+        ),
+        None => None,
+    };
+    let interceptor: AddToken = Box::new(move |mut request: Request<()>| {
+        if let Some(header) = &header {
+            request
+                .metadata_mut()
+                .insert("authorization", header.clone());
+        }
+        Ok(request)
+    });
+    Ok(AdminClient::with_interceptor(channel, interceptor))
+}
+
+fn refused(status: tonic::Status) -> String {
+    status.message().to_string()
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    let mut client = connect(&cli.server, cli.token).await?;
+    let output = cli.output;
+    match cli.command {
+        Command::App { command } => match command {
+            AppCommand::Create { name } => {
+                client
+                    .create_app(proto::AppName { name: name.clone() })
+                    .await
+                    .map_err(refused)?;
+                done(
+                    output,
+                    json!({ "created": name }),
+                    format!("app {name} created"),
+                );
+            }
+            AppCommand::Delete { name } => {
+                client
+                    .delete_app(proto::AppName { name: name.clone() })
+                    .await
+                    .map_err(refused)?;
+                done(
+                    output,
+                    json!({ "deleted": name }),
+                    format!("app {name} deleted"),
+                );
+            }
+            AppCommand::List => {
+                let apps = client
+                    .list_apps(proto::Empty {})
+                    .await
+                    .map_err(refused)?
+                    .into_inner()
+                    .apps;
+                let rows = apps
+                    .iter()
+                    .map(|a| {
+                        vec![
+                            a.name.clone(),
+                            a.active_version.clone().unwrap_or_else(|| "-".into()),
+                            format_unix_millis(a.created_at_ms),
+                        ]
+                    })
+                    .collect();
+                let doc = Value::Array(
+                    apps.iter()
+                        .map(|a| json!({ "name": a.name, "active_version": a.active_version, "created_at": format_unix_millis(a.created_at_ms) }))
+                        .collect(),
+                );
+                listing(output, doc, &["NAME", "ACTIVE VERSION", "CREATED"], rows);
+            }
+        },
+        Command::Route { command } => match command {
+            RouteCommand::Add { host, app } => {
+                let route = client
+                    .add_route(proto::RouteRequest { host, app })
+                    .await
+                    .map_err(refused)?
+                    .into_inner();
+                done(
+                    output,
+                    route_json(&route),
+                    format!("route {} -> app {}", route.host, route.app),
+                );
+            }
+            RouteCommand::Remove { host } => {
+                client
+                    .remove_route(proto::RouteRequest {
+                        host: host.clone(),
+                        app: String::new(),
+                    })
+                    .await
+                    .map_err(refused)?;
+                done(
+                    output,
+                    json!({ "removed": host }),
+                    format!("route {host} removed"),
+                );
+            }
+            RouteCommand::Default { app } => {
+                let route = client
+                    .set_default_route(proto::AppName { name: app })
+                    .await
+                    .map_err(refused)?
+                    .into_inner();
+                done(
+                    output,
+                    route_json(&route),
+                    format!("default route -> app {}", route.app),
+                );
+            }
+            RouteCommand::List => {
+                let routes = client
+                    .list_routes(proto::Empty {})
+                    .await
+                    .map_err(refused)?
+                    .into_inner()
+                    .routes;
+                let rows = routes
+                    .iter()
+                    .map(|r| vec![r.host.clone(), r.kind.clone(), r.app.clone()])
+                    .collect();
+                let doc = Value::Array(routes.iter().map(route_json).collect());
+                listing(output, doc, &["HOST", "KIND", "APP"], rows);
+            }
+        },
+        Command::Deploy {
+            app,
+            upstream,
+            version,
+            env,
+            branch,
+            ephemeral,
+            ttl,
+        } => {
+            let reply = client
+                .deploy(proto::DeployRequest {
+                    app,
+                    upstreams: upstream,
+                    version,
+                    env,
+                    branch,
+                    ephemeral_label: ephemeral,
+                    ttl,
+                })
+                .await
+                .map_err(refused)?
+                .into_inner();
+            let version = reply
+                .version
+                .ok_or("the server answered without a version")?;
+            let mut text = format!(
+                "deployed version {} of app {} ({})",
+                version.id, version.app, version.status
+            );
+            if let Some(expiry) = version.expires_at_ms {
+                text.push_str(&format!(", expires {}", format_unix_millis(expiry)));
+            }
+            if let Some(old) = &reply.replaced {
+                text.push_str(&format!("\nreplaced version {old} (same label)"));
+            }
+            if let Some(old) = &reply.evicted {
+                text.push_str(&format!("\nevicted version {old} (nearest to expiry)"));
+            }
+            for url in &version.urls {
+                text.push_str(&format!("\n  {url}"));
+            }
+            let mut doc = version_json(&version);
+            doc["replaced"] = json!(reply.replaced);
+            doc["evicted"] = json!(reply.evicted);
+            done(output, doc, text);
+        }
+        Command::Versions { app, ephemeral } => {
+            let versions = client
+                .list_versions(proto::ListVersionsRequest {
+                    app,
+                    ephemeral_only: ephemeral,
+                })
+                .await
+                .map_err(refused)?
+                .into_inner()
+                .versions;
+            let rows = versions
+                .iter()
+                .map(|v| {
+                    vec![
+                        v.id.clone(),
+                        v.status.clone(),
+                        v.label.clone().unwrap_or_else(|| "-".into()),
+                        v.expires_at_ms
+                            .map_or_else(|| "-".into(), format_unix_millis),
+                        v.env.clone(),
+                        v.branch.clone().unwrap_or_else(|| "-".into()),
+                        v.desired_state.clone(),
+                        v.urls.join(" "),
+                    ]
+                })
+                .collect();
+            let doc = Value::Array(versions.iter().map(version_json).collect());
+            listing(
+                output,
+                doc,
+                &[
+                    "ID", "STATUS", "LABEL", "EXPIRES", "ENV", "BRANCH", "DESIRED", "URLS",
+                ],
+                rows,
+            );
+        }
+        Command::Delete { app, version } => {
+            client
+                .delete_version(proto::VersionName {
+                    app: app.clone(),
+                    version: version.clone(),
+                })
+                .await
+                .map_err(refused)?;
+            done(
+                output,
+                json!({ "deleted": version, "app": app }),
+                format!("version {version} of app {app} deleted"),
+            );
+        }
+        Command::Audit { limit } => {
+            let entries = client
+                .audit(proto::AuditRequest { limit })
+                .await
+                .map_err(refused)?
+                .into_inner()
+                .entries;
+            let rows = entries
+                .iter()
+                .map(|e| {
+                    vec![
+                        format_unix_millis(e.at_ms),
+                        e.actor.clone(),
+                        e.action.clone(),
+                        e.target.clone(),
+                        e.detail.clone(),
+                    ]
+                })
+                .collect();
+            let doc = Value::Array(
+                entries
+                    .iter()
+                    .map(|e| json!({ "at": format_unix_millis(e.at_ms), "actor": e.actor, "action": e.action, "target": e.target, "detail": e.detail }))
+                    .collect(),
+            );
+            listing(
+                output,
+                doc,
+                &["AT", "ACTOR", "ACTION", "TARGET", "DETAIL"],
+                rows,
+            );
+        }
+    }
+    Ok(())
+}
+
+fn route_json(route: &proto::RouteInfo) -> Value {
+    json!({ "host": route.host, "kind": route.kind, "app": route.app })
+}
+
+fn version_json(v: &proto::VersionInfo) -> Value {
+    json!({
+        "id": v.id,
+        "app": v.app,
+        "status": v.status,
+        "label": v.label,
+        "expires_at": v.expires_at_ms.map(format_unix_millis),
+        "env": v.env,
+        "branch": v.branch,
+        "desired_state": v.desired_state,
+        "created_at": format_unix_millis(v.created_at_ms),
+        "cloned_from": v.cloned_from,
+        "upstreams": v.upstreams,
+        "urls": v.urls,
+    })
+}
+
+fn done(output: Output, doc: Value, text: String) {
+    match output {
+        Output::Json => println!("{doc}"),
+        Output::Table => println!("{text}"),
+    }
+}
+
+fn listing(output: Output, doc: Value, header: &[&str], rows: Vec<Vec<String>>) {
+    if output == Output::Json {
+        println!("{doc}");
+        return;
+    }
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(header.to_vec());
+    for row in &rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}

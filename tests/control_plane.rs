@@ -1,0 +1,414 @@
+//! End to end through the real `ingress` binary (temp data dir, free ports), driven
+//! only with the real `ingressctl` and HTTP requests to the proxy.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::binary::{Ingress, TOKEN};
+use support::{raw_request, RawResponse, Upstream};
+
+async fn get(ingress: &Ingress, host: &str) -> RawResponse {
+    raw_request(ingress.proxy, &format!("GET / HTTP/1.1\r\nHost: {host}")).await
+}
+
+fn upstream_of(response: &RawResponse) -> String {
+    response.header("x-upstream").unwrap_or("-").to_string()
+}
+
+/// Polls `check` every 50 ms for at most `limit`; panics with `what` if it never holds.
+async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what} did not happen within {limit:?}");
+}
+
+/// An ingress with app `shop` at shop.example.com.
+fn shop(dir: &tempfile::TempDir, sections: &str) -> Ingress {
+    let ingress = Ingress::start(dir.path(), sections);
+    ingress.ctl(&["app", "create", "shop"]).expect_ok();
+    ingress
+        .ctl(&["route", "add", "shop.example.com", "--app", "shop"])
+        .expect_ok();
+    ingress
+}
+
+fn deploy(ingress: &Ingress, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["deploy", "shop", "--output", "json"];
+    all.extend_from_slice(args);
+    ingress.ctl(&all).json()
+}
+
+fn versions(ingress: &Ingress) -> serde_json::Value {
+    ingress
+        .ctl(&["versions", "shop", "--output", "json"])
+        .json()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_serves_and_a_preview_leaves_the_active_version_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let ingress = shop(&dir, "");
+    let live = Upstream::start("live").await;
+    let preview = Upstream::start("preview").await;
+
+    let active = deploy(&ingress, &["--upstream", &live.addr.to_string()]);
+    assert_eq!(active["status"], "active");
+    let response = get(&ingress, "shop.example.com").await;
+    assert_eq!(response.status, 200);
+    assert_eq!(upstream_of(&response), "live");
+    assert_eq!(response.header("x-ingress-version"), active["id"].as_str());
+
+    // The table output prints the URLs where the preview is reachable.
+    let text = ingress
+        .ctl(&[
+            "deploy",
+            "shop",
+            "--upstream",
+            &preview.addr.to_string(),
+            "--ephemeral",
+            "Feature/Login",
+            "--ttl",
+            "2h",
+            "--branch",
+            "feature/login",
+        ])
+        .expect_ok();
+    assert!(
+        text.contains("http://feature-login.shop.example.com"),
+        "{text}"
+    );
+
+    let response = get(&ingress, "feature-login.shop.example.com").await;
+    assert_eq!(response.status, 200);
+    assert_eq!(upstream_of(&response), "preview");
+    let response = get(&ingress, "shop.example.com").await;
+    assert_eq!(upstream_of(&response), "live");
+    assert_eq!(response.header("x-ingress-version"), active["id"].as_str());
+
+    let listed = versions(&ingress);
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 2);
+    let ephemeral = listed.iter().find(|v| v["status"] == "ephemeral").unwrap();
+    for field in [
+        "id",
+        "app",
+        "status",
+        "label",
+        "expires_at",
+        "env",
+        "branch",
+        "desired_state",
+        "created_at",
+        "urls",
+    ] {
+        assert!(
+            ephemeral.get(field).is_some(),
+            "versions JSON lacks {field}"
+        );
+    }
+    assert_eq!(ephemeral["label"], "feature-login");
+    assert_eq!(ephemeral["env"], "preview");
+    assert_eq!(ephemeral["branch"], "feature/login");
+    assert_eq!(ephemeral["desired_state"], "running");
+    assert_eq!(
+        ephemeral["urls"][0],
+        "http://feature-login.shop.example.com"
+    );
+    let only_ephemeral = ingress
+        .ctl(&["versions", "shop", "--ephemeral", "--output", "json"])
+        .json();
+    assert_eq!(only_ephemeral.as_array().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_label_replaces_and_the_eleventh_evicts_the_nearest_to_expiry() {
+    let dir = tempfile::tempdir().unwrap();
+    let ingress = shop(&dir, "");
+    let first = Upstream::start("first").await;
+    let second = Upstream::start("second").await;
+
+    let old = deploy(
+        &ingress,
+        &["--upstream", &first.addr.to_string(), "--ephemeral", "pr-1"],
+    );
+    let new = deploy(
+        &ingress,
+        &[
+            "--upstream",
+            &second.addr.to_string(),
+            "--ephemeral",
+            "pr-1",
+        ],
+    );
+    assert_eq!(new["replaced"], old["id"]);
+    assert_eq!(
+        upstream_of(&get(&ingress, "pr-1.shop.example.com").await),
+        "second"
+    );
+
+    // Nine more labels; pr-5 expires first.
+    let mut nearest = serde_json::Value::Null;
+    for i in 2..=10 {
+        let ttl = if i == 5 { "30m" } else { "2h" };
+        let label = format!("pr-{i}");
+        let v = deploy(
+            &ingress,
+            &[
+                "--upstream",
+                &first.addr.to_string(),
+                "--ephemeral",
+                &label,
+                "--ttl",
+                ttl,
+            ],
+        );
+        if i == 5 {
+            nearest = v["id"].clone();
+        }
+    }
+    assert_eq!(get(&ingress, "pr-5.shop.example.com").await.status, 200);
+    let eleventh = deploy(
+        &ingress,
+        &[
+            "--upstream",
+            &first.addr.to_string(),
+            "--ephemeral",
+            "pr-11",
+        ],
+    );
+    assert_eq!(eleventh["evicted"], nearest);
+    assert_eq!(get(&ingress, "pr-5.shop.example.com").await.status, 404);
+    assert_eq!(get(&ingress, "pr-11.shop.example.com").await.status, 200);
+    let listed = ingress
+        .ctl(&["versions", "shop", "--ephemeral", "--output", "json"])
+        .json();
+    assert_eq!(listed.as_array().unwrap().len(), 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_preview_is_410_at_once_and_the_gc_deletes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let ingress = shop(&dir, "[ephemeral]\ngc_interval = \"200ms\"\n");
+    let upstream = Upstream::start("preview").await;
+    let preview = deploy(
+        &ingress,
+        &[
+            "--upstream",
+            &upstream.addr.to_string(),
+            "--ephemeral",
+            "short",
+            "--ttl",
+            "1s",
+        ],
+    );
+    assert_eq!(get(&ingress, "short.shop.example.com").await.status, 200);
+
+    eventually(Duration::from_secs(10), "410 after expiry", || async {
+        get(&ingress, "short.shop.example.com").await.status == 410
+    })
+    .await;
+    let body = get(&ingress, "short.shop.example.com").await.body;
+    assert!(
+        body.starts_with("preview short of app shop expired at "),
+        "{body}"
+    );
+
+    eventually(
+        Duration::from_secs(10),
+        "the GC deleting the version",
+        || async { versions(&ingress).as_array().is_some_and(|v| v.is_empty()) },
+    )
+    .await;
+    // The tombstone keeps answering 410, and the audit log names the system actor.
+    assert_eq!(get(&ingress, "short.shop.example.com").await.status, 410);
+    let audit = ingress.ctl(&["audit", "--output", "json"]).json();
+    let gc = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "gc")
+        .expect("a gc entry");
+    assert_eq!(gc["actor"], "system");
+    assert!(gc["target"]
+        .as_str()
+        .unwrap()
+        .contains(preview["id"].as_str().unwrap()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clone_leaves_its_source_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let ingress = shop(&dir, "");
+    let upstream = Upstream::start("live").await;
+    let source = deploy(&ingress, &["--upstream", &upstream.addr.to_string()]);
+    let source_id = source["id"].as_str().unwrap();
+    let before = versions(&ingress);
+
+    let clone = deploy(
+        &ingress,
+        &["--version", source_id, "--ephemeral", "demo", "--ttl", "1h"],
+    );
+    assert_ne!(clone["id"], source["id"]);
+    assert_eq!(clone["cloned_from"], source["id"]);
+    assert_eq!(clone["upstreams"], source["upstreams"]);
+
+    let after = versions(&ingress);
+    let source_after = after
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["id"] == source["id"])
+        .unwrap();
+    assert_eq!(Some(source_after), before.as_array().unwrap().first());
+    assert_eq!(
+        get(&ingress, "demo.shop.example.com")
+            .await
+            .header("x-ingress-version"),
+        clone["id"].as_str()
+    );
+    assert_eq!(
+        get(&ingress, "shop.example.com")
+            .await
+            .header("x-ingress-version"),
+        Some(source_id)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_clear_error_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let ingress = shop(&dir, "");
+    let upstream = Upstream::start("live").await;
+    let addr = upstream.addr.to_string();
+    deploy(&ingress, &["--upstream", &addr]);
+    let before = versions(&ingress);
+    let audit_before = ingress.ctl(&["audit", "--output", "json"]).json();
+
+    let cases: Vec<(Option<&str>, Vec<&str>, &str)> = vec![
+        (
+            Some(TOKEN),
+            vec!["deploy", "shop", "--upstream", &addr, "--ephemeral=___"],
+            "RFC 1123",
+        ),
+        (
+            Some(TOKEN),
+            vec![
+                "deploy",
+                "shop",
+                "--upstream",
+                &addr,
+                "--ephemeral",
+                "pr-1",
+                "--ttl",
+                "0s",
+            ],
+            "--ttl must be longer than 0s",
+        ),
+        (
+            Some(TOKEN),
+            vec![
+                "deploy",
+                "shop",
+                "--upstream",
+                &addr,
+                "--ephemeral",
+                "pr-1",
+                "--ttl",
+                "31d",
+            ],
+            "longer than the maximum 30d",
+        ),
+        (
+            Some(TOKEN),
+            vec!["deploy", "nope", "--upstream", &addr],
+            "app nope does not exist",
+        ),
+        (
+            Some(TOKEN),
+            vec!["deploy", "shop", "--upstream", "not-an-address"],
+            "is not an address",
+        ),
+        (None, vec!["app", "create", "other"], "missing bearer token"),
+        (
+            Some("wrong-token"),
+            vec!["app", "create", "other"],
+            "the bearer token is not valid",
+        ),
+    ];
+    for (token, args, expected) in cases {
+        let output = ingress.ctl_with_token(token, &args);
+        assert!(!output.ok(), "{args:?} succeeded");
+        let stderr = output.stderr();
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(
+            stderr.starts_with("ingressctl: ") && stderr.contains(expected),
+            "{args:?}: {stderr}"
+        );
+    }
+    assert_eq!(versions(&ingress), before);
+    assert_eq!(
+        ingress.ctl(&["audit", "--output", "json"]).json(),
+        audit_before
+    );
+    assert_eq!(
+        ingress
+            .ctl(&["app", "list", "--output", "json"])
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn everything_survives_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ingress = shop(&dir, "");
+    let live = Upstream::start("live").await;
+    let preview = Upstream::start("preview").await;
+    let active = deploy(&ingress, &["--upstream", &live.addr.to_string()]);
+    let label = deploy(
+        &ingress,
+        &[
+            "--upstream",
+            &preview.addr.to_string(),
+            "--ephemeral",
+            "pr-1",
+        ],
+    );
+    let before = versions(&ingress);
+
+    ingress.kill9_and_restart();
+
+    assert_eq!(versions(&ingress), before);
+    let response = get(&ingress, "shop.example.com").await;
+    assert_eq!(response.status, 200);
+    assert_eq!(response.header("x-ingress-version"), active["id"].as_str());
+    let response = get(&ingress, "pr-1.shop.example.com").await;
+    assert_eq!(upstream_of(&response), "preview");
+    assert_eq!(response.header("x-ingress-version"), label["id"].as_str());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_whole_ingress() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ingress = shop(&dir, "");
+    let status = ingress.terminate();
+    assert!(
+        status.success(),
+        "exit status {status}:\n{}",
+        ingress.log_text()
+    );
+    assert!(std::net::TcpStream::connect(ingress.grpc).is_err());
+}

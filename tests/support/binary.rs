@@ -1,0 +1,177 @@
+//! The real `ingress` binary as a child process, driven with the real `ingressctl`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use super::free_port;
+
+/// The admin token every test config accepts.
+pub const TOKEN: &str = "test-token-0123456789abcdef";
+
+/// A running `ingress` process with its own data directory and free ports. Killed
+/// (SIGKILL) when dropped.
+pub struct Ingress {
+    pub proxy: SocketAddr,
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    pub data_dir: PathBuf,
+    config: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Drop for Ingress {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Ingress {
+    /// Starts an ingress on `dir` with the extra TOML `sections` appended to the
+    /// config (for example short `[ephemeral]` intervals).
+    pub fn start(dir: &Path, sections: &str) -> Ingress {
+        let proxy = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let grpc = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let data_dir = dir.join("data");
+        let config = dir.join("ingress.toml");
+        let text = format!(
+            "[proxy]\nlisten = \"{proxy}\"\n\n[admin]\ngrpc_listen = \"{grpc}\"\nhttp_listen = \"{http}\"\ntokens = [{{ name = \"tester\", secret = \"{TOKEN}\" }}]\n\n[store]\ndata_dir = {:?}\n\n{sections}\n",
+            data_dir.display().to_string()
+        );
+        std::fs::write(&config, text).expect("write config");
+        let mut ingress = Ingress {
+            proxy,
+            grpc,
+            http,
+            data_dir,
+            log: dir.join("ingress.log"),
+            config,
+            child: None,
+        };
+        ingress.spawn();
+        ingress
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open log");
+        let child = Command::new(env!("CARGO_BIN_EXE_ingress"))
+            .arg("--config")
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start ingress");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            let up = [self.proxy, self.grpc, self.http]
+                .iter()
+                .all(|addr| std::net::TcpStream::connect(addr).is_ok());
+            if up {
+                return;
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!("ingress exited with {status}:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("ingress did not listen within 20 s:\n{}", self.log_text());
+    }
+
+    /// What the process has logged.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL, then start again on the same data directory and ports.
+    pub fn kill9_and_restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("kill -9");
+            child.wait().expect("reap");
+        }
+        self.spawn();
+    }
+
+    /// SIGTERM; returns the exit status (waits at most 15 s).
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let pid = child.id().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("send SIGTERM");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("ingress did not stop within 15 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Runs `ingressctl ARGS` against this ingress with the test token.
+    pub fn ctl(&self, args: &[&str]) -> CtlOutput {
+        self.ctl_with_token(Some(TOKEN), args)
+    }
+
+    /// Runs `ingressctl ARGS` with the given token (or none).
+    pub fn ctl_with_token(&self, token: Option<&str>, args: &[&str]) -> CtlOutput {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ingressctl"));
+        command
+            .args(args)
+            .env("INGRESS_SERVER", format!("http://{}", self.grpc))
+            .env_remove("INGRESS_TOKEN");
+        if let Some(token) = token {
+            command.env("INGRESS_TOKEN", token);
+        }
+        CtlOutput(command.output().expect("run ingressctl"))
+    }
+}
+
+/// What one `ingressctl` run printed.
+pub struct CtlOutput(pub Output);
+
+impl CtlOutput {
+    pub fn ok(&self) -> bool {
+        self.0.status.success()
+    }
+
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.0.stdout).into_owned()
+    }
+
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.0.stderr).into_owned()
+    }
+
+    /// Stdout, asserting success.
+    pub fn expect_ok(&self) -> String {
+        assert!(
+            self.ok(),
+            "ingressctl failed: {}{}",
+            self.stdout(),
+            self.stderr()
+        );
+        self.stdout()
+    }
+
+    /// Stdout parsed as JSON, asserting success.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.expect_ok()).expect("ingressctl printed JSON")
+    }
+}
