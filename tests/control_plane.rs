@@ -412,3 +412,61 @@ async fn sigterm_stops_the_whole_ingress() {
     );
     assert!(std::net::TcpStream::connect(ingress.grpc).is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_sends_the_current_snapshot_then_every_change() {
+    use ingress_control_api::grpc::proto::{admin_client::AdminClient, Empty};
+
+    let dir = tempfile::tempdir().unwrap();
+    let ingress = shop(&dir, "");
+    let upstream = Upstream::start("live").await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", ingress.grpc))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = AdminClient::new(channel);
+
+    // Without a token the stream is refused.
+    let refused = client.watch(Empty {}).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+
+    let mut request = tonic::Request::new(Empty {});
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    let mut stream = client.watch(request).await.unwrap().into_inner();
+    let first = next_snapshot(&mut stream).await;
+    assert_eq!(first.apps.len(), 1);
+    assert_eq!(first.routes[0].host, "shop.example.com");
+
+    let preview = deploy(
+        &ingress,
+        &[
+            "--upstream",
+            &upstream.addr.to_string(),
+            "--ephemeral",
+            "pr-1",
+        ],
+    );
+    let mut latest = next_snapshot(&mut stream).await;
+    while latest.apps[0].previews.is_empty() {
+        latest = next_snapshot(&mut stream).await;
+    }
+    assert!(latest.generation > first.generation);
+    assert_eq!(latest.apps[0].previews[0].label, "pr-1");
+    assert_eq!(
+        latest.apps[0].previews[0].version,
+        preview["id"].as_str().unwrap()
+    );
+}
+
+async fn next_snapshot(
+    stream: &mut tonic::Streaming<ingress_control_api::grpc::proto::Snapshot>,
+) -> ingress_control_api::grpc::proto::Snapshot {
+    tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("a snapshot within 10 s")
+        .expect("no stream error")
+        .expect("the stream stays open")
+}

@@ -128,6 +128,8 @@ pub struct ControlPlane {
     runtime: Arc<StaticRuntime>,
     settings: EphemeralSettings,
     clock: Box<dyn Fn() -> u64 + Send + Sync>,
+    /// The generation of the latest published snapshot, for watchers.
+    published: tokio::sync::watch::Sender<u64>,
 }
 
 impl ControlPlane {
@@ -152,6 +154,7 @@ impl ControlPlane {
             runtime,
             settings,
             clock,
+            published: tokio::sync::watch::channel(0).0,
         };
         {
             let inner = plane.lock();
@@ -208,12 +211,26 @@ impl ControlPlane {
     /// Builds the proxy's snapshot from `state` and swaps it in.
     fn publish(&self, state: &State) -> Result<(), ControlError> {
         let input = snapshot_input(state, self.now(), self.settings.tombstone_ttl.0);
-        self.snapshots.publish(&input).map(|_| ()).map_err(|e| {
+        let generation = self.snapshots.publish(&input).map_err(|e| {
             refuse(
                 ErrorKind::Internal,
                 format!("the routing snapshot could not be built: {e}"),
             )
-        })
+        })?;
+        self.published.send_replace(generation);
+        Ok(())
+    }
+
+    /// Wakes up after every published snapshot; the value is its generation.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.published.subscribe()
+    }
+
+    /// The current routing snapshot's input and generation, as watchers get it.
+    pub fn current_snapshot(&self) -> (u64, SnapshotInput) {
+        let inner = self.lock();
+        let input = snapshot_input(&inner.state, self.now(), self.settings.tombstone_ttl.0);
+        (*self.published.borrow(), input)
     }
 
     // ---------------------------------------------------------------- apps

@@ -197,8 +197,98 @@ fn deploy_request(request: proto::DeployRequest) -> Result<DeployRequest, Status
     })
 }
 
+fn snapshot_message(generation: u64, input: ingress_proxy::SnapshotInput) -> proto::Snapshot {
+    use ingress_proxy::RouteHost;
+    proto::Snapshot {
+        generation,
+        apps: input
+            .apps
+            .into_iter()
+            .map(|app| proto::SnapshotApp {
+                name: app.name,
+                active_version: app.active.map(|v| v.id),
+                previews: app
+                    .previews
+                    .into_iter()
+                    .map(|p| proto::SnapshotPreview {
+                        label: p.label,
+                        version: p.version.id,
+                        expires_at_ms: p.expires_at_ms,
+                    })
+                    .collect(),
+                expired_labels: app
+                    .expired_labels
+                    .into_iter()
+                    .map(|e| proto::SnapshotExpiredLabel {
+                        label: e.label,
+                        expired_at_ms: e.expired_at_ms,
+                    })
+                    .collect(),
+            })
+            .collect(),
+        routes: input
+            .routes
+            .into_iter()
+            .map(|r| {
+                let (host, kind) = match r.host {
+                    RouteHost::Exact(host) => (host, "exact"),
+                    RouteHost::Wildcard(suffix) => (format!("*.{suffix}"), "wildcard"),
+                    RouteHost::Default => (crate::model::DEFAULT_ROUTE_KEY.to_string(), "default"),
+                };
+                proto::RouteInfo {
+                    host,
+                    kind: kind.to_string(),
+                    app: r.app,
+                }
+            })
+            .collect(),
+    }
+}
+
+/// The stream of snapshots a `Watch` call returns.
+pub type SnapshotStream =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<proto::Snapshot, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl Admin for AdminService {
+    type WatchStream = SnapshotStream;
+
+    async fn watch(
+        &self,
+        _request: Request<proto::Empty>,
+    ) -> Result<Response<SnapshotStream>, Status> {
+        let plane = Arc::clone(&self.plane);
+        let mut published = plane.subscribe();
+        let (sender, receiver) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            loop {
+                // Mark the current value seen before reading the state, so a change
+                // committed meanwhile wakes the next wait.
+                published.borrow_and_update();
+                let plane_now = Arc::clone(&plane);
+                let Ok((generation, input)) =
+                    tokio::task::spawn_blocking(move || plane_now.current_snapshot()).await
+                else {
+                    return;
+                };
+                if sender
+                    .send(Ok(snapshot_message(generation, input)))
+                    .await
+                    .is_err()
+                {
+                    return; // the watcher went away
+                }
+                tokio::select! {
+                    changed = published.changed() => if changed.is_err() { return },
+                    () = sender.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(receiver),
+        )))
+    }
+
     async fn create_app(
         &self,
         request: Request<proto::AppName>,
