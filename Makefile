@@ -6,7 +6,8 @@ CARGO ?= cargo
 .PHONY: run test deps
 
 run: deps
-	$(CARGO) run --release --bin ingress -- --config config/example.toml
+	$(CARGO) build --release --bins
+	./target/release/ingress --config config/example.toml
 
 test: deps
 	$(CARGO) fmt --all -- --check
