@@ -128,6 +128,49 @@ async fn deploy_serves_and_a_preview_leaves_the_active_version_alone() {
         .ctl(&["versions", "shop", "--ephemeral", "--output", "json"])
         .json();
     assert_eq!(only_ephemeral.as_array().unwrap().len(), 1);
+
+    // The admin HTTP listener serves the proxy's metrics (requests are counted just
+    // after their answer, so poll) and health.
+    eventually(
+        Duration::from_secs(5),
+        "the label request in /metrics",
+        || async {
+            let metrics = raw_request(ingress.http, "GET /metrics HTTP/1.1\r\nHost: admin").await;
+            metrics.status == 200
+                && metrics
+                    .body
+                    .contains("ingress_requests_total{kind=\"label\",status=\"2xx\"} 1")
+                && metrics.body.contains("ingress_snapshot_generation")
+        },
+    )
+    .await;
+    for path in ["/healthz", "/readyz"] {
+        let health =
+            raw_request(ingress.http, &format!("GET {path} HTTP/1.1\r\nHost: admin")).await;
+        assert_eq!(
+            (health.status, health.body.as_str()),
+            (200, "ok\n"),
+            "{path}"
+        );
+    }
+
+    // Deleting the preview makes its label unroutable; the active version stays.
+    let id = ephemeral["id"].as_str().unwrap();
+    ingress.ctl(&["delete", "shop", id]).expect_ok();
+    assert_eq!(
+        get(&ingress, "feature-login.shop.example.com").await.status,
+        404
+    );
+    assert_eq!(
+        upstream_of(&get(&ingress, "shop.example.com").await),
+        "live"
+    );
+    let refused = ingress.ctl(&["delete", "shop", active["id"].as_str().unwrap()]);
+    assert!(
+        !refused.ok() && refused.stderr().contains("is the active version"),
+        "{}",
+        refused.stderr()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
