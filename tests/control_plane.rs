@@ -251,12 +251,12 @@ async fn an_expired_preview_is_410_at_once_and_the_gc_deletes_it() {
             "--ephemeral",
             "short",
             "--ttl",
-            "1s",
+            "4s",
         ],
     );
     assert_eq!(get(&ingress, "short.shop.example.com").await.status, 200);
 
-    eventually(Duration::from_secs(10), "410 after expiry", || async {
+    eventually(Duration::from_secs(15), "410 after expiry", || async {
         get(&ingress, "short.shop.example.com").await.status == 410
     })
     .await;
@@ -512,4 +512,53 @@ async fn next_snapshot(
         .expect("a snapshot within 10 s")
         .expect("no stream error")
         .expect("the stream stays open")
+}
+
+#[test]
+fn a_proxy_port_in_use_fails_the_start_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let config = dir.path().join("ingress.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[proxy]\nlisten = \"127.0.0.1:{port}\"\n[admin]\ngrpc_listen = \"127.0.0.1:{}\"\nhttp_listen = \"127.0.0.1:{}\"\n[store]\ndata_dir = {:?}\n",
+            support::free_port(),
+            support::free_port(),
+            dir.path().join("data").display().to_string()
+        ),
+    )
+    .unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ingress"))
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .expect("run ingress");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "ingress: proxy.listen 127.0.0.1:{port}: cannot listen"
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_bad_config_names_the_key_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ingress.toml");
+    std::fs::write(&config, "[proxy]\nlisten = \"x:y\"\n").unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ingress"))
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .expect("run ingress");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("proxy.listen: \"x:y\" is not a socket address"),
+        "{stderr}"
+    );
 }

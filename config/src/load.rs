@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::path::Path;
+use std::time::Duration;
 
 use crate::settings::Config;
 
@@ -66,8 +67,95 @@ impl Config {
                 format!("{} is out of range; allowed 1 to 1024", self.proxy.threads),
             ));
         }
-        if self.proxy.lease_cache_capacity == 0 {
-            return Err(error("proxy.lease_cache_capacity", "must be at least 1"));
+        for (key, value, max) in [
+            (
+                "proxy.lease_cache_capacity",
+                self.proxy.lease_cache_capacity,
+                10_000_000,
+            ),
+            (
+                "proxy.upstream_keepalive_pool_size",
+                self.proxy.upstream_keepalive_pool_size as u64,
+                65_536,
+            ),
+            (
+                "ephemeral.max_per_app",
+                self.ephemeral.max_per_app as u64,
+                1_000,
+            ),
+            ("wake.max_waiters", self.wake.max_waiters as u64, 1_000_000),
+        ] {
+            if value == 0 || value > max {
+                return Err(error(
+                    key,
+                    format!("{value} is out of range; allowed 1 to {max}"),
+                ));
+            }
+        }
+        // Bounds that keep every timer and cache well inside what they accept.
+        let year = Duration::from_secs(365 * 86_400);
+        for (key, value, max, max_text) in [
+            (
+                "proxy.lease_ttl",
+                self.proxy.lease_ttl,
+                Duration::from_secs(86_400),
+                "1d",
+            ),
+            (
+                "proxy.connect_timeout",
+                self.proxy.connect_timeout,
+                year,
+                "365d",
+            ),
+            ("proxy.read_timeout", self.proxy.read_timeout, year, "365d"),
+            (
+                "proxy.write_timeout",
+                self.proxy.write_timeout,
+                year,
+                "365d",
+            ),
+            (
+                "proxy.upstream_idle_timeout",
+                self.proxy.upstream_idle_timeout,
+                year,
+                "365d",
+            ),
+            (
+                "ephemeral.default_ttl",
+                self.ephemeral.default_ttl,
+                year,
+                "365d",
+            ),
+            ("ephemeral.max_ttl", self.ephemeral.max_ttl, year, "365d"),
+            (
+                "ephemeral.gc_interval",
+                self.ephemeral.gc_interval,
+                year,
+                "365d",
+            ),
+            (
+                "ephemeral.tombstone_ttl",
+                self.ephemeral.tombstone_ttl,
+                year,
+                "365d",
+            ),
+            ("idle.timeout", self.idle.timeout, year, "365d"),
+            (
+                "idle.check_interval",
+                self.idle.check_interval,
+                year,
+                "365d",
+            ),
+            ("supersede.grace", self.supersede.grace, year, "365d"),
+            ("wake.timeout", self.wake.timeout, year, "365d"),
+            ("runtime.stop_grace", self.runtime.stop_grace, year, "365d"),
+        ] {
+            if value.0 > max {
+                return Err(error(
+                    key,
+                    format!("{value} is too long; allowed up to {max_text}"),
+                ));
+            }
         }
         for (key, value) in [
             ("proxy.connect_timeout", self.proxy.connect_timeout),
@@ -93,12 +181,6 @@ impl Config {
                     self.ephemeral.default_ttl, self.ephemeral.max_ttl
                 ),
             ));
-        }
-        if self.ephemeral.max_per_app == 0 {
-            return Err(error("ephemeral.max_per_app", "must be at least 1"));
-        }
-        if self.wake.max_waiters == 0 {
-            return Err(error("wake.max_waiters", "must be at least 1"));
         }
         let listeners = [
             ("proxy.listen", self.proxy.listen),
@@ -158,7 +240,6 @@ impl Config {
 mod tests {
     use super::*;
     use crate::settings::WakeMode;
-    use std::time::Duration;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, |name| {
@@ -245,6 +326,15 @@ stop_grace = "10s"
     }
 
     #[test]
+    fn the_committed_example_is_valid_and_holds_the_defaults() {
+        let example = parse(include_str!("../example.toml")).unwrap();
+        let mut expected = Config::default();
+        expected.admin.tokens = example.admin.tokens.clone();
+        assert_eq!(example, expected);
+        assert_eq!(example.admin.tokens.len(), 1);
+    }
+
+    #[test]
     fn a_bad_socket_address_names_the_key() {
         assert_eq!(
             error_of("[proxy]\nlisten = \"x:y\""),
@@ -286,7 +376,19 @@ stop_grace = "10s"
             "{e}"
         );
         let e = error_of("[ephemeral]\nmax_per_app = 0");
-        assert_eq!(e, "ephemeral.max_per_app: must be at least 1");
+        assert_eq!(
+            e,
+            "ephemeral.max_per_app: 0 is out of range; allowed 1 to 1000"
+        );
+        let e = error_of("[proxy]\nlease_ttl = \"400000d\"");
+        assert_eq!(e, "proxy.lease_ttl: 400000d is too long; allowed up to 1d");
+        let e = error_of("[proxy]\nupstream_keepalive_pool_size = 100000000");
+        assert_eq!(
+            e,
+            "proxy.upstream_keepalive_pool_size: 100000000 is out of range; allowed 1 to 65536"
+        );
+        let e = error_of("[idle]\ntimeout = \"1000d\"");
+        assert_eq!(e, "idle.timeout: 1000d is too long; allowed up to 365d");
     }
 
     #[test]

@@ -45,7 +45,8 @@ pub struct ProxySettings {
     pub write_timeout: ConfigDuration,
     /// How long an idle upstream keep-alive connection stays in the pool. Default `60s`.
     pub upstream_idle_timeout: ConfigDuration,
-    /// Idle upstream connections kept for reuse, over all upstreams. Default 1024.
+    /// Idle upstream connections kept for reuse, per worker thread, over all
+    /// upstreams. Default 1024.
     pub upstream_keepalive_pool_size: usize,
     /// How long a lease (a version's ready addresses) is reused before it is asked
     /// for again. Default `30s`.

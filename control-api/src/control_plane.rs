@@ -188,14 +188,20 @@ impl ControlPlane {
             )
         })?;
         inner.state.apply(&mutations);
+        // New versions get their addresses before the snapshot routes to them, and
+        // deleted ones lose theirs only after the snapshot stops routing to them.
         for mutation in &mutations {
-            match mutation {
-                Mutation::PutVersion(version) => register(&self.runtime, version),
-                Mutation::DeleteVersion(id) => self.runtime.forget(id),
-                _ => {}
+            if let Mutation::PutVersion(version) = mutation {
+                register(&self.runtime, version);
             }
         }
-        self.publish(&inner.state)
+        let published = self.publish(&inner.state);
+        for mutation in &mutations {
+            if let Mutation::DeleteVersion(id) = mutation {
+                self.runtime.forget(id);
+            }
+        }
+        published
     }
 
     fn audit(&self, actor: &str, action: &str, target: &str, detail: String) -> AuditEntry {

@@ -19,6 +19,8 @@ use crate::grpc::{admin_service, Authenticator, Token};
 
 /// What the control plane's thread needs.
 pub struct ControlSettings {
+    /// The proxy's listener: `/readyz` is ready only while it accepts connections.
+    pub proxy_listen: SocketAddr,
     pub grpc_listen: SocketAddr,
     pub http_listen: SocketAddr,
     pub tokens: Vec<Token>,
@@ -103,17 +105,34 @@ async fn serve(
             Arc::clone(&plane),
             Authenticator::new(settings.tokens),
         ))
-        .serve_with_incoming_shutdown(tokio_stream_of(grpc), until_stopped(stopped.clone()));
-    let http_server = serve_admin_http(http, metrics, stopped.clone());
-    let gc = gc_loop(Arc::clone(&plane), settings.gc_interval, stopped.clone());
-    let (grpc_result, (), ()) = tokio::join!(grpc_server, http_server, gc);
-    grpc_result.map_err(|e| format!("the gRPC admin API stopped: {e}"))
-}
-
-fn tokio_stream_of(
-    listener: TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    tokio_stream::wrappers::TcpListenerStream::new(listener)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(grpc),
+            until_stopped(stopped.clone()),
+        );
+    let http_task = tokio::spawn(serve_admin_http(
+        http,
+        settings.proxy_listen,
+        metrics,
+        stopped.clone(),
+    ));
+    let gc_task = tokio::spawn(gc_loop(
+        Arc::clone(&plane),
+        settings.gc_interval,
+        stopped.clone(),
+    ));
+    // The admin HTTP listener and the GC loop end only on stop. The gRPC server
+    // ends on stop too, or on its own with an error, which must stop the ingress:
+    // the caller's `on_fatal` does that.
+    let result = grpc_server
+        .await
+        .map_err(|e| format!("the gRPC admin API stopped: {e}"));
+    if result.is_err() {
+        http_task.abort();
+        gc_task.abort();
+    } else {
+        let _ = tokio::join!(http_task, gc_task);
+    }
+    result
 }
 
 async fn gc_loop(plane: Arc<ControlPlane>, interval: Duration, mut stopped: watch::Receiver<bool>) {
@@ -143,6 +162,7 @@ async fn gc_loop(plane: Arc<ControlPlane>, interval: Duration, mut stopped: watc
 
 async fn serve_admin_http(
     listener: TcpListener,
+    proxy_listen: SocketAddr,
     metrics: Arc<dyn Fn() -> String + Send + Sync>,
     mut stopped: watch::Receiver<bool>,
 ) {
@@ -151,15 +171,34 @@ async fn serve_admin_http(
             accepted = listener.accept() => accepted,
             _ = stopped.wait_for(|stop| *stop) => return,
         };
-        let Ok((stream, _)) = accepted else { continue };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                log::warn!("admin HTTP: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let metrics = Arc::clone(&metrics);
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(
-                move |request: Request<hyper::body::Incoming>| {
+            let service =
+                hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
                     let metrics = Arc::clone(&metrics);
-                    async move { Ok::<_, Infallible>(admin_answer(request.uri().path(), &*metrics)) }
-                },
-            );
+                    async move {
+                        let answer = match request.uri().path() {
+                            "/metrics" => text(200, "text/plain; version=0.0.4", metrics()),
+                            "/healthz" => text(200, "text/plain", "ok\n".to_string()),
+                            "/readyz" => readiness(proxy_listen).await,
+                            _ => text(
+                                404,
+                                "text/plain",
+                                "not found; try /metrics, /healthz or /readyz\n".to_string(),
+                            ),
+                        };
+                        Ok::<_, Infallible>(answer)
+                    }
+                });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
@@ -167,16 +206,20 @@ async fn serve_admin_http(
     }
 }
 
-fn admin_answer(path: &str, metrics: &(dyn Fn() -> String + Send + Sync)) -> Response<Full<Bytes>> {
-    let (status, content_type, body) = match path {
-        "/metrics" => (200, "text/plain; version=0.0.4", metrics()),
-        "/healthz" | "/readyz" => (200, "text/plain", "ok\n".to_string()),
-        _ => (
-            404,
+/// Ready while the proxy accepts connections on its listener.
+async fn readiness(proxy_listen: SocketAddr) -> Response<Full<Bytes>> {
+    let connect = tokio::net::TcpStream::connect(proxy_listen);
+    match tokio::time::timeout(Duration::from_millis(500), connect).await {
+        Ok(Ok(_)) => text(200, "text/plain", "ok\n".to_string()),
+        _ => text(
+            503,
             "text/plain",
-            "not found; try /metrics, /healthz or /readyz\n".to_string(),
+            format!("not ready: the proxy does not accept connections on {proxy_listen}\n"),
         ),
-    };
+    }
+}
+
+fn text(status: u16, content_type: &str, body: String) -> Response<Full<Bytes>> {
     Response::builder()
         .status(status)
         .header("content-type", content_type)

@@ -72,10 +72,13 @@ impl ActivityRegistry {
             .map(|entry| Arc::clone(&entry))
     }
 
-    /// Forgets the versions for which `keep` is false (versions no longer in the
-    /// current snapshot). Requests still in flight keep their own `Arc`.
-    pub fn retain(&self, mut keep: impl FnMut(&str) -> bool) {
-        self.by_version.retain(|id, _| keep(id));
+    /// Forgets the counters of versions that are no longer `routed` and that
+    /// nothing else holds (no request in flight, no open WebSocket). Counters that
+    /// are still held stay, so a version routed again (a rollback) keeps its
+    /// last-seen time and in-flight count.
+    pub fn prune(&self, mut routed: impl FnMut(&str) -> bool) {
+        self.by_version
+            .retain(|id, activity| routed(id) || Arc::strong_count(activity) > 1);
     }
 
     /// Number of versions tracked.
@@ -114,8 +117,23 @@ mod tests {
         let b = registry.for_version("v1");
         assert!(Arc::ptr_eq(&a, &b));
         assert!(!Arc::ptr_eq(&a, &registry.for_version("v2")));
-        registry.retain(|id| id == "v2");
+        drop((a, b));
+        registry.prune(|id| id == "v2");
         assert!(registry.get("v1").is_none());
         assert_eq!(registry.len(), 1);
+    }
+
+    #[test]
+    fn counters_still_held_survive_a_prune() {
+        let registry = ActivityRegistry::default();
+        let guard = registry.for_version("v1").enter(1_000);
+        registry.prune(|_| false);
+        let again = registry.for_version("v1");
+        assert_eq!(again.in_flight(), 1);
+        assert_eq!(again.last_seen_ms(), 1_000);
+        drop(guard);
+        drop(again);
+        registry.prune(|_| false);
+        assert!(registry.is_empty());
     }
 }

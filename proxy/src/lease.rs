@@ -48,7 +48,18 @@ impl Lease {
 
     /// The next address in round-robin order.
     pub fn pick(&self) -> SocketAddr {
-        let turn = self.next.fetch_add(1, Ordering::Relaxed);
+        self.addrs[self.next_turn() % self.addrs.len()]
+    }
+
+    /// A round-robin turn: the request's first address is `addr_at(turn)`, and
+    /// its retries take `addr_at(turn + 1)`, `addr_at(turn + 2)`, ..., so each
+    /// retry goes to an address this request has not tried yet.
+    pub fn next_turn(&self) -> usize {
+        self.next.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The address of `turn`, wrapping around the lease's addresses.
+    pub fn addr_at(&self, turn: usize) -> SocketAddr {
         self.addrs[turn % self.addrs.len()]
     }
 

@@ -114,8 +114,9 @@ impl IngressProxy {
                 })
             }
         };
+        // Stamp the lease with the time it was granted, not when the request began.
         self.leases
-            .insert(target, addrs, now_ms)
+            .insert(target, addrs, now_unix_millis())
             .ok_or_else(|| LeaseError::NotRunning {
                 reason: format!(
                     "version {} of app {} has no ready instance",
@@ -134,6 +135,8 @@ pub struct RequestCtx {
     in_flight: Option<InFlightGuard>,
     upstream_started: Option<Instant>,
     wants_json: bool,
+    /// The round-robin turn of this request's first upstream address.
+    first_turn: Option<usize>,
     failed_connects: usize,
 }
 
@@ -233,7 +236,10 @@ impl ProxyHttp for IngressProxy {
             .lease
             .as_ref()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no lease for this request"))?;
-        let addr: SocketAddr = lease.pick();
+        // The first attempt takes the next round-robin turn; each retry after a
+        // failed connect moves on to the lease's next address.
+        let first_turn = *ctx.first_turn.get_or_insert_with(|| lease.next_turn());
+        let addr: SocketAddr = lease.addr_at(first_turn + ctx.failed_connects);
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(self.options.connect_timeout);
         peer.options.total_connection_timeout = Some(self.options.connect_timeout);
@@ -315,6 +321,14 @@ impl ProxyHttp for IngressProxy {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
+        // Once the response has started, an error cannot be answered any more: the
+        // client sees the connection end early, never a message inside the body.
+        if let Some(started) = session.response_written() {
+            return FailToProxy {
+                error_code: started.status.as_u16(),
+                can_reuse_downstream: false,
+            };
+        }
         let (status, reason) = match e.etype() {
             ErrorType::HTTPStatus(code) => (*code, "the request failed"),
             _ => match e.esource() {

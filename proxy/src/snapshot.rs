@@ -509,7 +509,7 @@ impl SnapshotHandle {
         }
         let current = self.current.load();
         let routed = current.routed_version_ids();
-        self.activity.retain(|id| routed.contains(id));
+        self.activity.prune(|id| routed.contains(id));
         Ok(generation)
     }
 

@@ -52,6 +52,10 @@ fn main() -> ExitCode {
 
 /// Wires the store, the control plane and the proxy, and serves until a signal.
 fn run(config: &Config) -> Result<(), String> {
+    // Pingora retries a busy port for 30 s and then fails inside its own thread,
+    // leaving a process that serves nothing: check the port first and fail at once.
+    std::net::TcpListener::bind(config.proxy.listen)
+        .map_err(|e| format!("proxy.listen {}: cannot listen: {e}", config.proxy.listen))?;
     let metrics = Arc::new(Metrics::new().map_err(|e| format!("cannot set up metrics: {e}"))?);
     let snapshots =
         Arc::new(SnapshotHandle::new().with_generation_gauge(metrics.snapshot_generation.clone()));
@@ -93,6 +97,7 @@ fn run(config: &Config) -> Result<(), String> {
     let render_metrics = Arc::clone(&metrics);
     let control = serve::spawn(
         ControlSettings {
+            proxy_listen: config.proxy.listen,
             grpc_listen: config.admin.grpc_listen,
             http_listen: config.admin.http_listen,
             tokens,

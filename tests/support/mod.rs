@@ -169,9 +169,15 @@ impl TestProxy {
     /// Starts the proxy with the default configuration (but a free port) and
     /// waits until it accepts connections.
     pub async fn start() -> TestProxy {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Like [`TestProxy::start`], after `adjust` has changed the configuration.
+    pub async fn start_with(adjust: impl FnOnce(&mut ingress_config::Config)) -> TestProxy {
         let mut config = ingress_config::Config::default();
-        config.proxy.listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
         config.proxy.connect_timeout.0 = Duration::from_secs(1);
+        adjust(&mut config);
+        config.proxy.listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let metrics = Arc::new(Metrics::new().expect("metrics"));
         let snapshots = Arc::new(
             SnapshotHandle::new().with_generation_gauge(metrics.snapshot_generation.clone()),
