@@ -229,7 +229,7 @@ async fn the_same_label_replaces_and_the_eleventh_evicts_the_nearest_to_expiry()
             "pr-11",
         ],
     );
-    assert_eq!(eleventh["evicted"], nearest);
+    assert_eq!(eleventh["evicted"], serde_json::json!([nearest]));
     assert_eq!(get(&ingress, "pr-5.shop.example.com").await.status, 404);
     assert_eq!(get(&ingress, "pr-11.shop.example.com").await.status, 200);
     let listed = ingress
@@ -444,16 +444,44 @@ async fn everything_survives_kill_9() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_stops_the_whole_ingress() {
+async fn sigterm_stops_the_whole_ingress_even_with_a_watcher_connected() {
+    use ingress_control_api::grpc::proto::{admin_client::AdminClient, Empty};
+
     let dir = tempfile::tempdir().unwrap();
     let mut ingress = shop(&dir, "");
-    let status = ingress.terminate();
+    // A remote proxy's watch stream stays open until the ingress stops.
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", ingress.grpc))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut request = tonic::Request::new(Empty {});
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    let mut stream = AdminClient::new(channel)
+        .watch(request)
+        .await
+        .unwrap()
+        .into_inner();
+    next_snapshot(&mut stream).await;
+
+    let status = tokio::task::spawn_blocking(move || {
+        let status = ingress.terminate();
+        (status, ingress)
+    })
+    .await
+    .unwrap();
+    let (status, ingress) = status;
     assert!(
         status.success(),
         "exit status {status}:\n{}",
         ingress.log_text()
     );
     assert!(std::net::TcpStream::connect(ingress.grpc).is_err());
+    // The watcher sees its stream end rather than hang.
+    let end = tokio::time::timeout(Duration::from_secs(5), stream.message()).await;
+    assert!(matches!(end, Ok(Ok(None)) | Ok(Err(_))), "{end:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

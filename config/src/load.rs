@@ -200,6 +200,7 @@ impl Config {
 
     fn resolve_tokens(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         let mut names = HashSet::new();
+        let mut secrets = HashSet::new();
         for (i, token) in self.admin.tokens.iter_mut().enumerate() {
             let key = format!("admin.tokens[{i}]");
             if token.name.trim().is_empty() {
@@ -228,6 +229,12 @@ impl Config {
                 return Err(error(
                     format!("{key}.secret"),
                     "is shorter than 16 characters; use a long random secret",
+                ));
+            }
+            if !secrets.insert(secret.clone()) {
+                return Err(error(
+                    format!("{key}.secret"),
+                    "is the secret of another token; each token needs its own, or the audit log could name the wrong one",
                 ));
             }
             token.secret = Some(secret);
@@ -421,6 +428,13 @@ stop_grace = "10s"
             "[admin]\ntokens = [{ name = \"a\", secret = \"0123456789abcdef\" }, { name = \"a\", secret = \"0123456789abcdef\" }]",
         );
         assert!(e.starts_with("admin.tokens[1].name: \"a\" is used"), "{e}");
+        let e = error_of(
+            "[admin]\ntokens = [{ name = \"a\", secret = \"0123456789abcdef\" }, { name = \"b\", secret = \"0123456789abcdef\" }]",
+        );
+        assert!(
+            e.starts_with("admin.tokens[1].secret: is the secret of another token"),
+            "{e}"
+        );
         let e = error_of(
             "[admin]\ntokens = [{ name = \"a\", secret = \"0123456789abcdef\", role = \"x\" }]",
         );

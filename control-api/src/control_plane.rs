@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use ingress_config::{format_duration, parse_duration, EphemeralSettings};
 use ingress_proxy::{
-    AppSpec, ExpiredLabel, PreviewSpec, RouteHost, RouteSpec, SnapshotHandle, SnapshotInput,
-    VersionRef,
+    AppSpec, ExpiredLabel, PreparedSnapshot, PreviewSpec, RouteHost, RouteSpec, SnapshotHandle,
+    SnapshotInput, VersionRef,
 };
 
 use crate::model::{
@@ -86,8 +86,9 @@ pub struct DeployOutcome {
     pub version: VersionView,
     /// A version deleted because it had the same label.
     pub replaced: Option<String>,
-    /// A version deleted to stay within `ephemeral.max_per_app`.
-    pub evicted: Option<String>,
+    /// Versions deleted to stay within `ephemeral.max_per_app`, nearest to expiry
+    /// first.
+    pub evicted: Vec<String>,
 }
 
 /// A version as listings show it.
@@ -158,7 +159,8 @@ impl ControlPlane {
         };
         {
             let inner = plane.lock();
-            plane.publish(&inner.state)?;
+            let prepared = plane.prepare(&inner.state)?;
+            plane.install(prepared);
         }
         Ok(plane)
     }
@@ -181,13 +183,18 @@ impl ControlPlane {
         audit: AuditEntry,
     ) -> Result<(), ControlError> {
         mutations.push(Mutation::Audit(audit));
+        // Build the snapshot of the new state first: a change the proxy could not
+        // route is refused before anything is written.
+        let mut next = inner.state.clone();
+        next.apply(&mutations);
+        let prepared = self.prepare(&next)?;
         inner.store.commit(&mutations).map_err(|e| {
             refuse(
                 ErrorKind::Internal,
                 format!("the store refused the change: {e}"),
             )
         })?;
-        inner.state.apply(&mutations);
+        inner.state = next;
         // New versions get their addresses before the snapshot routes to them, and
         // deleted ones lose theirs only after the snapshot stops routing to them.
         for mutation in &mutations {
@@ -195,13 +202,13 @@ impl ControlPlane {
                 register(&self.runtime, version);
             }
         }
-        let published = self.publish(&inner.state);
+        self.install(prepared);
         for mutation in &mutations {
             if let Mutation::DeleteVersion(id) = mutation {
                 self.runtime.forget(id);
             }
         }
-        published
+        Ok(())
     }
 
     fn audit(&self, actor: &str, action: &str, target: &str, detail: String) -> AuditEntry {
@@ -214,17 +221,21 @@ impl ControlPlane {
         }
     }
 
-    /// Builds the proxy's snapshot from `state` and swaps it in.
-    fn publish(&self, state: &State) -> Result<(), ControlError> {
+    /// Builds the proxy's snapshot of `state` without making it current.
+    fn prepare(&self, state: &State) -> Result<PreparedSnapshot, ControlError> {
         let input = snapshot_input(state, self.now(), self.settings.tombstone_ttl.0);
-        let generation = self.snapshots.publish(&input).map_err(|e| {
+        self.snapshots.prepare(&input).map_err(|e| {
             refuse(
                 ErrorKind::Internal,
-                format!("the routing snapshot could not be built: {e}"),
+                format!("the change would make the routing snapshot invalid: {e}"),
             )
-        })?;
+        })
+    }
+
+    /// Makes a prepared snapshot current and tells watchers.
+    fn install(&self, prepared: PreparedSnapshot) {
+        let generation = self.snapshots.install(prepared);
         self.published.send_replace(generation);
-        Ok(())
     }
 
     /// Wakes up after every published snapshot; the value is its generation.
@@ -345,6 +356,13 @@ impl ControlPlane {
                 ),
             ));
         }
+        if route.kind == RouteKind::Exact {
+            for version in inner.state.versions.values() {
+                if let (true, Some(label)) = (version.app == route.app, &version.label) {
+                    check_preview_host(label, &route.host)?;
+                }
+            }
+        }
         let audit = self.audit(actor, "route.add", &key, format!("app {}", route.app));
         self.commit(&mut inner, vec![Mutation::PutRoute(route.clone())], audit)?;
         Ok(route)
@@ -353,7 +371,7 @@ impl ControlPlane {
     /// Removes the route written `host` (`shop.example.com`, `*.example.com`, or
     /// `(default)`).
     pub fn remove_route(&self, actor: &str, host: &str) -> Result<(), ControlError> {
-        let key = if host == DEFAULT_ROUTE_KEY || host == "default" {
+        let key = if host == DEFAULT_ROUTE_KEY {
             DEFAULT_ROUTE_KEY.to_string()
         } else {
             let (kind, canonical) =
@@ -431,10 +449,16 @@ impl ControlPlane {
 
         let mut mutations = Vec::new();
         let mut replaced = None;
-        let mut evicted = None;
+        let mut evicted = Vec::new();
         let version = match (ephemeral, &source) {
             // Activate an existing version again (a rollback).
             (None, Some(existing)) => {
+                if request.env.is_some() || request.branch.is_some() {
+                    return Err(refuse(
+                        ErrorKind::InvalidArgument,
+                        "--env and --branch describe a new version; they cannot change an existing one (activated with --version)",
+                    ));
+                }
                 if existing.label.is_some() {
                     return Err(refuse(
                         ErrorKind::FailedPrecondition,
@@ -486,22 +510,35 @@ impl ControlPlane {
         };
 
         if let Some(label) = &version.label {
+            for host in state.exact_hosts(&request.app) {
+                check_preview_host(label, host)?;
+            }
             // Replace on the same label (live or expired but not yet collected).
             if let Some(old) = state
                 .versions
                 .values()
                 .find(|v| v.app == request.app && v.label.as_deref() == Some(label))
             {
+                if version.cloned_from.as_deref() == Some(old.id.as_str()) {
+                    return Err(refuse(
+                        ErrorKind::FailedPrecondition,
+                        format!(
+                            "version {} already holds label {label}; cloning it under its own label would delete it. Choose another label",
+                            old.id
+                        ),
+                    ));
+                }
                 replaced = Some(old.id.clone());
                 mutations.push(Mutation::DeleteVersion(old.id.clone()));
             } else {
+                // Make room for one more: normally one eviction, more if the limit
+                // was lowered since the labels were deployed.
                 let mut live: Vec<&Version> = state.live_previews(&request.app, now).collect();
-                if live.len() >= self.settings.max_per_app {
-                    live.sort_by_key(|v| (v.expires_at_ms, v.created_at_ms));
-                    if let Some(nearest) = live.first() {
-                        evicted = Some(nearest.id.clone());
-                        mutations.push(Mutation::DeleteVersion(nearest.id.clone()));
-                    }
+                live.sort_by_key(|v| (v.expires_at_ms, v.created_at_ms));
+                let excess = (live.len() + 1).saturating_sub(self.settings.max_per_app);
+                for nearest in live.into_iter().take(excess) {
+                    evicted.push(nearest.id.clone());
+                    mutations.push(Mutation::DeleteVersion(nearest.id.clone()));
                 }
             }
             if state
@@ -524,7 +561,7 @@ impl ControlPlane {
             }));
         }
 
-        let detail = deploy_detail(&version, replaced.as_deref(), evicted.as_deref());
+        let detail = deploy_detail(&version, replaced.as_deref(), &evicted);
         let target = format!("{}/{}", version.app, version.id);
         let audit = self.audit(actor, "deploy", &target, detail);
         self.commit(&mut inner, mutations, audit)?;
@@ -707,6 +744,22 @@ impl ControlPlane {
     }
 }
 
+/// Refuses a preview host `label.host` longer than a host may be: the proxy
+/// would answer it 400.
+fn check_preview_host(label: &str, host: &str) -> Result<(), ControlError> {
+    let length = label.len() + 1 + host.len();
+    if length > ingress_proxy::host::MAX_HOST_LEN {
+        return Err(refuse(
+            ErrorKind::InvalidArgument,
+            format!(
+                "preview host {label}.{host} would be {length} characters; a host is at most {}. Use a shorter label",
+                ingress_proxy::host::MAX_HOST_LEN
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn not_found_app(name: &str) -> ControlError {
     refuse(
         ErrorKind::NotFound,
@@ -740,7 +793,7 @@ fn new_version_id(state: &State) -> String {
     }
 }
 
-fn deploy_detail(version: &Version, replaced: Option<&str>, evicted: Option<&str>) -> String {
+fn deploy_detail(version: &Version, replaced: Option<&str>, evicted: &[String]) -> String {
     let mut detail = match (&version.label, version.expires_at_ms) {
         (Some(label), Some(expiry)) => format!(
             "ephemeral label {label} until {}",
@@ -754,8 +807,11 @@ fn deploy_detail(version: &Version, replaced: Option<&str>, evicted: Option<&str
     if let Some(old) = replaced {
         detail.push_str(&format!(", replaced {old}"));
     }
-    if let Some(old) = evicted {
-        detail.push_str(&format!(", evicted {old} (nearest to expiry)"));
+    if !evicted.is_empty() {
+        detail.push_str(&format!(
+            ", evicted {} (nearest to expiry)",
+            evicted.join(", ")
+        ));
     }
     detail
 }

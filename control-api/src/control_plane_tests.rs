@@ -9,7 +9,8 @@ use ingress_config::EphemeralSettings;
 use ingress_proxy::{resolve, ResolutionKind, SnapshotHandle};
 
 use super::*;
-use crate::store::SqliteStore;
+use crate::model::{AuditEntry, Mutation, Route, State};
+use crate::store::{SqliteStore, Store};
 
 const T0: u64 = 1_700_000_000_000;
 const HOUR: u64 = 3_600_000;
@@ -25,14 +26,49 @@ fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
+/// A store that refuses its next commits while `failing` is set, as a full disk
+/// or an I/O error would.
+struct FlakyStore {
+    inner: SqliteStore,
+    failing: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Store for FlakyStore {
+    fn load(&self) -> Result<State, crate::store::StoreError> {
+        self.inner.load()
+    }
+    fn commit(&mut self, mutations: &[Mutation]) -> Result<(), crate::store::StoreError> {
+        if self.failing.load(Ordering::Relaxed) {
+            return Err(crate::store::StoreError("disk full (simulated)".into()));
+        }
+        self.inner.commit(mutations)
+    }
+    fn audit_log(&self, limit: usize) -> Result<Vec<AuditEntry>, crate::store::StoreError> {
+        self.inner.audit_log(limit)
+    }
+}
+
 fn open(dir: tempfile::TempDir, clock: Arc<AtomicU64>) -> Harness {
+    open_with(dir, clock, EphemeralSettings::default(), Arc::default())
+}
+
+fn open_with(
+    dir: tempfile::TempDir,
+    clock: Arc<AtomicU64>,
+    settings: EphemeralSettings,
+    failing: Arc<std::sync::atomic::AtomicBool>,
+) -> Harness {
     let snapshots = Arc::new(SnapshotHandle::new());
     let tick = Arc::clone(&clock);
+    let store = FlakyStore {
+        inner: SqliteStore::open(dir.path()).unwrap(),
+        failing,
+    };
     let plane = ControlPlane::open(
-        Box::new(SqliteStore::open(dir.path()).unwrap()),
+        Box::new(store),
         Arc::clone(&snapshots),
         Arc::new(StaticRuntime::new()),
-        EphemeralSettings::default(),
+        settings,
         Box::new(move || tick.load(Ordering::Relaxed)),
     )
     .unwrap();
@@ -161,7 +197,7 @@ fn one_label_too_many_evicts_the_nearest_to_expiry() {
         }
     }
     let eleventh = h.preview("pr-10", Some("5h")).unwrap();
-    assert_eq!(eleventh.evicted, Some(nearest));
+    assert_eq!(eleventh.evicted, vec![nearest]);
     assert_eq!(h.route("pr-3.shop.example.com"), Err(404));
     assert_eq!(h.plane.versions("shop", true).unwrap().len(), 10);
 }
@@ -429,4 +465,146 @@ fn routes_default_and_removal() {
             .kind,
         ErrorKind::NotFound
     );
+}
+
+#[test]
+fn a_failed_commit_changes_nothing_and_the_gc_retries() {
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let h = open_with(
+        tempfile::tempdir().unwrap(),
+        Arc::new(AtomicU64::new(T0)),
+        EphemeralSettings::default(),
+        Arc::clone(&failing),
+    );
+    h.plane.create_app("admin", "shop").unwrap();
+    h.plane
+        .add_route("admin", "shop.example.com", "shop")
+        .unwrap();
+    h.deploy(3000);
+    let old = h.preview("pr-1", Some("1h")).unwrap().version;
+    let before = h.plane.versions("shop", false).unwrap();
+    let generation = h.snapshots.load().generation();
+
+    // A deploy that would replace a label fails as a whole.
+    failing.store(true, Ordering::Relaxed);
+    let e = h.preview("pr-1", None).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Internal);
+    assert!(e.message.contains("disk full"), "{e}");
+    assert_eq!(h.plane.versions("shop", false).unwrap(), before);
+    assert_eq!(h.snapshots.load().generation(), generation);
+    assert_eq!(
+        h.route("pr-1.shop.example.com"),
+        Ok((ResolutionKind::Label, old.id.clone()))
+    );
+
+    // The GC keeps the expired record while the store refuses, and retries.
+    h.advance(HOUR);
+    assert!(h.plane.collect_garbage().is_err());
+    assert_eq!(h.plane.versions("shop", true).unwrap().len(), 1);
+    failing.store(false, Ordering::Relaxed);
+    assert_eq!(
+        h.plane.collect_garbage().unwrap().deleted,
+        [format!("shop/{}", old.id)]
+    );
+    assert!(h.plane.versions("shop", true).unwrap().is_empty());
+}
+
+#[test]
+fn a_preview_host_longer_than_a_host_is_refused() {
+    let h = harness();
+    let long_host = format!(
+        "{}.{}.example.com",
+        vec!["a".repeat(60); 3].join("."),
+        "b".repeat(45)
+    );
+    assert_eq!(long_host.len(), 240);
+    h.plane.add_route("admin", &long_host, "shop").unwrap();
+    let e = h.preview("pr-1234567890123", None).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::InvalidArgument);
+    assert!(e.message.contains("a host is at most 253"), "{e}");
+    // And a route that would make an existing label too long is refused too.
+    h.plane.remove_route("admin", &long_host).unwrap();
+    h.preview("pr-1234567890123", None).unwrap();
+    let e = h.plane.add_route("admin", &long_host, "shop").unwrap_err();
+    assert_eq!(e.kind, ErrorKind::InvalidArgument);
+}
+
+#[test]
+fn an_exact_host_named_default_is_not_the_default_route() {
+    let h = harness();
+    h.plane.add_route("admin", "default", "shop").unwrap();
+    h.plane.set_default_route("admin", "shop").unwrap();
+    h.plane.remove_route("admin", "default").unwrap();
+    let keys: Vec<String> = h.plane.routes().iter().map(Route::key).collect();
+    assert!(keys.contains(&"(default)".to_string()), "{keys:?}");
+    assert!(!keys.contains(&"default".to_string()), "{keys:?}");
+}
+
+#[test]
+fn a_rollback_refuses_env_and_branch_and_a_clone_cannot_take_its_sources_label() {
+    let h = harness();
+    let active = h.deploy(3000).version;
+    let e = h
+        .plane
+        .deploy(
+            "admin",
+            &DeployRequest {
+                app: "shop".into(),
+                source: DeploySource::Version(active.id.clone()),
+                env: Some(Environment::Preview),
+                branch: None,
+                ephemeral: None,
+            },
+        )
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::InvalidArgument);
+
+    let preview = h.preview("pr-1", None).unwrap().version;
+    let e = h
+        .plane
+        .deploy(
+            "admin",
+            &DeployRequest {
+                app: "shop".into(),
+                source: DeploySource::Version(preview.id.clone()),
+                env: None,
+                branch: None,
+                ephemeral: Some(("pr-1".into(), None)),
+            },
+        )
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::FailedPrecondition);
+    assert_eq!(
+        h.route("pr-1.shop.example.com"),
+        Ok((ResolutionKind::Label, preview.id))
+    );
+}
+
+#[test]
+fn a_lowered_limit_evicts_down_to_it() {
+    let clock = Arc::new(AtomicU64::new(T0));
+    let first = open(tempfile::tempdir().unwrap(), Arc::clone(&clock));
+    first.plane.create_app("admin", "shop").unwrap();
+    first
+        .plane
+        .add_route("admin", "shop.example.com", "shop")
+        .unwrap();
+    for i in 0..5 {
+        first
+            .preview(&format!("pr-{i}"), Some(&format!("{}h", i + 1)))
+            .unwrap();
+    }
+    let Harness { plane, dir, .. } = first;
+    drop(plane);
+    let settings = EphemeralSettings {
+        max_per_app: 3,
+        ..EphemeralSettings::default()
+    };
+    let h = open_with(dir, clock, settings, Arc::default());
+    let outcome = h.preview("pr-new", None).unwrap();
+    assert_eq!(outcome.evicted.len(), 3, "{outcome:?}");
+    assert_eq!(h.plane.versions("shop", true).unwrap().len(), 3);
+    assert_eq!(h.route("pr-0.shop.example.com"), Err(404));
+    assert_eq!(h.route("pr-2.shop.example.com"), Err(404));
+    assert!(h.route("pr-3.shop.example.com").is_ok());
 }

@@ -29,6 +29,18 @@ pub struct Token {
     pub secret: String,
 }
 
+/// A token as the authenticator keeps it: the SHA-256 of its secret, so that
+/// comparisons take the same time whatever the presented length.
+struct KnownToken {
+    name: String,
+    digest: [u8; 32],
+}
+
+fn digest(secret: &[u8]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(secret).into()
+}
+
 /// The name of the token that authenticated a request (a request extension).
 #[derive(Clone)]
 struct Caller(String);
@@ -36,12 +48,19 @@ struct Caller(String);
 /// Checks `authorization: Bearer <secret>` against every token in constant time.
 #[derive(Clone)]
 pub struct Authenticator {
-    tokens: Arc<Vec<Token>>,
+    tokens: Arc<Vec<KnownToken>>,
 }
 
 impl Authenticator {
     /// Accepts the given tokens. With none, every call is refused.
     pub fn new(tokens: Vec<Token>) -> Authenticator {
+        let tokens = tokens
+            .into_iter()
+            .map(|token| KnownToken {
+                digest: digest(token.secret.as_bytes()),
+                name: token.name,
+            })
+            .collect();
         Authenticator {
             tokens: Arc::new(tokens),
         }
@@ -60,10 +79,12 @@ impl Authenticator {
             .ok_or_else(|| {
                 Status::unauthenticated("the authorization header must be `Bearer <token>`")
             })?;
-        // Compare against every token, without stopping early, in constant time.
+        // Compare digests (fixed length) against every token, without stopping
+        // early, in constant time. Config refuses two tokens with one secret.
+        let presented = digest(presented.as_bytes());
         let mut caller = None;
         for token in self.tokens.iter() {
-            if bool::from(token.secret.as_bytes().ct_eq(presented.as_bytes())) {
+            if bool::from(token.digest.ct_eq(&presented)) {
                 caller = Some(token.name.clone());
             }
         }
@@ -83,14 +104,19 @@ impl tonic::service::Interceptor for Authenticator {
 /// The admin service over a control plane.
 pub struct AdminService {
     plane: Arc<ControlPlane>,
+    /// Becomes true when the ingress stops; ends open `Watch` streams so that the
+    /// server can drain.
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
-/// The admin service with authentication, ready for a tonic `Server`.
+/// The admin service with authentication, ready for a tonic `Server`. Open `Watch`
+/// streams end when `stopping` becomes true.
 pub fn admin_service(
     plane: Arc<ControlPlane>,
     authenticator: Authenticator,
+    stopping: tokio::sync::watch::Receiver<bool>,
 ) -> InterceptedService<AdminServer<AdminService>, Authenticator> {
-    AdminServer::with_interceptor(AdminService { plane }, authenticator)
+    AdminServer::with_interceptor(AdminService { plane, stopping }, authenticator)
 }
 
 fn status(error: ControlError) -> Status {
@@ -259,6 +285,7 @@ impl Admin for AdminService {
     ) -> Result<Response<SnapshotStream>, Status> {
         let plane = Arc::clone(&self.plane);
         let mut published = plane.subscribe();
+        let mut stopping = self.stopping.clone();
         let (sender, receiver) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
             loop {
@@ -281,6 +308,7 @@ impl Admin for AdminService {
                 tokio::select! {
                     changed = published.changed() => if changed.is_err() { return },
                     () = sender.closed() => return,
+                    _ = stopping.wait_for(|stop| *stop) => return,
                 }
             }
         });

@@ -17,6 +17,9 @@ use tokio::sync::watch;
 use crate::control_plane::ControlPlane;
 use crate::grpc::{admin_service, Authenticator, Token};
 
+/// How long open gRPC calls may take to finish once the ingress stops.
+const GRPC_DRAIN_LIMIT: Duration = Duration::from_secs(3);
+
 /// What the control plane's thread needs.
 pub struct ControlSettings {
     /// The proxy's listener: `/readyz` is ready only while it accepts connections.
@@ -104,6 +107,7 @@ async fn serve(
         .add_service(admin_service(
             Arc::clone(&plane),
             Authenticator::new(settings.tokens),
+            stopped.clone(),
         ))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(grpc),
@@ -123,9 +127,20 @@ async fn serve(
     // The admin HTTP listener and the GC loop end only on stop. The gRPC server
     // ends on stop too, or on its own with an error, which must stop the ingress:
     // the caller's `on_fatal` does that.
-    let result = grpc_server
-        .await
-        .map_err(|e| format!("the gRPC admin API stopped: {e}"));
+    // Draining waits for open calls; a client that keeps one open must not keep
+    // the ingress from stopping, so the drain is bounded.
+    let mut stopping = stopped.clone();
+    let drain_limit = async move {
+        let _ = stopping.wait_for(|stop| *stop).await;
+        tokio::time::sleep(GRPC_DRAIN_LIMIT).await;
+    };
+    let result = tokio::select! {
+        result = grpc_server => result.map_err(|e| format!("the gRPC admin API stopped: {e}")),
+        () = drain_limit => {
+            log::warn!("gRPC calls still open {GRPC_DRAIN_LIMIT:?} after the stop; closing them");
+            Ok(())
+        }
+    };
     if result.is_err() {
         http_task.abort();
         gc_task.abort();

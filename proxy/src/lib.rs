@@ -23,6 +23,6 @@ pub use resolve::{resolve, Rejection, ResolutionKind, Resolved};
 pub use server::{ProxyServer, ServerOptions, ShutdownTrigger};
 pub use service::{IngressProxy, ProxyOptions};
 pub use snapshot::{
-    AppSpec, BuildError, ExpiredLabel, PreviewSpec, RouteHost, RouteSpec, Snapshot, SnapshotHandle,
-    SnapshotInput, Target, VersionRef,
+    AppSpec, BuildError, ExpiredLabel, PreparedSnapshot, PreviewSpec, RouteHost, RouteSpec,
+    Snapshot, SnapshotHandle, SnapshotInput, Target, VersionRef,
 };

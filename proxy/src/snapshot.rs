@@ -448,6 +448,9 @@ fn target(
 // Publishing.
 // ---------------------------------------------------------------------------
 
+/// A snapshot built but not yet current; see [`SnapshotHandle::prepare`].
+pub struct PreparedSnapshot(Snapshot);
+
 /// The current snapshot, swapped atomically. Readers never block; publishers are
 /// serialised so that generations only grow.
 pub struct SnapshotHandle {
@@ -496,12 +499,25 @@ impl SnapshotHandle {
     /// Builds a snapshot from `input` and makes it current. Returns its generation.
     /// On error nothing changes and the proxy keeps serving the previous snapshot.
     pub fn publish(&self, input: &SnapshotInput) -> Result<u64, BuildError> {
+        Ok(self.install(self.prepare(input)?))
+    }
+
+    /// Builds a snapshot from `input` without making it current, so that a caller
+    /// can check that its change is routable before committing the change.
+    pub fn prepare(&self, input: &SnapshotInput) -> Result<PreparedSnapshot, BuildError> {
+        Snapshot::build(input, 0, &self.activity).map(PreparedSnapshot)
+    }
+
+    /// Makes a prepared snapshot current with the next generation, which it
+    /// returns. Cannot fail.
+    pub fn install(&self, prepared: PreparedSnapshot) -> u64 {
         let _serialised = self
             .publish_lock
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut snapshot = prepared.0;
         let generation = self.generation.load(Ordering::Relaxed) + 1;
-        let snapshot = Snapshot::build(input, generation, &self.activity)?;
+        snapshot.generation = generation;
         self.current.store(Arc::new(snapshot));
         self.generation.store(generation, Ordering::Relaxed);
         if let Some(gauge) = &self.generation_gauge {
@@ -510,7 +526,7 @@ impl SnapshotHandle {
         let current = self.current.load();
         let routed = current.routed_version_ids();
         self.activity.prune(|id| routed.contains(id));
-        Ok(generation)
+        generation
     }
 
     /// Activity counters of every version the current snapshot routes to.

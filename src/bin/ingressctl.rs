@@ -312,7 +312,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             if let Some(old) = &reply.replaced {
                 text.push_str(&format!("\nreplaced version {old} (same label)"));
             }
-            if let Some(old) = &reply.evicted {
+            for old in &reply.evicted {
                 text.push_str(&format!("\nevicted version {old} (nearest to expiry)"));
             }
             for url in &version.urls {

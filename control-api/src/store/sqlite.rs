@@ -288,7 +288,6 @@ fn stored_schema_version(path: &Path) -> Result<Option<u32>, StoreError> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::migrations::migrate_to;
     use super::super::SCHEMA_VERSION;
     use super::*;
     use std::net::SocketAddr;
@@ -375,8 +374,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(STORE_FILE);
         {
-            let mut connection = Connection::open(&path).unwrap();
-            migrate_to(&mut connection, "old", 1).unwrap();
+            let connection = Connection::open(&path).unwrap();
+            // Schema 1 exactly as it shipped, frozen here so that an edit to the
+            // live migration cannot silently change what this test checks.
+            connection
+                .execute_batch(
+                    "CREATE TABLE apps (name TEXT PRIMARY KEY, created_at_ms INTEGER NOT NULL, active_version TEXT);
+                     CREATE TABLE routes (key TEXT PRIMARY KEY, kind TEXT NOT NULL CHECK (kind IN ('exact', 'wildcard', 'default')), host TEXT NOT NULL, app TEXT NOT NULL);
+                     CREATE TABLE versions (id TEXT PRIMARY KEY, app TEXT NOT NULL, spec TEXT NOT NULL, env TEXT NOT NULL CHECK (env IN ('production', 'preview')), branch TEXT, label TEXT, expires_at_ms INTEGER, created_at_ms INTEGER NOT NULL, cloned_from TEXT);
+                     CREATE INDEX versions_by_app ON versions (app);
+                     PRAGMA user_version = 1;",
+                )
+                .unwrap();
             connection
                 .execute_batch(
                     "INSERT INTO apps VALUES ('shop', 1, 'v1');
