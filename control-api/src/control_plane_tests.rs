@@ -80,6 +80,20 @@ fn open_with(
     }
 }
 
+/// A deploy request for app `shop` with no env or branch given.
+fn shop_request(
+    source: DeploySource,
+    ephemeral: Option<(String, Option<String>)>,
+) -> DeployRequest {
+    DeployRequest {
+        app: "shop".into(),
+        source,
+        env: None,
+        branch: None,
+        ephemeral,
+    }
+}
+
 fn harness() -> Harness {
     let h = open(tempfile::tempdir().unwrap(), Arc::new(AtomicU64::new(T0)));
     h.plane.create_app("admin", "shop").unwrap();
@@ -94,13 +108,7 @@ impl Harness {
         self.plane
             .deploy(
                 "admin",
-                &DeployRequest {
-                    app: "shop".into(),
-                    source: DeploySource::Upstreams(vec![addr(upstream)]),
-                    env: None,
-                    branch: None,
-                    ephemeral: None,
-                },
+                &shop_request(DeploySource::Upstreams(vec![addr(upstream)]), None),
             )
             .unwrap()
     }
@@ -241,13 +249,10 @@ fn a_clone_leaves_its_source_unchanged() {
         .plane
         .deploy(
             "admin",
-            &DeployRequest {
-                app: "shop".into(),
-                source: DeploySource::Version(source.id.clone()),
-                env: None,
-                branch: None,
-                ephemeral: Some(("demo".into(), Some("1h".into()))),
-            },
+            &shop_request(
+                DeploySource::Version(source.id.clone()),
+                Some(("demo".into(), Some("1h".into()))),
+            ),
         )
         .unwrap()
         .version;
@@ -358,13 +363,7 @@ fn the_active_version_cannot_be_deleted_and_an_ephemeral_one_never_becomes_activ
         .plane
         .deploy(
             "admin",
-            &DeployRequest {
-                app: "shop".into(),
-                source: DeploySource::Version(preview.id.clone()),
-                env: None,
-                branch: None,
-                ephemeral: None,
-            },
+            &shop_request(DeploySource::Version(preview.id.clone()), None),
         )
         .unwrap_err();
     assert_eq!(e.kind, ErrorKind::FailedPrecondition);
@@ -391,13 +390,7 @@ fn a_new_active_deploy_replaces_and_a_rollback_reactivates() {
     h.plane
         .deploy(
             "admin",
-            &DeployRequest {
-                app: "shop".into(),
-                source: DeploySource::Version(first.id.clone()),
-                env: None,
-                branch: None,
-                ephemeral: None,
-            },
+            &shop_request(DeploySource::Version(first.id.clone()), None),
         )
         .unwrap();
     assert_eq!(
@@ -564,13 +557,10 @@ fn a_rollback_refuses_env_and_branch_and_a_clone_cannot_take_its_sources_label()
         .plane
         .deploy(
             "admin",
-            &DeployRequest {
-                app: "shop".into(),
-                source: DeploySource::Version(preview.id.clone()),
-                env: None,
-                branch: None,
-                ephemeral: Some(("pr-1".into(), None)),
-            },
+            &shop_request(
+                DeploySource::Version(preview.id.clone()),
+                Some(("pr-1".into(), None)),
+            ),
         )
         .unwrap_err();
     assert_eq!(e.kind, ErrorKind::FailedPrecondition);
