@@ -6,6 +6,7 @@ pub mod control_plane;
 pub mod grpc;
 pub mod model;
 pub mod names;
+pub mod process;
 pub mod serve;
 pub mod static_runtime;
 pub mod store;

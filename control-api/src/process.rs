@@ -1,0 +1,384 @@
+//! One supervised child process, the building block of the `process` runtime
+//! (SPEC §9): `sh -c CMD` with `PORT` and `INGRESS_VERSION` set, output appended to
+//! a log file, readiness probed with back-off, stopped with SIGTERM and then
+//! SIGKILL after a grace period. The child runs in its own process group so that
+//! stopping it also stops whatever it started.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+/// How a started process is known to be ready.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    /// An HTTP GET of this path answers (any status below 500).
+    Http { path: String },
+    /// A TCP connection to the port is accepted.
+    Tcp,
+}
+
+/// Why a process did not become ready.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartError {
+    /// The process could not be started at all.
+    Spawn(String),
+    /// It exited before it was ready; the status and the end of its log.
+    Exited { status: String, log_tail: String },
+    /// It was still not ready when the time ran out.
+    NotReady { waited: Duration },
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Spawn(reason) => write!(f, "the command could not be started: {reason}"),
+            StartError::Exited { status, log_tail } => {
+                write!(f, "the command exited before it was ready ({status})")?;
+                if !log_tail.is_empty() {
+                    write!(f, "; its last output: {log_tail}")?;
+                }
+                Ok(())
+            }
+            StartError::NotReady { waited } => {
+                write!(
+                    f,
+                    "the command was not ready after {}ms",
+                    waited.as_millis()
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// A running (or exited) child process listening on `addr`.
+pub struct Process {
+    addr: SocketAddr,
+    pid: i32,
+    log_path: PathBuf,
+    /// `None` while it runs; its exit status once it has exited.
+    exit: watch::Receiver<Option<String>>,
+}
+
+/// The first probe comes this soon after the start; the interval doubles up to
+/// [`PROBE_MAX`], so a fast process is seen within milliseconds.
+const PROBE_FIRST: Duration = Duration::from_millis(2);
+const PROBE_MAX: Duration = Duration::from_millis(100);
+
+impl Process {
+    /// Starts `sh -c command` on a free loopback port, with `PORT` and
+    /// `INGRESS_VERSION` set and stdout and stderr appended to `log_path`.
+    pub async fn spawn(
+        command: &str,
+        version_id: &str,
+        log_path: &Path,
+    ) -> Result<Process, StartError> {
+        let port = free_port().map_err(|e| StartError::Spawn(format!("no free port: {e}")))?;
+        if let Some(dir) = log_path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StartError::Spawn(format!("log directory {}: {e}", dir.display())))?;
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log_path)
+            .map_err(|e| StartError::Spawn(format!("log file {}: {e}", log_path.display())))?;
+        let log_err = log
+            .try_clone()
+            .map_err(|e| StartError::Spawn(format!("log file {}: {e}", log_path.display())))?;
+        let mut child = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(command)
+            .env("PORT", port.to_string())
+            .env("INGRESS_VERSION", version_id)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| StartError::Spawn(e.to_string()))?;
+        let pid = child
+            .id()
+            .and_then(|pid| i32::try_from(pid).ok())
+            .ok_or_else(|| StartError::Spawn("the child has no process id".into()))?;
+        let (exited, exit) = watch::channel(None);
+        tokio::spawn(async move {
+            let status = match child.wait().await {
+                Ok(status) => status.to_string(),
+                Err(e) => format!("unknown exit ({e})"),
+            };
+            exited.send_replace(Some(status));
+        });
+        Ok(Process {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            pid,
+            log_path: log_path.to_path_buf(),
+            exit,
+        })
+    }
+
+    /// The address the process was told to listen on (`PORT`).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The exit status, once the process has exited.
+    pub fn exit_status(&self) -> Option<String> {
+        self.exit.borrow().clone()
+    }
+
+    /// Waits until the process is ready, it exits, or `limit` passes. Probes start
+    /// after 2 ms and back off to every 100 ms.
+    pub async fn wait_ready(
+        &self,
+        readiness: &Readiness,
+        limit: Duration,
+    ) -> Result<(), StartError> {
+        let started = tokio::time::Instant::now();
+        let deadline = started + limit;
+        let mut interval = PROBE_FIRST;
+        let mut exit = self.exit.clone();
+        loop {
+            if let Some(status) = self.exit_status() {
+                return Err(StartError::Exited {
+                    status,
+                    log_tail: log_tail(&self.log_path),
+                });
+            }
+            if probe(self.addr, readiness).await {
+                return Ok(());
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Err(StartError::NotReady {
+                    waited: now - started,
+                });
+            }
+            let pause = interval.min(deadline - now);
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                _ = exit.changed() => {}
+            }
+            interval = (interval * 2).min(PROBE_MAX);
+        }
+    }
+
+    /// Stops the process group: SIGTERM, then SIGKILL if it is still running after
+    /// `grace`. Returns the exit status.
+    pub async fn stop(mut self, grace: Duration) -> String {
+        if let Some(status) = self.exit_status() {
+            return status;
+        }
+        signal_group(self.pid, libc::SIGTERM);
+        if tokio::time::timeout(grace, self.exit.wait_for(Option::is_some))
+            .await
+            .is_err()
+        {
+            signal_group(self.pid, libc::SIGKILL);
+            let _ = self.exit.wait_for(Option::is_some).await;
+        }
+        self.exit_status().unwrap_or_else(|| "stopped".to_string())
+    }
+}
+
+fn signal_group(pid: i32, signal: i32) {
+    // SAFETY: `kill` has no memory-safety preconditions; a negative pid addresses
+    // the process group the child leads (it was started with process_group(0)).
+    let result = unsafe { libc::kill(-pid, signal) };
+    if result != 0 {
+        log::debug!(
+            "signal {signal} to process group {pid}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// The last few lines of the log, on one line, for error messages.
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let start = lines.len().saturating_sub(3);
+    lines[start..].join(" | ").chars().take(500).collect()
+}
+
+async fn probe(addr: SocketAddr, readiness: &Readiness) -> bool {
+    let connect = tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr));
+    let Ok(Ok(mut stream)) = connect.await else {
+        return false;
+    };
+    let path = match readiness {
+        Readiness::Tcp => return true,
+        Readiness::Http { path } => path,
+    };
+    let request =
+        format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nUser-Agent: ingress-readiness\r\n\r\n");
+    let exchange = async {
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut head = [0u8; 16];
+        let mut read = 0;
+        while read < head.len() {
+            let n = stream.read(&mut head[read..]).await.ok()?;
+            if n == 0 {
+                break;
+            }
+            read += n;
+        }
+        // "HTTP/1.x NNN ..."
+        let text = std::str::from_utf8(&head[..read]).ok()?;
+        let status: u16 = text.get(9..12)?.parse().ok()?;
+        Some(status)
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), exchange).await,
+        Ok(Some(status)) if status < 500
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SERVER: &str = "exec python3 -m http.server \"$PORT\" --bind 127.0.0.1";
+
+    #[tokio::test]
+    async fn starts_with_port_and_version_and_becomes_ready() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("v1.log");
+        let command = format!("echo \"version=$INGRESS_VERSION port=$PORT\"; {SERVER}");
+        let process = Process::spawn(&command, "v1", &log).await.unwrap();
+        process
+            .wait_ready(
+                &Readiness::Http { path: "/".into() },
+                Duration::from_secs(20),
+            )
+            .await
+            .unwrap();
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            text.contains(&format!("version=v1 port={}", process.addr().port())),
+            "{text}"
+        );
+        let status = process.stop(Duration::from_secs(5)).await;
+        assert!(
+            status.contains("signal") || status.contains("exit"),
+            "{status}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_command_that_exits_early_reports_its_status_and_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let process = Process::spawn(
+            "echo missing dependency >&2; exit 3",
+            "v1",
+            &dir.path().join("v1.log"),
+        )
+        .await
+        .unwrap();
+        let error = process
+            .wait_ready(&Readiness::Tcp, Duration::from_secs(20))
+            .await
+            .unwrap_err();
+        match &error {
+            StartError::Exited { status, log_tail } => {
+                assert!(status.contains('3'), "{status}");
+                assert_eq!(log_tail, "missing dependency");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            error.to_string().contains("exited before it was ready"),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn not_ready_in_time_then_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let process = Process::spawn("sleep 30", "v1", &dir.path().join("v1.log"))
+            .await
+            .unwrap();
+        let error = process
+            .wait_ready(&Readiness::Tcp, Duration::from_millis(200))
+            .await
+            .unwrap_err();
+        assert!(matches!(error, StartError::NotReady { .. }), "{error:?}");
+        let status = process.stop(Duration::from_secs(5)).await;
+        assert!(status.contains("signal"), "{status}");
+    }
+
+    #[tokio::test]
+    async fn a_process_ignoring_sigterm_is_killed_with_its_children_after_the_grace() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("child.pid");
+        // The shell ignores TERM and starts a child; both must be gone after stop.
+        let command = format!(
+            "trap '' TERM; sleep 60 & echo $! > {}; wait",
+            marker.display()
+        );
+        let process = Process::spawn(&command, "v1", &dir.path().join("v1.log"))
+            .await
+            .unwrap();
+        let mut child_pid = String::new();
+        for _ in 0..200 {
+            child_pid = std::fs::read_to_string(&marker).unwrap_or_default();
+            if !child_pid.trim().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let child_pid: i32 = child_pid.trim().parse().expect("the child wrote its pid");
+        let status = process.stop(Duration::from_millis(300)).await;
+        assert!(
+            status.contains("signal: 9") || status.contains("SIGKILL"),
+            "{status}"
+        );
+        // The grandchild got the group's SIGKILL too (allow a moment for reaping).
+        let mut alive = true;
+        for _ in 0..100 {
+            // SAFETY: signal 0 only checks that the process exists.
+            alive = unsafe { libc::kill(child_pid, 0) } == 0
+                && !std::fs::read_to_string(format!("/proc/{child_pid}/stat"))
+                    .unwrap_or_default()
+                    .contains(") Z ");
+            if !alive {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!alive, "the child {child_pid} outlived the stop");
+    }
+
+    #[tokio::test]
+    async fn an_exit_from_outside_is_noticed() {
+        let dir = tempfile::tempdir().unwrap();
+        let process = Process::spawn(SERVER, "v1", &dir.path().join("v1.log"))
+            .await
+            .unwrap();
+        process
+            .wait_ready(&Readiness::Tcp, Duration::from_secs(20))
+            .await
+            .unwrap();
+        assert_eq!(process.exit_status(), None);
+        signal_group(process.pid, libc::SIGKILL);
+        let mut exit = process.exit.clone();
+        tokio::time::timeout(Duration::from_secs(5), exit.wait_for(Option::is_some))
+            .await
+            .expect("the exit is noticed within 5 s")
+            .unwrap();
+        assert!(process.exit_status().unwrap().contains("signal: 9"));
+    }
+}
