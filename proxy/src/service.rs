@@ -134,7 +134,6 @@ pub struct RequestCtx {
     lease: Option<Arc<Lease>>,
     in_flight: Option<InFlightGuard>,
     upstream_started: Option<Instant>,
-    wants_json: bool,
     /// The round-robin turn of this request's first upstream address.
     first_turn: Option<usize>,
     failed_connects: usize,
@@ -152,7 +151,11 @@ fn request_host(request: &RequestHeader) -> &[u8] {
         .map_or(&b""[..], |value| value.as_bytes())
 }
 
-async fn write_error(session: &mut Session, answer: &ErrorAnswer, json: bool) -> Result<()> {
+/// Answers with `answer`, as JSON when the client accepts JSON. Only error paths
+/// look at `Accept`, so a proxied request never pays for it.
+async fn write_error(session: &mut Session, answer: &ErrorAnswer) -> Result<()> {
+    let accept = session.req_header().headers.get(header::ACCEPT);
+    let json = accepts_json(accept.map(|v| v.as_bytes()));
     let (content_type, body) = answer.body(json);
     let mut response = ResponseHeader::build(answer.status, Some(4))?;
     response.insert_header(header::CONTENT_TYPE, content_type)?;
@@ -187,7 +190,6 @@ impl ProxyHttp for IngressProxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let request = session.req_header();
-        ctx.wants_json = accepts_json(request.headers.get(header::ACCEPT).map(|v| v.as_bytes()));
         let now_ms = now_unix_millis();
         let resolved = {
             let snapshot = self.snapshots.load();
@@ -206,7 +208,7 @@ impl ProxyHttp for IngressProxy {
                     code: rejection.code(),
                     message: rejection.to_string(),
                 };
-                write_error(session, &answer, ctx.wants_json).await?;
+                write_error(session, &answer).await?;
                 return Ok(true);
             }
         };
@@ -219,7 +221,7 @@ impl ProxyHttp for IngressProxy {
                     code: error.code(),
                     message: error.to_string(),
                 };
-                write_error(session, &answer, ctx.wants_json).await?;
+                write_error(session, &answer).await?;
                 return Ok(true);
             }
         }
@@ -361,7 +363,7 @@ impl ProxyHttp for IngressProxy {
                 },
                 message,
             };
-            if let Err(write_error) = write_error(session, &answer, ctx.wants_json).await {
+            if let Err(write_error) = write_error(session, &answer).await {
                 log::debug!("could not send the error response: {write_error}");
             }
         }

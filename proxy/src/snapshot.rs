@@ -206,7 +206,6 @@ pub struct Snapshot {
     /// Exact and wildcard routes in one map, so that a host and its parent each
     /// cost one lookup: `hosts["example.com"].wildcard` is the app of `*.example.com`.
     hosts: FastMap<Box<str>, HostRoutes>,
-    route_count: usize,
     default_app: Option<usize>,
 }
 
@@ -226,7 +225,6 @@ impl Snapshot {
             apps: Vec::new(),
             app_index: FastMap::default(),
             hosts: FastMap::default(),
-            route_count: 0,
             default_app: None,
         }
     }
@@ -244,11 +242,6 @@ impl Snapshot {
     /// Every app, in no particular order.
     pub fn apps(&self) -> impl Iterator<Item = &AppEntry> {
         self.apps.iter()
-    }
-
-    /// Number of routes (exact, wildcard and default).
-    pub fn route_count(&self) -> usize {
-        self.route_count
     }
 
     /// The ids of every version this snapshot routes to (active or live preview).
@@ -346,7 +339,6 @@ impl Snapshot {
                 *slot = Some(app);
             }
         }
-        self.route_count += 1;
         Ok(())
     }
 }
