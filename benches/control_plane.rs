@@ -11,12 +11,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use ingress_config::EphemeralSettings;
 use ingress_control_api::model::{
-    App, Environment, Mutation, Route, RouteKind, RuntimeSpec, Version,
+    App, DesiredState, Environment, Mutation, Route, RouteKind, RuntimeSpec, Version,
 };
 use ingress_control_api::store::{SqliteStore, Store};
-use ingress_control_api::{ControlPlane, DeployRequest, DeploySource, StaticRuntime};
+use ingress_control_api::{
+    ControlMetrics, ControlPlane, DeployRequest, DeploySource, PlaneSettings,
+};
 use ingress_proxy::time::now_unix_millis;
 use ingress_proxy::{resolve, SnapshotHandle};
 
@@ -29,6 +30,12 @@ fn seed(store: &mut SqliteStore, apps: usize) {
     for a in 0..apps {
         let name = format!("app{a}");
         let version = |id: String, label: Option<String>| Version {
+            pool: id.clone(),
+            desired: if label.is_some() {
+                DesiredState::Stopped
+            } else {
+                DesiredState::Running
+            },
             id,
             app: name.clone(),
             spec: spec.clone(),
@@ -68,12 +75,14 @@ fn change_visible(c: &mut Criterion) {
         let mut store = SqliteStore::open(dir.path()).expect("store");
         seed(&mut store, apps);
         let snapshots = Arc::new(SnapshotHandle::new());
+        let mut config = ingress_config::Config::default();
+        config.store.data_dir = dir.path().to_path_buf();
         let plane = ControlPlane::open(
             Box::new(store),
             Arc::clone(&snapshots),
-            Arc::new(StaticRuntime::new()),
-            EphemeralSettings::default(),
-            Box::new(now_unix_millis),
+            PlaneSettings::from_config(&config),
+            Arc::new(ControlMetrics::unregistered()),
+            Arc::new(now_unix_millis),
         )
         .expect("control plane");
         let request = DeployRequest {

@@ -79,7 +79,12 @@ fn resolve_and_lease_hit(c: &mut Criterion) {
             let target = resolve(&snapshot, host.as_bytes(), 1)
                 .expect("host resolves")
                 .target;
-            cache.insert(target, vec![addr], 1);
+            cache.insert(
+                target,
+                vec![addr],
+                ingress_proxy::lease::LeaseValidity::new(),
+                1,
+            );
         }
         let mut next = 0usize;
         group.bench_function(BenchmarkId::from_parameter(routes), |b| {

@@ -230,7 +230,7 @@ async fn a_version_the_runtime_does_not_know_is_502_not_404() {
     assert_eq!(response.status, 502);
     assert_eq!(
         response.body,
-        "version v-unknown of app shop has no upstream address in the static runtime\n"
+        "version v-unknown of app shop is unknown to the runtime\n"
     );
 }
 

@@ -149,6 +149,30 @@ impl Config {
             ("supersede.grace", self.supersede.grace, year, "365d"),
             ("wake.timeout", self.wake.timeout, year, "365d"),
             ("runtime.stop_grace", self.runtime.stop_grace, year, "365d"),
+            (
+                "wake.failure_backoff",
+                self.wake.failure_backoff,
+                Duration::from_secs(86_400),
+                "1d",
+            ),
+            (
+                "wake.failure_backoff_max",
+                self.wake.failure_backoff_max,
+                Duration::from_secs(86_400),
+                "1d",
+            ),
+            (
+                "runtime.drain_timeout",
+                self.runtime.drain_timeout,
+                year,
+                "365d",
+            ),
+            (
+                "runtime.start_timeout",
+                self.runtime.start_timeout,
+                year,
+                "365d",
+            ),
         ] {
             if value.0 > max {
                 return Err(error(
@@ -168,10 +192,36 @@ impl Config {
             ("idle.timeout", self.idle.timeout),
             ("idle.check_interval", self.idle.check_interval),
             ("wake.timeout", self.wake.timeout),
+            ("runtime.start_timeout", self.runtime.start_timeout),
         ] {
             if value.0.is_zero() {
                 return Err(error(key, "must be longer than 0s"));
             }
+        }
+        for (i, path) in self.wake.ignore_paths.iter().enumerate() {
+            if !path.starts_with('/') || path.len() > 1024 {
+                return Err(error(
+                    format!("wake.ignore_paths[{i}]"),
+                    format!("{path:?} is not a path; write it from its leading '/', for example \"/healthz\" or \"/internal/*\" for a prefix (at most 1024 characters)"),
+                ));
+            }
+        }
+        for (i, agent) in self.wake.ignore_user_agents.iter().enumerate() {
+            if agent.trim().is_empty() || agent.len() > 256 {
+                return Err(error(
+                    format!("wake.ignore_user_agents[{i}]"),
+                    "must be a non-empty user-agent substring of at most 256 characters",
+                ));
+            }
+        }
+        if self.wake.failure_backoff > self.wake.failure_backoff_max {
+            return Err(error(
+                "wake.failure_backoff",
+                format!(
+                    "{} is longer than wake.failure_backoff_max ({}); it must be at most the maximum",
+                    self.wake.failure_backoff, self.wake.failure_backoff_max
+                ),
+            ));
         }
         if self.ephemeral.default_ttl > self.ephemeral.max_ttl {
             return Err(error(
@@ -366,6 +416,16 @@ stop_grace = "10s"
         let e = error_of("[ephemeral]\nmax_ttl = \"30 days\"");
         assert!(
             e.starts_with("ephemeral.max_ttl: \"30 days\" is not a duration"),
+            "{e}"
+        );
+        let e = error_of("[wake]\nignore_paths = [\"healthz\"]");
+        assert!(
+            e.starts_with("wake.ignore_paths[0]: \"healthz\" is not a path"),
+            "{e}"
+        );
+        let e = error_of("[wake]\nfailure_backoff = \"2m\"");
+        assert!(
+            e.starts_with("wake.failure_backoff: 2m is longer than wake.failure_backoff_max"),
             "{e}"
         );
         let e = error_of("[wake]\nmode = \"sleep\"");

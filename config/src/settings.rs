@@ -214,6 +214,11 @@ pub struct WakeSettings {
     pub ignore_paths: Vec<String>,
     /// User-agent substrings that never wake a version nor count as activity.
     pub ignore_user_agents: Vec<String>,
+    /// After a start fails, no new start is tried for this long; the pause doubles
+    /// with each failure in a row. Default `2s`.
+    pub failure_backoff: ConfigDuration,
+    /// The longest pause between failed starts. Default `1m`.
+    pub failure_backoff_max: ConfigDuration,
 }
 
 impl Default for WakeSettings {
@@ -224,22 +229,32 @@ impl Default for WakeSettings {
             mode: WakeMode::Hold,
             ignore_paths: vec!["/healthz".to_string()],
             ignore_user_agents: vec!["kube-probe".to_string(), "Prometheus".to_string()],
+            failure_backoff: secs(2),
+            failure_backoff_max: secs(60),
         }
     }
 }
 
-/// `[runtime]`: how instances are stopped.
+/// `[runtime]`: how instances are started and stopped.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct RuntimeSettings {
     /// Time between SIGTERM and SIGKILL when an instance is stopped. Default `10s`.
     pub stop_grace: ConfigDuration,
+    /// Longest a stopping version waits for its in-flight requests (and open
+    /// WebSockets) to finish before it is signalled. Default `30s`.
+    pub drain_timeout: ConfigDuration,
+    /// Longest a started process may take to become ready before the start counts
+    /// as failed. Default `60s`.
+    pub start_timeout: ConfigDuration,
 }
 
 impl Default for RuntimeSettings {
     fn default() -> Self {
         Self {
             stop_grace: secs(10),
+            drain_timeout: secs(30),
+            start_timeout: secs(60),
         }
     }
 }

@@ -8,21 +8,24 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use ingress_config::{format_duration, parse_duration, EphemeralSettings};
+use ingress_config::{format_duration, parse_duration, Config, EphemeralSettings, IdleSettings};
 use ingress_proxy::{
-    AppSpec, ExpiredLabel, PreparedSnapshot, PreviewSpec, RouteHost, RouteSpec, SnapshotHandle,
-    SnapshotInput, VersionRef,
+    AppSpec, ExpiredLabel, LeaseSource, PreparedSnapshot, PreviewSpec, RouteHost, RouteSpec,
+    SnapshotHandle, SnapshotInput, VersionRef,
 };
 
+use crate::metrics::ControlMetrics;
 use crate::model::{
-    App, AuditEntry, Environment, Mutation, Route, RouteKind, RuntimeSpec, State, Tombstone,
-    Version, VersionStatus, DEFAULT_ROUTE_KEY,
+    App, AuditEntry, DesiredState, Environment, Mutation, ReadyCheck, Route, RouteKind,
+    RuntimeSpec, Schedule, State, Tombstone, Version, VersionStatus, DEFAULT_ROUTE_KEY,
 };
 use crate::names::{check_app_name, normalise_label, parse_route_host};
-use crate::static_runtime::StaticRuntime;
+use crate::pools::{Observed, PoolEvent, PoolSettings, Pools};
+use crate::runtime::{ProcessRuntime, Runtimes, StaticRuntime};
 use crate::store::Store;
 
 /// The actor name of automatic changes in the audit log.
@@ -35,6 +38,8 @@ pub enum ErrorKind {
     NotFound,
     AlreadyExists,
     FailedPrecondition,
+    /// The operation could not finish now (a wake that failed or timed out).
+    Unavailable,
     Internal,
 }
 
@@ -65,6 +70,8 @@ fn refuse(kind: ErrorKind, message: impl Into<String>) -> ControlError {
 pub enum DeploySource {
     /// A new static version over these addresses.
     Upstreams(Vec<SocketAddr>),
+    /// A new process version running this command, ready when `ready` says so.
+    Command { command: String, ready: ReadyCheck },
     /// An existing version of the app: activated again, or cloned as a preview.
     Version(String),
 }
@@ -101,9 +108,21 @@ pub struct VersionView {
     pub expires_at_ms: Option<u64>,
     pub env: Environment,
     pub branch: Option<String>,
-    pub desired_state: &'static str,
+    pub desired_state: DesiredState,
+    /// What the runtime sees now.
+    pub observed_state: Observed,
+    /// Why it failed, when `observed_state` is `failed`.
+    pub failure: Option<String>,
+    /// Unix milliseconds of its latest request since the ingress started.
+    pub last_activity_at_ms: Option<u64>,
+    /// Its pending desired-state change.
+    pub pending: Option<Schedule>,
     pub created_at_ms: u64,
     pub cloned_from: Option<String>,
+    /// `static` or `process`.
+    pub runtime: &'static str,
+    /// The command of a process version.
+    pub command: Option<String>,
     pub upstreams: Vec<SocketAddr>,
     /// Where the version is reachable: `http://label.host` for a live preview,
     /// `http://host` for the active version.
@@ -117,52 +136,139 @@ pub struct GcReport {
     pub tombstones_pruned: usize,
 }
 
+/// What the idle sweep and the GC did, and what a schedule run executed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoopReport {
+    /// `app/version` of each version acted on.
+    pub versions: Vec<String>,
+}
+
 struct Inner {
     store: Box<dyn Store>,
     state: State,
 }
 
-/// The control plane: state, operations and snapshot publishing.
+/// The control plane's settings, from the configuration file.
+#[derive(Debug, Clone)]
+pub struct PlaneSettings {
+    pub ephemeral: EphemeralSettings,
+    pub idle: IdleSettings,
+    /// `supersede.grace`.
+    pub supersede_grace: Duration,
+    /// The longest `ingressctl wake` waits for readiness (`wake.timeout`).
+    pub wake_timeout: Duration,
+    /// Where process versions write their output.
+    pub log_dir: PathBuf,
+    /// `runtime.start_timeout`.
+    pub start_timeout: Duration,
+    pub pools: PoolSettings,
+}
+
+impl PlaneSettings {
+    /// The settings of `config`; logs go to `<store.data_dir>/logs`.
+    pub fn from_config(config: &Config) -> PlaneSettings {
+        PlaneSettings {
+            ephemeral: config.ephemeral.clone(),
+            idle: config.idle.clone(),
+            supersede_grace: config.supersede.grace.0,
+            wake_timeout: config.wake.timeout.0,
+            log_dir: config.store.data_dir.join("logs"),
+            start_timeout: config.runtime.start_timeout.0,
+            pools: PoolSettings {
+                drain_timeout: config.runtime.drain_timeout.0,
+                stop_grace: config.runtime.stop_grace.0,
+                failure_backoff: config.wake.failure_backoff.0,
+                failure_backoff_max: config.wake.failure_backoff_max.0,
+            },
+        }
+    }
+}
+
+/// A clock giving Unix milliseconds.
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// The control plane: state, operations, snapshot publishing and the pools that
+/// run versions.
 pub struct ControlPlane {
     inner: Mutex<Inner>,
     snapshots: Arc<SnapshotHandle>,
-    runtime: Arc<StaticRuntime>,
+    pools: Arc<Pools>,
     settings: EphemeralSettings,
-    clock: Box<dyn Fn() -> u64 + Send + Sync>,
+    lifecycle: PlaneSettings,
+    metrics: Arc<ControlMetrics>,
+    clock: Clock,
     /// The generation of the latest published snapshot, for watchers.
     published: tokio::sync::watch::Sender<u64>,
 }
 
 impl ControlPlane {
-    /// Loads the state from `store`, hands the runtime every version's addresses
-    /// and publishes the first snapshot. `clock` gives Unix milliseconds.
+    /// Loads the state from `store`, registers every version with its pool, starts
+    /// the versions whose desired state is running, and publishes the first
+    /// snapshot. `clock` gives Unix milliseconds. Pool events are handled on a
+    /// thread of their own for as long as the plane lives.
     pub fn open(
         store: Box<dyn Store>,
         snapshots: Arc<SnapshotHandle>,
-        runtime: Arc<StaticRuntime>,
-        settings: EphemeralSettings,
-        clock: Box<dyn Fn() -> u64 + Send + Sync>,
-    ) -> Result<ControlPlane, ControlError> {
+        settings: PlaneSettings,
+        metrics: Arc<ControlMetrics>,
+        clock: Clock,
+    ) -> Result<Arc<ControlPlane>, ControlError> {
         let state = store
             .load()
             .map_err(|e| refuse(ErrorKind::Internal, e.to_string()))?;
+        let runtimes = Runtimes {
+            static_runtime: Arc::new(StaticRuntime),
+            process_runtime: Arc::new(ProcessRuntime::new(
+                &settings.log_dir,
+                settings.start_timeout,
+            )),
+        };
+        let (pools, events) = Pools::new(
+            runtimes,
+            settings.pools.clone(),
+            Arc::clone(&snapshots),
+            Arc::clone(&metrics),
+            Arc::clone(&clock),
+        )
+        .map_err(|e| refuse(ErrorKind::Internal, e))?;
+        let pools = Arc::new(pools);
         for version in state.versions.values() {
-            register(&runtime, version);
+            pools.register(&version.id, &version.pool, &version.spec);
         }
-        let plane = ControlPlane {
+        let plane = Arc::new(ControlPlane {
             inner: Mutex::new(Inner { store, state }),
             snapshots,
-            runtime,
-            settings,
+            pools,
+            settings: settings.ephemeral.clone(),
+            lifecycle: settings,
+            metrics,
             clock,
             published: tokio::sync::watch::channel(0).0,
-        };
+        });
         {
             let inner = plane.lock();
             let prepared = plane.prepare(&inner.state)?;
             plane.install(prepared);
+            for version in inner.state.versions.values() {
+                if version.desired == DesiredState::Running {
+                    if let Err(e) = plane.pools.hold(&version.id, false) {
+                        log::warn!("version {}: {e}", version.id);
+                    }
+                }
+            }
         }
+        spawn_event_handler(Arc::downgrade(&plane), events)?;
         Ok(plane)
+    }
+
+    /// The lease source the proxy asks for leases and wakes.
+    pub fn lease_source(&self) -> Arc<dyn LeaseSource> {
+        Arc::clone(&self.pools) as Arc<dyn LeaseSource>
+    }
+
+    /// Stops every running instance; for the end of the process.
+    pub fn shutdown(&self) {
+        self.pools.shutdown();
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -183,11 +289,17 @@ impl ControlPlane {
         audit: AuditEntry,
     ) -> Result<(), ControlError> {
         mutations.push(Mutation::Audit(audit));
+        let routing = mutations.iter().any(|m| changes_routing(&inner.state, m));
         // Build the snapshot of the new state first: a change the proxy could not
-        // route is refused before anything is written.
+        // route is refused before anything is written. Changes of desired state,
+        // schedules and the audit log route nothing and publish nothing.
         let mut next = inner.state.clone();
         next.apply(&mutations);
-        let prepared = self.prepare(&next)?;
+        let prepared = if routing {
+            Some(self.prepare(&next)?)
+        } else {
+            None
+        };
         inner.store.commit(&mutations).map_err(|e| {
             refuse(
                 ErrorKind::Internal,
@@ -195,17 +307,27 @@ impl ControlPlane {
             )
         })?;
         inner.state = next;
-        // New versions get their addresses before the snapshot routes to them, and
-        // deleted ones lose theirs only after the snapshot stops routing to them.
+        // New versions join their pool before the snapshot routes to them, and
+        // deleted ones leave it only after the snapshot stops routing to them.
         for mutation in &mutations {
             if let Mutation::PutVersion(version) = mutation {
-                register(&self.runtime, version);
+                self.pools
+                    .register(&version.id, &version.pool, &version.spec);
             }
         }
-        self.install(prepared);
+        if let Some(prepared) = prepared {
+            self.install(prepared);
+        }
         for mutation in &mutations {
-            if let Mutation::DeleteVersion(id) = mutation {
-                self.runtime.forget(id);
+            match mutation {
+                Mutation::PutVersion(version) if version.desired == DesiredState::Running => {
+                    if let Err(e) = self.pools.hold(&version.id, false) {
+                        log::warn!("version {}: {e}", version.id);
+                    }
+                }
+                Mutation::PutVersion(version) => self.pools.release(&version.id, false),
+                Mutation::DeleteVersion(id) => self.pools.release(id, true),
+                _ => {}
             }
         }
         Ok(())
@@ -236,6 +358,10 @@ impl ControlPlane {
     fn install(&self, prepared: PreparedSnapshot) {
         let generation = self.snapshots.install(prepared);
         self.published.send_replace(generation);
+    }
+
+    fn view(&self, state: &State, version: &Version, now_ms: u64) -> VersionView {
+        view(state, version, now_ms, &self.pools, &self.snapshots)
     }
 
     /// Wakes up after every published snapshot; the value is its generation.
@@ -436,6 +562,10 @@ impl ControlPlane {
                 }
                 None
             }
+            DeploySource::Command { command, ready } => {
+                check_command(command, ready)?;
+                None
+            }
             DeploySource::Version(id) => match state.versions.get(id) {
                 Some(version) if version.app == request.app => Some(version.clone()),
                 _ => {
@@ -468,12 +598,21 @@ impl ControlPlane {
                         ),
                     ));
                 }
-                existing.clone()
+                let mut activated = existing.clone();
+                if activated.desired == DesiredState::Stopped {
+                    activated.desired = DesiredState::Running;
+                    mutations.push(Mutation::PutVersion(activated.clone()));
+                }
+                activated
             }
             (ephemeral, _) => {
                 let spec = match (&request.source, &source) {
                     (DeploySource::Upstreams(addrs), _) => RuntimeSpec::Static {
                         upstreams: addrs.clone(),
+                    },
+                    (DeploySource::Command { command, ready }, _) => RuntimeSpec::Process {
+                        command: command.clone(),
+                        ready: ready.clone(),
                     },
                     (_, Some(existing)) => existing.spec.clone(),
                     (DeploySource::Version(_), None) => {
@@ -495,8 +634,20 @@ impl ControlPlane {
                     .branch
                     .clone()
                     .or_else(|| source.as_ref().and_then(|s| s.branch.clone()));
+                let id = new_version_id(state);
                 Version {
-                    id: new_version_id(state),
+                    // A clone shares its source's pool; a new version has its own.
+                    pool: source
+                        .as_ref()
+                        .map_or_else(|| id.clone(), |s| s.pool.clone()),
+                    // Production starts at once; a preview sleeps until its first
+                    // request (SPEC §4).
+                    desired: if label.is_none() {
+                        DesiredState::Running
+                    } else {
+                        DesiredState::Stopped
+                    },
+                    id,
                     app: request.app.clone(),
                     spec,
                     env,
@@ -565,7 +716,7 @@ impl ControlPlane {
         let target = format!("{}/{}", version.app, version.id);
         let audit = self.audit(actor, "deploy", &target, detail);
         self.commit(&mut inner, mutations, audit)?;
-        let view = view(&inner.state, &version, self.now());
+        let view = self.view(&inner.state, &version, self.now());
         Ok(DeployOutcome {
             version: view,
             replaced,
@@ -661,7 +812,7 @@ impl ControlPlane {
             .versions
             .values()
             .filter(|v| v.app == app && (!ephemeral_only || v.label.is_some()))
-            .map(|v| view(&inner.state, v, now))
+            .map(|v| self.view(&inner.state, v, now))
             .collect();
         views.sort_by(|a, b| b.created_at_ms.cmp(&a.created_at_ms).then(b.id.cmp(&a.id)));
         Ok(views)
@@ -704,9 +855,9 @@ impl ControlPlane {
         }
         let mut mutations = Vec::new();
         for version in &expired {
-            // Release first: a version whose instances are not released keeps its
-            // record, so a later sweep retries (the static runtime cannot fail).
-            self.runtime.forget(&version.id);
+            // The commit releases the version's pool reference (a shared pool stops
+            // only with its last version) before the record is gone from memory; if
+            // the store refuses, nothing is released and the next sweep retries.
             mutations.push(Mutation::DeleteVersion(version.id.clone()));
             if let (Some(label), Some(expired_at_ms)) = (&version.label, version.expires_at_ms) {
                 mutations.push(Mutation::PutTombstone(Tombstone {
@@ -731,12 +882,13 @@ impl ControlPlane {
             "gc",
             &deleted.join(","),
             format!(
-                "{} expired versions deleted, {} tombstones pruned",
+                "{} expired versions stopped and deleted (reason ttl), {} tombstones pruned",
                 deleted.len(),
                 stale.len()
             ),
         );
         self.commit(&mut inner, mutations, audit)?;
+        self.metrics.gc_deletions.inc_by(deleted.len() as u64);
         Ok(GcReport {
             deleted,
             tombstones_pruned: stale.len(),
@@ -771,10 +923,39 @@ fn ttl_ms(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
-fn register(runtime: &StaticRuntime, version: &Version) {
-    match &version.spec {
-        RuntimeSpec::Static { upstreams } => runtime.set_upstreams(&version.id, upstreams.clone()),
+/// True when `mutation` changes what the proxy routes, given the state before it.
+fn changes_routing(state: &State, mutation: &Mutation) -> bool {
+    match mutation {
+        Mutation::Audit(_) | Mutation::PutSchedule(_) | Mutation::DeleteSchedule(_) => false,
+        Mutation::PutVersion(version) => !state.versions.get(&version.id).is_some_and(|old| {
+            old.label == version.label
+                && old.expires_at_ms == version.expires_at_ms
+                && old.app == version.app
+        }),
+        _ => true,
     }
+}
+
+/// Refuses a command that cannot be run, or a readiness path that is not a path.
+fn check_command(command: &str, ready: &ReadyCheck) -> Result<(), ControlError> {
+    if command.trim().is_empty() || command.len() > 4096 || command.contains('\0') {
+        return Err(refuse(
+            ErrorKind::InvalidArgument,
+            "--command must be a non-empty shell command of at most 4096 bytes, without NUL",
+        ));
+    }
+    if let ReadyCheck::Http { path } = ready {
+        let valid = path.starts_with('/')
+            && path.len() <= 1024
+            && path.bytes().all(|b| b.is_ascii_graphic());
+        if !valid {
+            return Err(refuse(
+                ErrorKind::InvalidArgument,
+                format!("--ready-path {path:?} must start with '/' and be at most 1024 printable ASCII characters without spaces"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A fresh version id: `v` and 12 random hex digits, unused in `state`.
@@ -816,8 +997,14 @@ fn deploy_detail(version: &Version, replaced: Option<&str>, evicted: &[String]) 
     detail
 }
 
-/// A version as listings show it, at `now_ms`.
-fn view(state: &State, version: &Version, now_ms: u64) -> VersionView {
+/// A version as listings show it, at `now_ms`, with what `pools` observe of it.
+fn view(
+    state: &State,
+    version: &Version,
+    now_ms: u64,
+    pools: &Pools,
+    snapshots: &SnapshotHandle,
+) -> VersionView {
     let status = state.status(version, now_ms);
     let hosts = state.exact_hosts(&version.app);
     let urls = match (status, &version.label) {
@@ -828,7 +1015,16 @@ fn view(state: &State, version: &Version, now_ms: u64) -> VersionView {
         (VersionStatus::Active, _) => hosts.iter().map(|host| format!("http://{host}")).collect(),
         _ => Vec::new(),
     };
-    let RuntimeSpec::Static { upstreams } = &version.spec;
+    let (upstreams, command) = match &version.spec {
+        RuntimeSpec::Static { upstreams } => (upstreams.clone(), None),
+        RuntimeSpec::Process { command, .. } => (Vec::new(), Some(command.clone())),
+    };
+    let observed = pools.observe(&version.id);
+    let last_activity_at_ms = snapshots
+        .activity()
+        .get(&version.id)
+        .map(|activity| activity.last_seen_ms())
+        .filter(|ms| *ms > 0);
     VersionView {
         id: version.id.clone(),
         app: version.app.clone(),
@@ -837,12 +1033,45 @@ fn view(state: &State, version: &Version, now_ms: u64) -> VersionView {
         expires_at_ms: version.expires_at_ms,
         env: version.env,
         branch: version.branch.clone(),
-        desired_state: "running",
+        desired_state: version.desired,
+        observed_state: observed.observed,
+        failure: observed.failure,
+        last_activity_at_ms,
+        pending: state.schedules.get(&version.id).cloned(),
         created_at_ms: version.created_at_ms,
         cloned_from: version.cloned_from.clone(),
-        upstreams: upstreams.clone(),
+        runtime: version.spec.kind(),
+        command,
+        upstreams,
         urls,
     }
+}
+
+/// Handles pool events on a thread of its own (each may commit to the store)
+/// until the pools or the plane are gone.
+fn spawn_event_handler(
+    plane: Weak<ControlPlane>,
+    mut events: tokio::sync::mpsc::UnboundedReceiver<PoolEvent>,
+) -> Result<(), ControlError> {
+    std::thread::Builder::new()
+        .name("ingress-lifecycle".into())
+        .spawn(move || {
+            while let Some(event) = events.blocking_recv() {
+                let Some(plane) = plane.upgrade() else {
+                    return;
+                };
+                if let Err(e) = plane.handle_event(&event) {
+                    log::warn!("lifecycle: {event:?}: {e}");
+                }
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| {
+            refuse(
+                ErrorKind::Internal,
+                format!("cannot start the lifecycle thread: {e}"),
+            )
+        })
 }
 
 /// The proxy's view of `state` at `now_ms`: active versions, every labelled
@@ -909,6 +1138,9 @@ pub fn snapshot_input(state: &State, now_ms: u64, tombstone_ttl: Duration) -> Sn
         routes,
     }
 }
+
+#[path = "lifecycle.rs"]
+mod lifecycle;
 
 #[cfg(test)]
 #[path = "control_plane_tests.rs"]

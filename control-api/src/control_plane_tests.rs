@@ -16,7 +16,7 @@ const T0: u64 = 1_700_000_000_000;
 const HOUR: u64 = 3_600_000;
 
 struct Harness {
-    plane: ControlPlane,
+    plane: Arc<ControlPlane>,
     snapshots: Arc<SnapshotHandle>,
     clock: Arc<AtomicU64>,
     dir: tempfile::TempDir,
@@ -64,12 +64,15 @@ fn open_with(
         inner: SqliteStore::open(dir.path()).unwrap(),
         failing,
     };
+    let mut config = ingress_config::Config::default();
+    config.store.data_dir = dir.path().to_path_buf();
+    config.ephemeral = settings;
     let plane = ControlPlane::open(
         Box::new(store),
         Arc::clone(&snapshots),
-        Arc::new(StaticRuntime::new()),
-        settings,
-        Box::new(move || tick.load(Ordering::Relaxed)),
+        PlaneSettings::from_config(&config),
+        Arc::new(ControlMetrics::unregistered()),
+        Arc::new(move || tick.load(Ordering::Relaxed)),
     )
     .unwrap();
     Harness {
@@ -104,13 +107,34 @@ fn harness() -> Harness {
 }
 
 impl Harness {
+    /// Deploys an active static version and waits until its pool is ready.
     fn deploy(&self, upstream: u16) -> DeployOutcome {
-        self.plane
+        let outcome = self
+            .plane
             .deploy(
                 "admin",
                 &shop_request(DeploySource::Upstreams(vec![addr(upstream)]), None),
             )
-            .unwrap()
+            .unwrap();
+        self.settle();
+        outcome
+    }
+
+    /// Waits until no version of shop is starting or stopping.
+    fn settle(&self) {
+        for _ in 0..500 {
+            let moving = self
+                .plane
+                .versions("shop", false)
+                .unwrap()
+                .iter()
+                .any(|v| matches!(v.observed_state, Observed::Starting | Observed::Stopping));
+            if !moving {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        panic!("versions still starting or stopping after 2.5 s");
     }
 
     fn preview(&self, label: &str, ttl: Option<&str>) -> Result<DeployOutcome, ControlError> {

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use subtle::ConstantTimeEq;
 use tonic::service::interceptor::InterceptedService;
@@ -12,7 +13,7 @@ use tonic::{Request, Response, Status};
 use crate::control_plane::{
     ControlError, ControlPlane, DeployRequest, DeploySource, ErrorKind, VersionView,
 };
-use crate::model::{Environment, Route};
+use crate::model::{Environment, ReadyCheck, Route};
 
 /// The generated protobuf types and gRPC client and server.
 pub mod proto {
@@ -101,6 +102,9 @@ impl tonic::service::Interceptor for Authenticator {
     }
 }
 
+/// The longest wait a wake may ask for.
+const MAX_WAKE_WAIT_MS: u64 = 600_000;
+
 /// The admin service over a control plane.
 pub struct AdminService {
     plane: Arc<ControlPlane>,
@@ -125,6 +129,7 @@ fn status(error: ControlError) -> Status {
         ErrorKind::NotFound => Status::not_found(error.message),
         ErrorKind::AlreadyExists => Status::already_exists(error.message),
         ErrorKind::FailedPrecondition => Status::failed_precondition(error.message),
+        ErrorKind::Unavailable => Status::unavailable(error.message),
         ErrorKind::Internal => Status::internal(error.message),
     }
 }
@@ -166,17 +171,51 @@ fn version_info(view: VersionView) -> proto::VersionInfo {
         expires_at_ms: view.expires_at_ms,
         env: view.env.as_str().to_string(),
         branch: view.branch,
-        desired_state: view.desired_state.to_string(),
+        desired_state: view.desired_state.as_str().to_string(),
         created_at_ms: view.created_at_ms,
         cloned_from: view.cloned_from,
         upstreams: view.upstreams.iter().map(ToString::to_string).collect(),
         urls: view.urls,
+        observed_state: view.observed_state.as_str().to_string(),
+        failure: view.failure,
+        last_activity_at_ms: view.last_activity_at_ms,
+        pending: view.pending.map(|p| proto::PendingChange {
+            desired_state: p.desired.as_str().to_string(),
+            due_at_ms: p.due_at_ms,
+            reason: p.reason.as_str().to_string(),
+            actor: p.actor,
+        }),
+        runtime: view.runtime.to_string(),
+        command: view.command,
     }
 }
 
 fn deploy_request(request: proto::DeployRequest) -> Result<DeployRequest, Status> {
-    let source = match (request.upstreams.is_empty(), request.version) {
-        (false, None) => {
+    if request.command.is_none() && (request.ready_path.is_some() || request.ready_tcp) {
+        return Err(Status::invalid_argument(
+            "--ready-path and --ready-tcp are only for --command deploys",
+        ));
+    }
+    let source = match (
+        request.upstreams.is_empty(),
+        request.version,
+        request.command,
+    ) {
+        (true, None, Some(command)) => {
+            let ready = match (request.ready_path, request.ready_tcp) {
+                (Some(_), true) => {
+                    return Err(Status::invalid_argument(
+                        "give at most one of --ready-path PATH and --ready-tcp",
+                    ))
+                }
+                (_, true) => ReadyCheck::Tcp,
+                (path, false) => ReadyCheck::Http {
+                    path: path.unwrap_or_else(|| "/".to_string()),
+                },
+            };
+            DeploySource::Command { command, ready }
+        }
+        (false, None, None) => {
             let addrs = request
                 .upstreams
                 .iter()
@@ -190,10 +229,10 @@ fn deploy_request(request: proto::DeployRequest) -> Result<DeployRequest, Status
                 .collect::<Result<Vec<_>, _>>()?;
             DeploySource::Upstreams(addrs)
         }
-        (true, Some(version)) => DeploySource::Version(version),
+        (true, Some(version), None) => DeploySource::Version(version),
         _ => {
             return Err(Status::invalid_argument(
-                "give exactly one of --upstream ADDR[,ADDR...] and --version ID",
+                "give exactly one of --upstream ADDR[,ADDR...], --command CMD and --version ID",
             ))
         }
     };
@@ -412,6 +451,77 @@ impl Admin for AdminService {
             replaced: outcome.replaced,
             evicted: outcome.evicted,
         }))
+    }
+
+    async fn stop_version(
+        &self,
+        request: Request<proto::StopRequest>,
+    ) -> Result<Response<proto::VersionInfo>, Status> {
+        let actor = caller(&request)?;
+        let proto::StopRequest {
+            app,
+            version,
+            force,
+        } = request.into_inner();
+        let view = run(&self.plane, move |plane| {
+            plane.stop_version(&actor, &app, &version, force)
+        })
+        .await?;
+        Ok(Response::new(version_info(view)))
+    }
+
+    async fn wake_version(
+        &self,
+        request: Request<proto::WakeRequest>,
+    ) -> Result<Response<proto::VersionInfo>, Status> {
+        let actor = caller(&request)?;
+        let proto::WakeRequest {
+            app,
+            version,
+            wait,
+            timeout_ms,
+        } = request.into_inner();
+        if timeout_ms > MAX_WAKE_WAIT_MS {
+            return Err(Status::invalid_argument(format!(
+                "--timeout may be at most {}s",
+                MAX_WAKE_WAIT_MS / 1000
+            )));
+        }
+        let wait = wait.then(|| {
+            if timeout_ms == 0 {
+                self.plane.default_wake_wait()
+            } else {
+                Duration::from_millis(timeout_ms)
+            }
+        });
+        // The wake's store commit takes a few milliseconds; the wait for
+        // readiness is asynchronous.
+        let view = self
+            .plane
+            .wake_version(&actor, &app, &version, wait)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(version_info(view)))
+    }
+
+    async fn logs(
+        &self,
+        request: Request<proto::LogsRequest>,
+    ) -> Result<Response<proto::LogsReply>, Status> {
+        let proto::LogsRequest {
+            app,
+            version,
+            max_bytes,
+        } = request.into_inner();
+        let max_bytes = match max_bytes {
+            0 => 64 * 1024,
+            n => usize::try_from(n).unwrap_or(usize::MAX),
+        };
+        let text = run(&self.plane, move |plane| {
+            plane.logs(&app, &version, max_bytes)
+        })
+        .await?;
+        Ok(Response::new(proto::LogsReply { text }))
     }
 
     async fn list_versions(

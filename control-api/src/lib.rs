@@ -1,17 +1,21 @@
 //! The control plane of the ingress: version metadata in an embedded store, the
-//! operations on it (SPEC §6), snapshot publishing to the proxy, and the runtimes
-//! that hand the proxy its leases. The admin API and control loops build on it.
+//! operations on it (SPEC §5, §6), snapshot publishing to the proxy, the pools and
+//! runtimes that run versions and hand the proxy its leases, and the admin API and
+//! control loops built on them.
 
 pub mod control_plane;
 pub mod grpc;
+pub mod metrics;
 pub mod model;
 pub mod names;
-pub mod process;
+pub mod pools;
+pub mod runtime;
 pub mod serve;
-pub mod static_runtime;
 pub mod store;
 
 pub use control_plane::{
-    ControlError, ControlPlane, DeployOutcome, DeployRequest, DeploySource, ErrorKind, VersionView,
+    Clock, ControlError, ControlPlane, DeployOutcome, DeployRequest, DeploySource, ErrorKind,
+    LoopReport, PlaneSettings, VersionView,
 };
-pub use static_runtime::StaticRuntime;
+pub use metrics::ControlMetrics;
+pub use pools::{Observed, PoolSettings};

@@ -73,13 +73,127 @@ impl Route {
 /// The key of the default route.
 pub const DEFAULT_ROUTE_KEY: &str = "(default)";
 
-/// How a version runs. `static` only for now; `process` comes with the process
-/// runtime.
+/// How a version runs (SPEC §9). Stored as JSON, tagged by `runtime`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "runtime", rename_all = "lowercase")]
 pub enum RuntimeSpec {
     /// Fixed upstream addresses, always ready.
     Static { upstreams: Vec<SocketAddr> },
+    /// A command run through `sh -c` on this machine with `PORT` set.
+    Process {
+        command: String,
+        /// How readiness is probed.
+        ready: ReadyCheck,
+    },
+}
+
+impl RuntimeSpec {
+    /// The runtime's name: `static` or `process`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RuntimeSpec::Static { .. } => "static",
+            RuntimeSpec::Process { .. } => "process",
+        }
+    }
+}
+
+/// How a process version is known to be ready.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "probe", rename_all = "lowercase")]
+pub enum ReadyCheck {
+    /// An HTTP GET of `path` answers with a status below 500.
+    Http { path: String },
+    /// A TCP connection to `PORT` is accepted.
+    Tcp,
+}
+
+/// Whether a version should run: the two values of SPEC §1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DesiredState {
+    Running,
+    Stopped,
+}
+
+impl DesiredState {
+    /// The stored and displayed name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DesiredState::Running => "running",
+            DesiredState::Stopped => "stopped",
+        }
+    }
+
+    /// Parses `running` or `stopped`.
+    pub fn parse(text: &str) -> Option<DesiredState> {
+        match text {
+            "running" => Some(DesiredState::Running),
+            "stopped" => Some(DesiredState::Stopped),
+            _ => None,
+        }
+    }
+}
+
+/// Why a version's desired state changes (SPEC §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChangeReason {
+    /// No activity for `idle.timeout`.
+    Idle,
+    /// A newer preview of the same branch became ready.
+    Superseded,
+    /// An admin asked.
+    Manual,
+    /// The version expired.
+    Ttl,
+    /// A request arrived for it.
+    Request,
+}
+
+impl ChangeReason {
+    /// The stored and displayed name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeReason::Idle => "idle",
+            ChangeReason::Superseded => "superseded",
+            ChangeReason::Manual => "manual",
+            ChangeReason::Ttl => "ttl",
+            ChangeReason::Request => "request",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(text: &str) -> Option<ChangeReason> {
+        match text {
+            "idle" => Some(ChangeReason::Idle),
+            "superseded" => Some(ChangeReason::Superseded),
+            "manual" => Some(ChangeReason::Manual),
+            "ttl" => Some(ChangeReason::Ttl),
+            "request" => Some(ChangeReason::Request),
+            _ => None,
+        }
+    }
+
+    /// Whether a change for this reason replaces a pending one. Explicit intent
+    /// (an admin, a request) does; the automatic loops (idle, supersede) never do,
+    /// so they cannot undo a wake that is already scheduled.
+    pub fn overwrites(self) -> bool {
+        matches!(
+            self,
+            ChangeReason::Manual | ChangeReason::Request | ChangeReason::Ttl
+        )
+    }
+}
+
+/// A stored, pending change of one version's desired state: at most one per
+/// version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Schedule {
+    pub version: String,
+    pub desired: DesiredState,
+    pub due_at_ms: u64,
+    pub reason: ChangeReason,
+    /// Who asked: a token name, or `system`.
+    pub actor: String,
+    pub created_at_ms: u64,
 }
 
 /// `production` or `preview`.
@@ -123,6 +237,11 @@ pub struct Version {
     /// The version this one was cloned from, for ephemeral deploys of an existing
     /// version.
     pub cloned_from: Option<String>,
+    /// Whether it should run.
+    pub desired: DesiredState,
+    /// The id of the pool its instances belong to: its own id, or, for a clone,
+    /// its source's pool (so clones share running instances).
+    pub pool: String,
 }
 
 impl Version {
@@ -141,7 +260,7 @@ pub enum VersionStatus {
     Ephemeral,
     /// A non-ephemeral version that is no longer active.
     Replaced,
-    /// Desired state stopped (comes with the process runtime).
+    /// A version no request reaches that is stopped (kept for rollback).
     Stopped,
     /// A preview past its expiry, not yet collected.
     Expired,
@@ -194,6 +313,8 @@ pub struct State {
     pub versions: BTreeMap<String, Version>,
     /// By (app, label).
     pub tombstones: BTreeMap<(String, String), Tombstone>,
+    /// Pending desired-state changes, by version id.
+    pub schedules: BTreeMap<String, Schedule>,
 }
 
 /// One change to the state. A list of them is committed atomically.
@@ -211,6 +332,10 @@ pub enum Mutation {
         app: String,
         label: String,
     },
+    /// Replaces the version's pending change.
+    PutSchedule(Schedule),
+    /// By version id.
+    DeleteSchedule(String),
     Audit(AuditEntry),
 }
 
@@ -236,6 +361,7 @@ impl State {
                 }
                 Mutation::DeleteVersion(id) => {
                     self.versions.remove(id);
+                    self.schedules.remove(id);
                 }
                 Mutation::PutTombstone(tombstone) => {
                     self.tombstones.insert(
@@ -245,6 +371,13 @@ impl State {
                 }
                 Mutation::DeleteTombstone { app, label } => {
                     self.tombstones.remove(&(app.clone(), label.clone()));
+                }
+                Mutation::PutSchedule(schedule) => {
+                    self.schedules
+                        .insert(schedule.version.clone(), schedule.clone());
+                }
+                Mutation::DeleteSchedule(id) => {
+                    self.schedules.remove(id);
                 }
                 Mutation::Audit(_) => {}
             }
@@ -265,9 +398,20 @@ impl State {
             } else {
                 VersionStatus::Ephemeral
             }
+        } else if version.desired == DesiredState::Stopped {
+            VersionStatus::Stopped
         } else {
             VersionStatus::Replaced
         }
+    }
+
+    /// True when a request can reach `version` at `now_ms`: it is its app's active
+    /// version or holds a live label.
+    pub fn is_reachable(&self, version: &Version, now_ms: u64) -> bool {
+        matches!(
+            self.status(version, now_ms),
+            VersionStatus::Active | VersionStatus::Ephemeral
+        )
     }
 
     /// The app's versions that hold a live (unexpired) label at `now_ms`.

@@ -1,6 +1,7 @@
 //! Runs the control plane's network side on a thread of its own (Pingora owns the
 //! main thread and its own runtimes): the gRPC admin API, the admin HTTP listener
-//! (`/metrics`, `/healthz`, `/readyz`) and the TTL garbage-collection loop.
+//! (`/metrics`, `/healthz`, `/readyz`), the TTL garbage-collection loop and the
+//! lifecycle loop (idle sweep and stored schedules).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -28,6 +29,8 @@ pub struct ControlSettings {
     pub http_listen: SocketAddr,
     pub tokens: Vec<Token>,
     pub gc_interval: Duration,
+    /// `idle.check_interval`.
+    pub idle_interval: Duration,
 }
 
 /// The running control-plane thread.
@@ -124,7 +127,12 @@ async fn serve(
         settings.gc_interval,
         stopped.clone(),
     ));
-    // The admin HTTP listener and the GC loop end only on stop. The gRPC server
+    let lifecycle_task = tokio::spawn(lifecycle_loop(
+        Arc::clone(&plane),
+        settings.idle_interval,
+        stopped.clone(),
+    ));
+    // The admin HTTP listener and the loops end only on stop. The gRPC server
     // ends on stop too, or on its own with an error, which must stop the ingress:
     // the caller's `on_fatal` does that.
     // Draining waits for open calls; a client that keeps one open must not keep
@@ -144,8 +152,9 @@ async fn serve(
     if result.is_err() {
         http_task.abort();
         gc_task.abort();
+        lifecycle_task.abort();
     } else {
-        let _ = tokio::join!(http_task, gc_task);
+        let _ = tokio::join!(http_task, gc_task, lifecycle_task);
     }
     result
 }
@@ -171,6 +180,52 @@ async fn gc_loop(plane: Arc<ControlPlane>, interval: Duration, mut stopped: watc
             Ok(Ok(_)) => {}
             Ok(Err(e)) => log::warn!("gc: {e}; retrying next sweep"),
             Err(e) => log::warn!("gc: the sweep did not finish: {e}; retrying next sweep"),
+        }
+    }
+}
+
+/// Longest sleep of the lifecycle loop: a schedule runs at most this late.
+const SCHEDULE_RESOLUTION: Duration = Duration::from_millis(200);
+
+/// Runs due schedules as they come due, and the idle sweep every `idle_interval`.
+async fn lifecycle_loop(
+    plane: Arc<ControlPlane>,
+    idle_interval: Duration,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut next_sweep = tokio::time::Instant::now() + idle_interval;
+    loop {
+        let wake_at = next_sweep.min(tokio::time::Instant::now() + SCHEDULE_RESOLUTION);
+        tokio::select! {
+            () = tokio::time::sleep_until(wake_at) => {}
+            _ = stopped.wait_for(|stop| *stop) => return,
+        }
+        let sweep = tokio::time::Instant::now() >= next_sweep;
+        if sweep {
+            next_sweep = tokio::time::Instant::now() + idle_interval;
+        }
+        let plane = Arc::clone(&plane);
+        let ran = tokio::task::spawn_blocking(move || {
+            if sweep {
+                match plane.check_idle() {
+                    Ok(report) if !report.versions.is_empty() => {
+                        log::info!("idle: stopping {}", report.versions.join(", "));
+                    }
+                    Ok(_) => {}
+                    Err(e) => log::warn!("idle: {e}; retrying next sweep"),
+                }
+            }
+            match plane.run_due_schedules() {
+                Ok(report) if !report.versions.is_empty() => {
+                    log::info!("schedules: executed for {}", report.versions.join(", "));
+                }
+                Ok(_) => {}
+                Err(e) => log::warn!("schedules: {e}; retrying"),
+            }
+        })
+        .await;
+        if let Err(e) = ran {
+            log::warn!("lifecycle: the loop's work did not finish: {e}");
         }
     }
 }

@@ -12,6 +12,7 @@ use dashmap::DashMap;
 pub struct VersionActivity {
     last_seen_ms: AtomicU64,
     in_flight: AtomicU64,
+    waiting: AtomicU64,
 }
 
 impl VersionActivity {
@@ -33,6 +34,37 @@ impl VersionActivity {
     /// Requests (and open WebSockets) currently being served.
     pub fn in_flight(&self) -> u64 {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Counts one request as waiting for the version to wake, unless `max` are
+    /// already waiting; `None` then, and nothing is counted.
+    pub fn try_wait(self: &Arc<Self>, max: u64) -> Option<WaitingGuard> {
+        let admitted = self
+            .waiting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |waiting| {
+                (waiting < max).then_some(waiting + 1)
+            })
+            .is_ok();
+        admitted.then(|| WaitingGuard {
+            activity: Arc::clone(self),
+        })
+    }
+
+    /// Requests currently held while the version wakes.
+    pub fn waiting(&self) -> u64 {
+        self.waiting.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts one request as waiting for its version to wake for as long as it lives.
+#[derive(Debug)]
+pub struct WaitingGuard {
+    activity: Arc<VersionActivity>,
+}
+
+impl Drop for WaitingGuard {
+    fn drop(&mut self) {
+        self.activity.waiting.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -95,6 +127,18 @@ impl ActivityRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn waiters_are_bounded_and_released() {
+        let activity = Arc::new(VersionActivity::default());
+        let first = activity.try_wait(2).unwrap();
+        let _second = activity.try_wait(2).unwrap();
+        assert!(activity.try_wait(2).is_none());
+        assert_eq!(activity.waiting(), 2);
+        drop(first);
+        assert!(activity.try_wait(2).is_some());
+        assert_eq!(activity.waiting(), 1);
+    }
 
     #[test]
     fn in_flight_follows_guards_and_last_seen_only_moves_forward() {

@@ -9,6 +9,26 @@ pub struct ErrorAnswer {
     pub status: u16,
     pub code: &'static str,
     pub message: String,
+    /// Seconds for a `Retry-After` header, when the client should try again later.
+    pub retry_after_secs: Option<u64>,
+}
+
+/// The page a browser gets while its version wakes (`wake.mode = "page"`): it
+/// reloads itself every 2 seconds until the version answers.
+pub fn starting_page(app: &str, version: &str) -> Bytes {
+    let escape = |text: &str| {
+        text.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+    };
+    Bytes::from(format!(
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"2\">\
+<title>Starting {app}</title></head>\n<body style=\"font-family:sans-serif;margin:3em\">\
+<h1>Starting {app}</h1><p>Version {version} is waking up. This page reloads by itself.</p></body></html>\n",
+        app = escape(app),
+        version = escape(version),
+    ))
 }
 
 /// True when the `Accept` header asks for JSON (`application/json` or any `+json`).
@@ -40,6 +60,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_starting_page_refreshes_and_escapes_names() {
+        let page = starting_page("shop", "<v1>");
+        let text = std::str::from_utf8(&page).unwrap();
+        assert!(text.contains("http-equiv=\"refresh\" content=\"2\""));
+        assert!(text.contains("&lt;v1&gt;") && !text.contains("<v1>"));
+    }
+
+    #[test]
     fn json_only_when_asked_for() {
         assert!(accepts_json(Some(b"application/json")));
         assert!(accepts_json(Some(
@@ -55,6 +83,7 @@ mod tests {
             status: 404,
             code: "no_such_preview",
             message: "no preview named pr-2 for app shop".into(),
+            retry_after_secs: None,
         };
         let (kind, body) = answer.body(false);
         assert_eq!(kind, "text/plain; charset=utf-8");

@@ -18,22 +18,55 @@ pub struct LeaseKey {
     pub version_id: Arc<str>,
 }
 
+/// Whether the instances behind a grant still serve: one per running incarnation
+/// of a pool, shared by every lease granted on it. The runtime revokes it when the
+/// pool starts to stop or its instance exits, and every cached lease over those
+/// instances stops being used at once, whatever version or label it was taken for.
+#[derive(Debug, Default)]
+pub struct LeaseValidity {
+    revoked: AtomicBool,
+}
+
+impl LeaseValidity {
+    /// A validity that holds until [`LeaseValidity::revoke`].
+    pub fn new() -> Arc<LeaseValidity> {
+        Arc::new(LeaseValidity::default())
+    }
+
+    /// Ends the validity of every lease that shares it.
+    pub fn revoke(&self) {
+        self.revoked.store(true, Ordering::Release);
+    }
+
+    /// True once revoked.
+    pub fn is_revoked(&self) -> bool {
+        self.revoked.load(Ordering::Acquire)
+    }
+}
+
 /// The ready upstream addresses of one version, valid for one `state_epoch` of it
-/// until `expires_at_ms` or until it is revoked.
+/// until `expires_at_ms`, until it is revoked, or until the instances behind it
+/// stop (its shared [`LeaseValidity`]).
 #[derive(Debug)]
 pub struct Lease {
     addrs: Box<[SocketAddr]>,
     state_epoch: u64,
     expires_at_ms: u64,
     revoked: AtomicBool,
+    validity: Arc<LeaseValidity>,
     next: AtomicUsize,
 }
 
 impl Lease {
     /// A lease over `addrs` for the version state `state_epoch`, valid until
-    /// `expires_at_ms` (Unix milliseconds). `None` when `addrs` is empty: a lease
-    /// always has somewhere to go.
-    pub fn new(addrs: Vec<SocketAddr>, state_epoch: u64, expires_at_ms: u64) -> Option<Lease> {
+    /// `expires_at_ms` (Unix milliseconds) and while `validity` holds. `None` when
+    /// `addrs` is empty: a lease always has somewhere to go.
+    pub fn new(
+        addrs: Vec<SocketAddr>,
+        state_epoch: u64,
+        expires_at_ms: u64,
+        validity: Arc<LeaseValidity>,
+    ) -> Option<Lease> {
         if addrs.is_empty() {
             return None;
         }
@@ -42,6 +75,7 @@ impl Lease {
             state_epoch,
             expires_at_ms,
             revoked: AtomicBool::new(false),
+            validity,
             next: AtomicUsize::new(0),
         })
     }
@@ -78,6 +112,7 @@ impl Lease {
         self.state_epoch == target.state_epoch
             && now_ms < self.expires_at_ms
             && !self.revoked.load(Ordering::Relaxed)
+            && !self.validity.is_revoked()
     }
 }
 
@@ -121,16 +156,23 @@ impl LeaseCache {
         Some(lease)
     }
 
-    /// Caches a lease over `addrs` for `target`, granted at `now_ms`, and returns
-    /// it; `None` (and nothing cached) when `addrs` is empty.
+    /// Caches a lease over `addrs` for `target`, granted at `now_ms` and valid while
+    /// `validity` holds, and returns it; `None` (and nothing cached) when `addrs`
+    /// is empty.
     pub fn insert(
         &self,
         target: &Target,
         addrs: Vec<SocketAddr>,
+        validity: Arc<LeaseValidity>,
         now_ms: u64,
     ) -> Option<Arc<Lease>> {
         let expires_at_ms = now_ms.saturating_add(self.ttl_ms);
-        let lease = Arc::new(Lease::new(addrs, target.state_epoch, expires_at_ms)?);
+        let lease = Arc::new(Lease::new(
+            addrs,
+            target.state_epoch,
+            expires_at_ms,
+            validity,
+        )?);
         self.leases
             .insert(target.lease_key.clone(), Arc::clone(&lease));
         target.lease_memo.store(Some(Arc::clone(&lease)));
@@ -196,10 +238,16 @@ mod tests {
 
     #[test]
     fn round_robin_over_the_addresses() {
-        let lease = Lease::new(vec![addr(1), addr(2), addr(3)], 0, u64::MAX).unwrap();
+        let lease = Lease::new(
+            vec![addr(1), addr(2), addr(3)],
+            0,
+            u64::MAX,
+            LeaseValidity::new(),
+        )
+        .unwrap();
         let picks: Vec<u16> = (0..6).map(|_| lease.pick().port()).collect();
         assert_eq!(picks, [1, 2, 3, 1, 2, 3]);
-        assert!(Lease::new(vec![], 0, u64::MAX).is_none());
+        assert!(Lease::new(vec![], 0, u64::MAX, LeaseValidity::new()).is_none());
     }
 
     #[test]
@@ -216,9 +264,9 @@ mod tests {
         assert_ne!(active.lease_key, preview.lease_key);
 
         let cache = LeaseCache::new(100, Duration::from_secs(60));
-        cache.insert(active, vec![addr(1)], NOW);
+        cache.insert(active, vec![addr(1)], LeaseValidity::new(), NOW);
         assert!(cache.get(preview, NOW).is_none());
-        cache.insert(preview, vec![addr(2)], NOW);
+        cache.insert(preview, vec![addr(2)], LeaseValidity::new(), NOW);
         assert_eq!(cache.get(active, NOW).unwrap().pick(), addr(1));
         assert_eq!(cache.get(preview, NOW).unwrap().pick(), addr(2));
     }
@@ -232,7 +280,7 @@ mod tests {
         let cache = LeaseCache::new(100, Duration::from_secs(60));
         let old = handle.load();
         let old_preview = old.app("shop").unwrap().preview("pr-1").unwrap();
-        cache.insert(old_preview, vec![addr(1)], NOW);
+        cache.insert(old_preview, vec![addr(1)], LeaseValidity::new(), NOW);
 
         // Same label, new version: a different key.
         handle
@@ -252,7 +300,7 @@ mod tests {
         let cache = LeaseCache::new(100, Duration::from_secs(60));
         let before = handle.load();
         let active = before.app("shop").unwrap().active().unwrap();
-        cache.insert(active, vec![addr(1)], NOW);
+        cache.insert(active, vec![addr(1)], LeaseValidity::new(), NOW);
         assert!(cache.get(active, NOW).is_some());
 
         handle
@@ -273,7 +321,7 @@ mod tests {
         let snap = handle.load();
         let active = snap.app("shop").unwrap().active().unwrap();
         let cache = LeaseCache::new(100, Duration::from_millis(20));
-        cache.insert(active, vec![addr(1)], NOW);
+        cache.insert(active, vec![addr(1)], LeaseValidity::new(), NOW);
         assert!(cache.get(active, NOW + 19).is_some());
         assert!(cache.get(active, NOW + 20).is_none());
     }
@@ -286,7 +334,7 @@ mod tests {
         let cache = LeaseCache::new(100, Duration::from_secs(60));
         let old = handle.load_full();
         let old_active = old.app("shop").unwrap().active().unwrap();
-        cache.insert(old_active, vec![addr(1)], NOW);
+        cache.insert(old_active, vec![addr(1)], LeaseValidity::new(), NOW);
 
         handle.publish(&input).unwrap();
         let new = handle.load_full();
@@ -296,5 +344,25 @@ mod tests {
         cache.invalidate(&new_active.lease_key);
         assert!(cache.get(new_active, NOW).is_none());
         assert!(cache.get(old_active, NOW).is_none());
+    }
+
+    #[test]
+    fn revoking_a_validity_ends_every_lease_that_shares_it() {
+        let handle = SnapshotHandle::new();
+        // A preview sharing its pool with the active version: one validity.
+        handle
+            .publish(&snapshot(version("v1", 0), version("p1", 0)))
+            .unwrap();
+        let snap = handle.load();
+        let app = snap.app("shop").unwrap();
+        let (active, preview) = (app.active().unwrap(), app.preview("pr-1").unwrap());
+        let cache = LeaseCache::new(100, Duration::from_secs(60));
+        let shared = LeaseValidity::new();
+        cache.insert(active, vec![addr(1)], Arc::clone(&shared), NOW);
+        cache.insert(preview, vec![addr(1)], Arc::clone(&shared), NOW);
+        assert!(cache.get(active, NOW).is_some() && cache.get(preview, NOW).is_some());
+        shared.revoke();
+        assert!(cache.get(active, NOW).is_none());
+        assert!(cache.get(preview, NOW).is_none());
     }
 }

@@ -14,11 +14,12 @@ pub mod server;
 pub mod service;
 pub mod snapshot;
 pub mod time;
+pub mod wake_rules;
 
 pub use activity::{ActivityRegistry, InFlightGuard, VersionActivity};
-pub use lease::{Lease, LeaseCache, LeaseKey};
-pub use lease_source::{LeaseError, LeaseSource};
-pub use metrics::Metrics;
+pub use lease::{Lease, LeaseCache, LeaseKey, LeaseValidity};
+pub use lease_source::{Grant, LeaseAnswer, LeaseError, LeaseSource};
+pub use metrics::{Metrics, WakeOutcome};
 pub use resolve::{resolve, Rejection, ResolutionKind, Resolved};
 pub use server::{ProxyServer, ServerOptions, ShutdownTrigger};
 pub use service::{IngressProxy, ProxyOptions};
@@ -26,3 +27,4 @@ pub use snapshot::{
     AppSpec, BuildError, ExpiredLabel, PreparedSnapshot, PreviewSpec, RouteHost, RouteSpec,
     Snapshot, SnapshotHandle, SnapshotInput, Target, VersionRef,
 };
+pub use wake_rules::IgnoreRules;

@@ -24,6 +24,55 @@ pub struct Metrics {
     pub lease_misses: IntCounter,
     /// Generation of the snapshot in use.
     pub snapshot_generation: IntGauge,
+    /// Seconds a request was held while its version woke, for requests that were
+    /// then served.
+    pub wake_wait: Histogram,
+    wake_requests: [IntCounter; WakeOutcome::ALL.len()],
+}
+
+/// How a request for a sleeping version ended, for `ingress_wake_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WakeOutcome {
+    /// Held until the version was ready, then proxied.
+    Served,
+    /// Held for `wake.timeout`; answered 503.
+    Timeout,
+    /// `wake.max_waiters` were already held; answered 503 at once.
+    Overflow,
+    /// The start failed (or is backing off); answered 502.
+    Failed,
+    /// The client hung up while held.
+    ClientGone,
+    /// A browser got the "starting" page while the version wakes.
+    Page,
+    /// Matched `wake.ignore_*`: answered 503 without waking the version.
+    Ignored,
+}
+
+impl WakeOutcome {
+    /// Every outcome, in label order.
+    pub const ALL: [WakeOutcome; 7] = [
+        WakeOutcome::Served,
+        WakeOutcome::Timeout,
+        WakeOutcome::Overflow,
+        WakeOutcome::Failed,
+        WakeOutcome::ClientGone,
+        WakeOutcome::Page,
+        WakeOutcome::Ignored,
+    ];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WakeOutcome::Served => "served",
+            WakeOutcome::Timeout => "timeout",
+            WakeOutcome::Overflow => "overflow",
+            WakeOutcome::Failed => "failed",
+            WakeOutcome::ClientGone => "client_gone",
+            WakeOutcome::Page => "page",
+            WakeOutcome::Ignored => "ignored",
+        }
+    }
 }
 
 impl Metrics {
@@ -67,6 +116,26 @@ impl Metrics {
             "Generation of the routing snapshot in use.",
         )?;
         registry.register(Box::new(snapshot_generation.clone()))?;
+        let wake_wait = Histogram::with_opts(
+            HistogramOpts::new(
+                "ingress_wake_seconds",
+                "Seconds a request was held while its version woke, for requests then served.",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+            ]),
+        )?;
+        registry.register(Box::new(wake_wait.clone()))?;
+        let wake_vec = IntCounterVec::new(
+            Opts::new(
+                "ingress_wake_requests_total",
+                "Requests that found their version asleep, by how they ended.",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(wake_vec.clone()))?;
+        let wake_requests =
+            WakeOutcome::ALL.map(|outcome| wake_vec.with_label_values(&[outcome.as_str()]));
         Ok(Metrics {
             registry,
             requests,
@@ -74,7 +143,14 @@ impl Metrics {
             lease_hits,
             lease_misses,
             snapshot_generation,
+            wake_wait,
+            wake_requests,
         })
+    }
+
+    /// Counts one request that found its version asleep.
+    pub fn count_wake(&self, outcome: WakeOutcome) {
+        self.wake_requests[outcome as usize].inc();
     }
 
     /// Counts one finished request.

@@ -3,12 +3,15 @@
 //!
 //! Request path, hook by hook:
 //! - `request_filter`: normalise the Host, resolve against the current snapshot,
-//!   answer 400/404/410/503 at once; record activity; take a lease (cache, then the
-//!   lease source), answer 502/503 if none.
+//!   answer 400/404/410/503 at once; record activity (unless `wake.ignore_*`
+//!   matches); take a lease (cache, then the lease source). A sleeping version is
+//!   woken: the request is held (bounded by `wake.max_waiters`, `wake.timeout` and
+//!   the client staying connected), or a browser gets the "starting" page.
 //! - `upstream_peer`: the lease's next address (round robin), with timeouts set.
 //! - `upstream_request_filter`: `X-Forwarded-For/-Proto/-Host`.
 //! - `upstream_response_filter`: upstream latency.
-//! - `response_filter`: `x-ingress-version`.
+//! - `response_filter`: `x-ingress-version`, and `x-ingress-cold-start` on requests
+//!   that were held while their version woke.
 //! - `fail_to_connect` / `fail_to_proxy`: retry another address, then a clear 502/504.
 //! - `logging`: request counter by resolution kind and status class.
 
@@ -24,13 +27,14 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::activity::InFlightGuard;
-use crate::error_response::{accepts_json, ErrorAnswer};
+use crate::error_response::{accepts_json, starting_page, ErrorAnswer};
 use crate::lease::{Lease, LeaseCache};
-use crate::lease_source::{LeaseError, LeaseSource};
-use crate::metrics::Metrics;
+use crate::lease_source::{Grant, LeaseAnswer, LeaseError, LeaseSource};
+use crate::metrics::{Metrics, WakeOutcome};
 use crate::resolve::{resolve, ResolutionKind};
 use crate::snapshot::{SnapshotHandle, Target};
 use crate::time::now_unix_millis;
+use crate::wake_rules::IgnoreRules;
 
 /// Timeouts and limits of the proxy service.
 #[derive(Debug, Clone)]
@@ -43,8 +47,14 @@ pub struct ProxyOptions {
     pub write_timeout: Duration,
     /// Idle upstream keep-alive connection lifetime.
     pub upstream_idle_timeout: Duration,
-    /// Longest wait for the lease source to grant a lease.
-    pub lease_wait: Duration,
+    /// Longest a request is held while its version wakes (`wake.timeout`).
+    pub wake_timeout: Duration,
+    /// Requests held per version; past it, 503 at once (`wake.max_waiters`).
+    pub max_waiters: u64,
+    /// Serve browser GETs the "starting" page instead of holding them.
+    pub wake_page: bool,
+    /// Requests that neither wake a version nor count as activity.
+    pub ignore: IgnoreRules,
 }
 
 impl ProxyOptions {
@@ -55,19 +65,32 @@ impl ProxyOptions {
             read_timeout: config.proxy.read_timeout.0,
             write_timeout: config.proxy.write_timeout.0,
             upstream_idle_timeout: config.proxy.upstream_idle_timeout.0,
-            lease_wait: config.wake.timeout.0,
+            wake_timeout: config.wake.timeout.0,
+            max_waiters: config.wake.max_waiters as u64,
+            wake_page: config.wake.mode == ingress_config::WakeMode::Page,
+            ignore: IgnoreRules::new(&config.wake.ignore_paths, &config.wake.ignore_user_agents),
         }
     }
 }
 
 /// The ingress proxy: routes by host from the current snapshot to a version's
-/// instances.
+/// instances, waking the version first when it sleeps.
 pub struct IngressProxy {
     snapshots: Arc<SnapshotHandle>,
     leases: LeaseCache,
     lease_source: Arc<dyn LeaseSource>,
     metrics: Arc<Metrics>,
     options: ProxyOptions,
+}
+
+/// How the lease step of a request ended when it did not produce a lease.
+enum NoLease {
+    /// Answer with this error.
+    Answer(ErrorAnswer),
+    /// Answer a browser with the "starting" page.
+    StartingPage,
+    /// The client hung up while held: answer nothing.
+    ClientGone,
 }
 
 impl IngressProxy {
@@ -89,41 +112,152 @@ impl IngressProxy {
         }
     }
 
-    /// The lease of `target`: from the cache, else from the lease source.
+    /// The lease of `target`: from the cache, else from the lease source, waking
+    /// the version when it sleeps and this request may wake it.
     async fn lease_for(
         &self,
-        target: &Target,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        target: &Arc<Target>,
+        ignored: bool,
         now_ms: u64,
-    ) -> std::result::Result<Arc<Lease>, LeaseError> {
+    ) -> std::result::Result<Arc<Lease>, NoLease> {
         if let Some(lease) = self.leases.get(target, now_ms) {
             self.metrics.lease_hits.inc();
             return Ok(lease);
         }
         self.metrics.lease_misses.inc();
-        let asked = tokio::time::timeout(self.options.lease_wait, self.lease_source.lease(target));
-        let addrs = match asked.await {
-            Ok(result) => result?,
-            Err(_) => {
-                return Err(LeaseError::NotRunning {
-                    reason: format!(
-                        "version {} of app {} was not ready within {}ms",
-                        target.version_id,
-                        target.app,
-                        self.options.lease_wait.as_millis()
-                    ),
-                })
-            }
+        let grant = match self.lease_source.lease(target) {
+            Ok(LeaseAnswer::Ready(grant)) => grant,
+            Ok(LeaseAnswer::Asleep) => self.wake(session, ctx, target, ignored).await?,
+            Err(error) => return Err(NoLease::Answer(lease_error_answer(&error))),
         };
         // Stamp the lease with the time it was granted, not when the request began.
         self.leases
-            .insert(target, addrs, now_unix_millis())
-            .ok_or_else(|| LeaseError::NotRunning {
-                reason: format!(
-                    "version {} of app {} has no ready instance",
-                    target.version_id, target.app
-                ),
+            .insert(target, grant.addrs, grant.validity, now_unix_millis())
+            .ok_or_else(|| {
+                NoLease::Answer(lease_error_answer(&LeaseError::Failed {
+                    reason: format!(
+                        "version {} of app {} has no ready instance",
+                        target.version_id, target.app
+                    ),
+                }))
             })
     }
+
+    /// Wakes a sleeping version for this request (SPEC §4): answers at once when
+    /// the request may not wake it, serves browsers the "starting" page in page
+    /// mode, and otherwise holds the request (bounded in number and time, and
+    /// released when the client hangs up) until the version is ready.
+    async fn wake(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        target: &Arc<Target>,
+        ignored: bool,
+    ) -> std::result::Result<Grant, NoLease> {
+        if ignored {
+            self.metrics.count_wake(WakeOutcome::Ignored);
+            return Err(NoLease::Answer(ErrorAnswer {
+                status: 503,
+                code: "version_asleep",
+                message: format!(
+                    "version {} of app {} is not running, and requests matching wake.ignore_paths or wake.ignore_user_agents do not wake it",
+                    target.version_id, target.app
+                ),
+                retry_after_secs: Some(5),
+            }));
+        }
+        if self.options.wake_page && wants_page(session.req_header()) {
+            self.metrics.count_wake(WakeOutcome::Page);
+            let source = Arc::clone(&self.lease_source);
+            let woken = Arc::clone(target);
+            let limit = self.options.wake_timeout;
+            // The page reloads itself; the start runs on without this request.
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(limit, source.wake(&woken)).await;
+            });
+            return Err(NoLease::StartingPage);
+        }
+        let Some(_waiting) = target.activity.try_wait(self.options.max_waiters) else {
+            self.metrics.count_wake(WakeOutcome::Overflow);
+            return Err(NoLease::Answer(ErrorAnswer {
+                status: 503,
+                code: "too_many_waiting",
+                message: format!(
+                    "version {} of app {} is starting and already has {} requests waiting (wake.max_waiters); try again shortly",
+                    target.version_id, target.app, self.options.max_waiters
+                ),
+                retry_after_secs: Some(1),
+            }));
+        };
+        let started = Instant::now();
+        let waking =
+            tokio::time::timeout(self.options.wake_timeout, self.lease_source.wake(target));
+        // A request without a body can watch its connection while it waits; one
+        // with a body cannot without consuming the body, so it waits out the
+        // timeout if its client leaves.
+        let outcome = if session.is_body_empty() {
+            let downstream = session.as_downstream_mut();
+            tokio::select! {
+                outcome = waking => Some(outcome),
+                _ = downstream.read_body_or_idle(true) => None,
+            }
+        } else {
+            Some(waking.await)
+        };
+        match outcome {
+            None => {
+                self.metrics.count_wake(WakeOutcome::ClientGone);
+                Err(NoLease::ClientGone)
+            }
+            Some(Err(_elapsed)) => {
+                self.metrics.count_wake(WakeOutcome::Timeout);
+                Err(NoLease::Answer(ErrorAnswer {
+                    status: 503,
+                    code: "wake_timeout",
+                    message: format!(
+                        "version {} of app {} is starting and was not ready within {}ms (wake.timeout); try again shortly",
+                        target.version_id,
+                        target.app,
+                        self.options.wake_timeout.as_millis()
+                    ),
+                    retry_after_secs: Some(2),
+                }))
+            }
+            Some(Ok(Err(error))) => {
+                self.metrics.count_wake(WakeOutcome::Failed);
+                Err(NoLease::Answer(lease_error_answer(&error)))
+            }
+            Some(Ok(Ok(grant))) => {
+                let waited = started.elapsed();
+                self.metrics.count_wake(WakeOutcome::Served);
+                self.metrics.wake_wait.observe(waited.as_secs_f64());
+                ctx.cold_start_ms = Some(u64::try_from(waited.as_millis()).unwrap_or(u64::MAX));
+                Ok(grant)
+            }
+        }
+    }
+}
+
+fn lease_error_answer(error: &LeaseError) -> ErrorAnswer {
+    ErrorAnswer {
+        status: error.status(),
+        code: error.code(),
+        message: error.to_string(),
+        retry_after_secs: error.retry_after_secs(),
+    }
+}
+
+/// A browser navigation: a GET that accepts HTML.
+fn wants_page(request: &RequestHeader) -> bool {
+    request.method == http::Method::GET
+        && request.headers.get(header::ACCEPT).is_some_and(|accept| {
+            accept
+                .as_bytes()
+                .windows(9)
+                .any(|w| w.eq_ignore_ascii_case(b"text/html"))
+        })
 }
 
 /// Per-request state shared across hooks.
@@ -137,6 +271,8 @@ pub struct RequestCtx {
     /// The round-robin turn of this request's first upstream address.
     first_turn: Option<usize>,
     failed_connects: usize,
+    /// Milliseconds this request was held while its version woke.
+    cold_start_ms: Option<u64>,
 }
 
 /// The raw host of the request: the URI authority (HTTP/2, absolute-form) or the
@@ -161,6 +297,23 @@ async fn write_error(session: &mut Session, answer: &ErrorAnswer) -> Result<()> 
     response.insert_header(header::CONTENT_TYPE, content_type)?;
     response.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
     response.insert_header(header::CACHE_CONTROL, "no-store")?;
+    if let Some(seconds) = answer.retry_after_secs {
+        response.insert_header(header::RETRY_AFTER, seconds.to_string())?;
+    }
+    session
+        .write_response_header(Box::new(response), false)
+        .await?;
+    session.write_response_body(Some(body), true).await
+}
+
+/// Answers a browser with the self-refreshing "starting" page.
+async fn write_starting_page(session: &mut Session, target: &Target) -> Result<()> {
+    let body = starting_page(&target.app, &target.version_id);
+    let mut response = ResponseHeader::build(503, Some(5))?;
+    response.insert_header(header::CONTENT_TYPE, "text/html; charset=utf-8")?;
+    response.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
+    response.insert_header(header::CACHE_CONTROL, "no-store")?;
+    response.insert_header(header::RETRY_AFTER, "2")?;
     session
         .write_response_header(Box::new(response), false)
         .await?;
@@ -207,22 +360,38 @@ impl ProxyHttp for IngressProxy {
                     status: rejection.status(),
                     code: rejection.code(),
                     message: rejection.to_string(),
+                    retry_after_secs: None,
                 };
                 write_error(session, &answer).await?;
                 return Ok(true);
             }
         };
-        ctx.in_flight = Some(target.activity.enter(now_ms));
-        match self.lease_for(&target, now_ms).await {
+        let request = session.req_header();
+        let user_agent = request
+            .headers
+            .get(header::USER_AGENT)
+            .map(|v| v.as_bytes());
+        let ignored = self.options.ignore.ignores(request.uri.path(), user_agent);
+        if !ignored {
+            ctx.in_flight = Some(target.activity.enter(now_ms));
+        }
+        match self.lease_for(session, ctx, &target, ignored, now_ms).await {
             Ok(lease) => ctx.lease = Some(lease),
-            Err(error) => {
-                let answer = ErrorAnswer {
-                    status: error.status(),
-                    code: error.code(),
-                    message: error.to_string(),
-                };
+            Err(NoLease::Answer(answer)) => {
                 write_error(session, &answer).await?;
                 return Ok(true);
+            }
+            Err(NoLease::StartingPage) => {
+                write_starting_page(session, &target).await?;
+                return Ok(true);
+            }
+            Err(NoLease::ClientGone) => {
+                let mut error = Error::explain(
+                    ErrorType::ConnectionClosed,
+                    "the client hung up while its version was waking",
+                );
+                error.esource = ErrorSource::Downstream;
+                return Err(error);
             }
         }
         ctx.target = Some(target);
@@ -314,6 +483,9 @@ impl ProxyHttp for IngressProxy {
         if let Some(target) = &ctx.target {
             upstream_response.insert_header("x-ingress-version", target.version_header.clone())?;
         }
+        if let Some(waited_ms) = ctx.cold_start_ms {
+            upstream_response.insert_header("x-ingress-cold-start", waited_ms.to_string())?;
+        }
         Ok(())
     }
 
@@ -362,6 +534,7 @@ impl ProxyHttp for IngressProxy {
                     "upstream_error"
                 },
                 message,
+                retry_after_secs: None,
             };
             if let Err(write_error) = write_error(session, &answer).await {
                 log::debug!("could not send the error response: {write_error}");

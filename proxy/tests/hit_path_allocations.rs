@@ -75,7 +75,12 @@ fn resolve_and_lease_hit_do_not_allocate() {
     for host in &hosts {
         let snapshot = handle.load();
         let target = resolve(&snapshot, host.as_bytes(), 1).unwrap().target;
-        cache.insert(target, vec![addr], 1);
+        cache.insert(
+            target,
+            vec![addr],
+            ingress_proxy::lease::LeaseValidity::new(),
+            1,
+        );
     }
 
     // Warm up (thread-local state of the cache and arc-swap), then measure.

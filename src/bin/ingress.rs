@@ -1,6 +1,6 @@
 //! `ingress --config FILE`: one process with the Pingora proxy, the control plane
-//! (store, gRPC admin API, admin HTTP, GC loop) and the runtime; serves until
-//! SIGTERM (graceful) or SIGINT.
+//! (store, gRPC admin API, admin HTTP, GC and lifecycle loops) and the runtimes;
+//! serves until SIGTERM (graceful: running instances are stopped too) or SIGINT.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,7 +10,7 @@ use ingress_config::Config;
 use ingress_control_api::grpc::Token;
 use ingress_control_api::serve::{self, ControlSettings};
 use ingress_control_api::store::SqliteStore;
-use ingress_control_api::{ControlPlane, StaticRuntime};
+use ingress_control_api::{ControlMetrics, ControlPlane, PlaneSettings};
 use ingress_proxy::time::now_unix_millis;
 use ingress_proxy::{
     IngressProxy, LeaseCache, Metrics, ProxyOptions, ProxyServer, ServerOptions, SnapshotHandle,
@@ -59,22 +59,24 @@ fn run(config: &Config) -> Result<(), String> {
     let metrics = Arc::new(Metrics::new().map_err(|e| format!("cannot set up metrics: {e}"))?);
     let snapshots =
         Arc::new(SnapshotHandle::new().with_generation_gauge(metrics.snapshot_generation.clone()));
-    let runtime = Arc::new(StaticRuntime::new());
+    let control_metrics = Arc::new(
+        ControlMetrics::register(metrics.registry())
+            .map_err(|e| format!("cannot set up metrics: {e}"))?,
+    );
     let store = SqliteStore::open(&config.store.data_dir).map_err(|e| e.to_string())?;
     let plane = ControlPlane::open(
         Box::new(store),
         Arc::clone(&snapshots),
-        Arc::clone(&runtime),
-        config.ephemeral.clone(),
-        Box::new(now_unix_millis),
+        PlaneSettings::from_config(config),
+        control_metrics,
+        Arc::new(now_unix_millis),
     )
     .map_err(|e| e.to_string())?;
-    let plane = Arc::new(plane);
 
     let proxy = IngressProxy::new(
         Arc::clone(&snapshots),
         LeaseCache::new(config.proxy.lease_cache_capacity, config.proxy.lease_ttl.0),
-        runtime,
+        plane.lease_source(),
         Arc::clone(&metrics),
         ProxyOptions::from_config(config),
     );
@@ -95,6 +97,7 @@ fn run(config: &Config) -> Result<(), String> {
         log::warn!("admin.tokens is empty: every admin API call will be refused");
     }
     let render_metrics = Arc::clone(&metrics);
+    let gauges = Arc::clone(&plane);
     let control = serve::spawn(
         ControlSettings {
             proxy_listen: config.proxy.listen,
@@ -102,9 +105,13 @@ fn run(config: &Config) -> Result<(), String> {
             http_listen: config.admin.http_listen,
             tokens,
             gc_interval: config.ephemeral.gc_interval.0,
+            idle_interval: config.idle.check_interval.0,
         },
-        plane,
-        Arc::new(move || render_metrics.encode_text()),
+        Arc::clone(&plane),
+        Arc::new(move || {
+            gauges.refresh_version_gauge();
+            render_metrics.encode_text()
+        }),
         Box::new(move || trigger.trigger()),
     )?;
     log::info!(
@@ -116,5 +123,7 @@ fn run(config: &Config) -> Result<(), String> {
     // Pingora builds its own runtimes and blocks until SIGTERM/SIGINT (or until the
     // control plane fails and triggers the stop).
     server.run();
-    control.stop()
+    let stopped = control.stop();
+    plane.shutdown();
+    stopped
 }

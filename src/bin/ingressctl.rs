@@ -57,14 +57,23 @@ enum Command {
     /// Deploy a version: active, or ephemeral with --ephemeral LABEL.
     Deploy {
         app: String,
-        /// Upstream addresses IP:PORT, comma-separated.
+        /// Upstream addresses IP:PORT, comma-separated (static runtime).
         #[arg(
             long,
             value_delimiter = ',',
-            conflicts_with = "version",
-            required_unless_present = "version"
+            conflicts_with_all = ["version", "command"],
+            required_unless_present_any = ["version", "command"]
         )]
         upstream: Vec<String>,
+        /// A command run with `sh -c` on this machine, PORT set (process runtime).
+        #[arg(long, conflicts_with = "version")]
+        command: Option<String>,
+        /// Readiness of --command: HTTP GET of this path (default /).
+        #[arg(long, requires = "command", conflicts_with = "ready_tcp")]
+        ready_path: Option<String>,
+        /// Readiness of --command: a TCP connect to PORT.
+        #[arg(long, requires = "command")]
+        ready_tcp: bool,
         /// An existing version: activate it again, or clone it with --ephemeral.
         #[arg(long)]
         version: Option<String>,
@@ -89,6 +98,33 @@ enum Command {
     },
     /// Delete a version.
     Delete { app: String, version: String },
+    /// Stop a version now; its instances drain and stop (unless a clone uses them).
+    Stop {
+        app: String,
+        version: String,
+        /// Also stop the active production version.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Wake a version and wait until it is ready.
+    Wake {
+        app: String,
+        version: String,
+        /// Return at once instead of waiting for readiness.
+        #[arg(long)]
+        no_wait: bool,
+        /// Longest wait for readiness: 500ms, 30s, 2m (default: the server's wake.timeout).
+        #[arg(long, conflicts_with = "no_wait")]
+        timeout: Option<String>,
+    },
+    /// Print the output of a process version.
+    Logs {
+        app: String,
+        version: String,
+        /// At most this many bytes from the end.
+        #[arg(long, default_value_t = 65536)]
+        bytes: u64,
+    },
     /// Show the audit log, newest first.
     Audit {
         #[arg(long, default_value_t = 50)]
@@ -280,6 +316,9 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::Deploy {
             app,
             upstream,
+            command,
+            ready_path,
+            ready_tcp,
             version,
             env,
             branch,
@@ -295,6 +334,9 @@ async fn run(cli: Cli) -> Result<(), String> {
                     branch,
                     ephemeral_label: ephemeral,
                     ttl,
+                    command,
+                    ready_path,
+                    ready_tcp,
                 })
                 .await
                 .map_err(refused)?
@@ -345,6 +387,10 @@ async fn run(cli: Cli) -> Result<(), String> {
                         v.env.clone(),
                         v.branch.clone().unwrap_or_else(|| "-".into()),
                         v.desired_state.clone(),
+                        v.observed_state.clone(),
+                        v.last_activity_at_ms
+                            .map_or_else(|| "-".into(), format_unix_millis),
+                        v.pending.as_ref().map_or_else(|| "-".into(), pending_text),
                         v.urls.join(" "),
                     ]
                 })
@@ -354,10 +400,97 @@ async fn run(cli: Cli) -> Result<(), String> {
                 output,
                 doc,
                 &[
-                    "ID", "STATUS", "LABEL", "EXPIRES", "ENV", "BRANCH", "DESIRED", "URLS",
+                    "ID",
+                    "STATUS",
+                    "LABEL",
+                    "EXPIRES",
+                    "ENV",
+                    "BRANCH",
+                    "DESIRED",
+                    "OBSERVED",
+                    "LAST ACTIVITY",
+                    "PENDING",
+                    "URLS",
                 ],
                 rows,
             );
+        }
+        Command::Stop {
+            app,
+            version,
+            force,
+        } => {
+            let info = client
+                .stop_version(proto::StopRequest {
+                    app,
+                    version,
+                    force,
+                })
+                .await
+                .map_err(refused)?
+                .into_inner();
+            let text = format!(
+                "stopped version {} of app {} (observed: {})",
+                info.id, info.app, info.observed_state
+            );
+            done(output, version_json(&info), text);
+        }
+        Command::Wake {
+            app,
+            version,
+            no_wait,
+            timeout,
+        } => {
+            let timeout_ms = match timeout {
+                None => 0,
+                Some(text) => {
+                    let duration = ingress_config::parse_duration(&text)
+                        .map_err(|e| format!("--timeout: {e}"))?;
+                    u64::try_from(duration.as_millis())
+                        .unwrap_or(u64::MAX)
+                        .max(1)
+                }
+            };
+            let info = client
+                .wake_version(proto::WakeRequest {
+                    app,
+                    version,
+                    wait: !no_wait,
+                    timeout_ms,
+                })
+                .await
+                .map_err(refused)?
+                .into_inner();
+            let text = format!(
+                "woke version {} of app {} (observed: {})",
+                info.id, info.app, info.observed_state
+            );
+            done(output, version_json(&info), text);
+        }
+        Command::Logs {
+            app,
+            version,
+            bytes,
+        } => {
+            let text = client
+                .logs(proto::LogsRequest {
+                    app: app.clone(),
+                    version: version.clone(),
+                    max_bytes: bytes,
+                })
+                .await
+                .map_err(refused)?
+                .into_inner()
+                .text;
+            match output {
+                Output::Json => {
+                    println!(
+                        "{}",
+                        json!({ "app": app, "version": version, "text": text })
+                    )
+                }
+                Output::Table => print!("{text}"),
+            }
         }
         Command::Delete { app, version } => {
             client
@@ -423,11 +556,36 @@ fn version_json(v: &proto::VersionInfo) -> Value {
         "env": v.env,
         "branch": v.branch,
         "desired_state": v.desired_state,
+        "observed_state": v.observed_state,
+        "failure": v.failure,
+        "last_activity_at": v.last_activity_at_ms.map(format_unix_millis),
+        "pending": v.pending.as_ref().map(|p| json!({
+            "desired_state": p.desired_state,
+            "due_at": format_unix_millis(p.due_at_ms),
+            "reason": p.reason,
+            "actor": p.actor,
+        })),
         "created_at": format_unix_millis(v.created_at_ms),
         "cloned_from": v.cloned_from,
+        "runtime": v.runtime,
+        "command": v.command,
         "upstreams": v.upstreams,
         "urls": v.urls,
     })
+}
+
+/// `stop at 2026-11-22T10:00:00Z (superseded)`.
+fn pending_text(pending: &proto::PendingChange) -> String {
+    let verb = if pending.desired_state == "running" {
+        "wake"
+    } else {
+        "stop"
+    };
+    format!(
+        "{verb} at {} ({})",
+        format_unix_millis(pending.due_at_ms),
+        pending.reason
+    )
 }
 
 fn done(output: Output, doc: Value, text: String) {

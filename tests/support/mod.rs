@@ -16,7 +16,10 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use ingress_control_api::StaticRuntime;
+use ingress_control_api::model::RuntimeSpec;
+use ingress_control_api::pools::{PoolSettings, Pools};
+use ingress_control_api::runtime::{ProcessRuntime, Runtimes, StaticRuntime};
+use ingress_control_api::ControlMetrics;
 use ingress_proxy::{
     AppSpec, IngressProxy, LeaseCache, Metrics, PreviewSpec, ProxyOptions, ProxyServer,
     ServerOptions, ShutdownTrigger, SnapshotHandle, SnapshotInput, VersionRef,
@@ -150,11 +153,25 @@ impl WebSocketEcho {
     }
 }
 
+/// The real pools, running static versions for the proxy tests.
+pub struct TestRuntime {
+    pub pools: Arc<Pools>,
+}
+
+impl TestRuntime {
+    /// Runs `version` (its own pool) on the static runtime over `addrs`.
+    pub fn set_upstreams(&self, version: &str, addrs: Vec<SocketAddr>) {
+        self.pools
+            .register(version, version, &RuntimeSpec::Static { upstreams: addrs });
+        self.pools.hold(version, false).expect("hold the version");
+    }
+}
+
 /// The real Pingora proxy service on a free loopback port.
 pub struct TestProxy {
     pub addr: SocketAddr,
     pub snapshots: Arc<SnapshotHandle>,
-    pub runtime: Arc<StaticRuntime>,
+    pub runtime: TestRuntime,
     pub metrics: Arc<Metrics>,
     trigger: ShutdownTrigger,
 }
@@ -182,11 +199,31 @@ impl TestProxy {
         let snapshots = Arc::new(
             SnapshotHandle::new().with_generation_gauge(metrics.snapshot_generation.clone()),
         );
-        let runtime = Arc::new(StaticRuntime::new());
+        let logs = std::env::temp_dir().join("ingress-test-logs");
+        let (pools, _events) = Pools::new(
+            Runtimes {
+                static_runtime: Arc::new(StaticRuntime),
+                process_runtime: Arc::new(ProcessRuntime::new(&logs, Duration::from_secs(10))),
+            },
+            PoolSettings {
+                drain_timeout: Duration::from_secs(1),
+                stop_grace: Duration::from_secs(1),
+                failure_backoff: Duration::from_secs(1),
+                failure_backoff_max: Duration::from_secs(1),
+            },
+            Arc::clone(&snapshots),
+            Arc::new(ControlMetrics::unregistered()),
+            Arc::new(ingress_proxy::time::now_unix_millis),
+        )
+        .expect("pools");
+        let pools = Arc::new(pools);
+        let runtime = TestRuntime {
+            pools: Arc::clone(&pools),
+        };
         let proxy = IngressProxy::new(
             Arc::clone(&snapshots),
             LeaseCache::new(config.proxy.lease_cache_capacity, config.proxy.lease_ttl.0),
-            Arc::clone(&runtime) as _,
+            pools as _,
             Arc::clone(&metrics),
             ProxyOptions::from_config(&config),
         );

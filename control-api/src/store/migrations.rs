@@ -50,8 +50,27 @@ CREATE TABLE audit (
 );
 ";
 
+/// Schema version 3: desired state per version, the pool it shares, and stored
+/// schedules. Every version written by schema 2 was a static version that was
+/// serving, so its desired state is `running`; a clone shares its source's pool.
+const V3: &str = "
+ALTER TABLE versions ADD COLUMN desired_state TEXT NOT NULL DEFAULT 'running'
+    CHECK (desired_state IN ('running', 'stopped'));
+ALTER TABLE versions ADD COLUMN pool TEXT;
+UPDATE versions SET pool = COALESCE(cloned_from, id);
+CREATE TABLE schedules (
+    version        TEXT PRIMARY KEY,  -- at most one pending change per version
+    desired_state  TEXT NOT NULL CHECK (desired_state IN ('running', 'stopped')),
+    due_at_ms      INTEGER NOT NULL,
+    reason         TEXT NOT NULL
+        CHECK (reason IN ('idle', 'superseded', 'manual', 'ttl', 'request')),
+    actor          TEXT NOT NULL,
+    created_at_ms  INTEGER NOT NULL
+);
+";
+
 /// Migration `i` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[V1, V2];
+const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;

@@ -10,8 +10,8 @@ use rusqlite::{params, Connection};
 use super::migrations::migrate;
 use super::{Store, StoreError};
 use crate::model::{
-    App, AuditEntry, Environment, Mutation, Route, RouteKind, RuntimeSpec, State, Tombstone,
-    Version,
+    App, AuditEntry, ChangeReason, DesiredState, Environment, Mutation, Route, RouteKind,
+    RuntimeSpec, Schedule, State, Tombstone, Version,
 };
 
 /// The file name inside `store.data_dir`.
@@ -71,7 +71,7 @@ impl SqliteStore {
         let mut statement = self
             .connection
             .prepare(
-                "SELECT id, app, spec, env, branch, label, expires_at_ms, created_at_ms, cloned_from FROM versions",
+                "SELECT id, app, spec, env, branch, label, expires_at_ms, created_at_ms, cloned_from, desired_state, pool FROM versions",
             )
             .map_err(sql_error(file))?;
         let rows = statement
@@ -86,12 +86,19 @@ impl SqliteStore {
                     row.get::<_, Option<i64>>(6)?,
                     row.get::<_, i64>(7)?,
                     row.get::<_, Option<String>>(8)?,
+                    row.get::<_, String>(9)?,
+                    row.get::<_, Option<String>>(10)?,
                 ))
             })
             .map_err(sql_error(file))?;
         for row in rows {
-            let (id, app, spec, env, branch, label, expires, created, cloned_from) =
+            let (id, app, spec, env, branch, label, expires, created, cloned_from, desired, pool) =
                 row.map_err(sql_error(file))?;
+            let desired = DesiredState::parse(&desired).ok_or_else(|| {
+                StoreError(format!(
+                    "{file}: version {id} has unknown desired state {desired:?}"
+                ))
+            })?;
             let spec: RuntimeSpec = serde_json::from_str(&spec).map_err(|e| {
                 StoreError(format!(
                     "{file}: version {id} has an unreadable runtime spec: {e}"
@@ -105,7 +112,7 @@ impl SqliteStore {
             state.versions.insert(
                 id.clone(),
                 Version {
-                    id,
+                    id: id.clone(),
                     app,
                     spec,
                     env,
@@ -113,7 +120,56 @@ impl SqliteStore {
                     label,
                     expires_at_ms: expires.map(ms),
                     created_at_ms: ms(created),
+                    pool: pool.unwrap_or(id),
                     cloned_from,
+                    desired,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    fn load_schedules(&self, state: &mut State) -> Result<(), StoreError> {
+        let file = &self.file;
+        let mut statement = self
+            .connection
+            .prepare(
+                "SELECT version, desired_state, due_at_ms, reason, actor, created_at_ms FROM schedules",
+            )
+            .map_err(sql_error(file))?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, i64>(2)?,
+                    row.get::<_, String>(3)?,
+                    row.get::<_, String>(4)?,
+                    row.get::<_, i64>(5)?,
+                ))
+            })
+            .map_err(sql_error(file))?;
+        for row in rows {
+            let (version, desired, due, reason, actor, created) = row.map_err(sql_error(file))?;
+            let desired = DesiredState::parse(&desired).ok_or_else(|| {
+                StoreError(format!(
+                    "{file}: the schedule of version {version} has unknown desired state {desired:?}"
+                ))
+            })?;
+            let reason = ChangeReason::parse(&reason).ok_or_else(|| {
+                StoreError(format!(
+                    "{file}: the schedule of version {version} has unknown reason {reason:?}"
+                ))
+            })?;
+            state.schedules.insert(
+                version.clone(),
+                Schedule {
+                    version,
+                    desired,
+                    due_at_ms: ms(due),
+                    reason,
+                    actor,
+                    created_at_ms: ms(created),
                 },
             );
         }
@@ -167,6 +223,7 @@ impl Store for SqliteStore {
         }
 
         self.load_versions(&mut state)?;
+        self.load_schedules(&mut state)?;
 
         let mut tombstones = self
             .connection
@@ -214,7 +271,7 @@ impl Store for SqliteStore {
                         StoreError(format!("version {}: cannot encode its spec: {e}", version.id))
                     })?;
                     transaction.execute(
-                        "INSERT OR REPLACE INTO versions (id, app, spec, env, branch, label, expires_at_ms, created_at_ms, cloned_from) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                        "INSERT OR REPLACE INTO versions (id, app, spec, env, branch, label, expires_at_ms, created_at_ms, cloned_from, desired_state, pool) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                         params![
                             version.id,
                             version.app,
@@ -224,12 +281,30 @@ impl Store for SqliteStore {
                             version.label,
                             version.expires_at_ms.map(to_sql_ms),
                             to_sql_ms(version.created_at_ms),
-                            version.cloned_from
+                            version.cloned_from,
+                            version.desired.as_str(),
+                            version.pool
                         ],
                     )
                 }
-                Mutation::DeleteVersion(id) => {
-                    transaction.execute("DELETE FROM versions WHERE id = ?1", params![id])
+                Mutation::DeleteVersion(id) => transaction
+                    .execute("DELETE FROM schedules WHERE version = ?1", params![id])
+                    .and_then(|_| {
+                        transaction.execute("DELETE FROM versions WHERE id = ?1", params![id])
+                    }),
+                Mutation::PutSchedule(schedule) => transaction.execute(
+                    "INSERT OR REPLACE INTO schedules (version, desired_state, due_at_ms, reason, actor, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![
+                        schedule.version,
+                        schedule.desired.as_str(),
+                        to_sql_ms(schedule.due_at_ms),
+                        schedule.reason.as_str(),
+                        schedule.actor,
+                        to_sql_ms(schedule.created_at_ms)
+                    ],
+                ),
+                Mutation::DeleteSchedule(id) => {
+                    transaction.execute("DELETE FROM schedules WHERE version = ?1", params![id])
                 }
                 Mutation::PutTombstone(tombstone) => transaction.execute(
                     "INSERT OR REPLACE INTO tombstones (app, label, expired_at_ms) VALUES (?1, ?2, ?3)",
@@ -305,6 +380,8 @@ mod tests {
             expires_at_ms: label.map(|_| 5_000),
             created_at_ms: 1_000,
             cloned_from: None,
+            desired: DesiredState::Running,
+            pool: id.into(),
         }
     }
 
@@ -339,6 +416,14 @@ mod tests {
                 label: "old".into(),
                 expired_at_ms: 7,
             }),
+            Mutation::PutSchedule(Schedule {
+                version: "p1".into(),
+                desired: DesiredState::Stopped,
+                due_at_ms: 60_000,
+                reason: ChangeReason::Superseded,
+                actor: "system".into(),
+                created_at_ms: 8,
+            }),
             Mutation::Audit(AuditEntry {
                 at_ms: 9,
                 actor: "admin".into(),
@@ -366,7 +451,73 @@ mod tests {
             .unwrap();
         let state = store.load().unwrap();
         assert!(!state.versions.contains_key("p1"));
+        assert!(
+            state.schedules.is_empty(),
+            "a deleted version's schedule goes with it"
+        );
         assert!(!state.routes.contains_key("*.example.org"));
+    }
+
+    #[test]
+    fn a_file_of_schema_2_is_migrated_to_desired_state_pools_and_schedules() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(STORE_FILE);
+        {
+            let connection = Connection::open(&path).unwrap();
+            // Schemas 1 and 2 exactly as they shipped, frozen here.
+            connection
+                .execute_batch(
+                    "CREATE TABLE apps (name TEXT PRIMARY KEY, created_at_ms INTEGER NOT NULL, active_version TEXT);
+                     CREATE TABLE routes (key TEXT PRIMARY KEY, kind TEXT NOT NULL CHECK (kind IN ('exact', 'wildcard', 'default')), host TEXT NOT NULL, app TEXT NOT NULL);
+                     CREATE TABLE versions (id TEXT PRIMARY KEY, app TEXT NOT NULL, spec TEXT NOT NULL, env TEXT NOT NULL CHECK (env IN ('production', 'preview')), branch TEXT, label TEXT, expires_at_ms INTEGER, created_at_ms INTEGER NOT NULL, cloned_from TEXT);
+                     CREATE INDEX versions_by_app ON versions (app);
+                     CREATE TABLE tombstones (app TEXT NOT NULL, label TEXT NOT NULL, expired_at_ms INTEGER NOT NULL, PRIMARY KEY (app, label));
+                     CREATE TABLE audit (seq INTEGER PRIMARY KEY AUTOINCREMENT, at_ms INTEGER NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL, target TEXT NOT NULL, detail TEXT NOT NULL);
+                     PRAGMA user_version = 2;",
+                )
+                .unwrap();
+            connection
+                .execute_batch(
+                    "INSERT INTO apps VALUES ('shop', 1, 'v1');
+                     INSERT INTO versions VALUES ('v1', 'shop', '{\"runtime\":\"static\",\"upstreams\":[\"127.0.0.1:3000\"]}', 'production', NULL, NULL, NULL, 1, NULL);
+                     INSERT INTO versions VALUES ('p1', 'shop', '{\"runtime\":\"static\",\"upstreams\":[\"127.0.0.1:3000\"]}', 'preview', 'main', 'pr-1', 99999999999999, 2, 'v1');
+                     INSERT INTO audit (at_ms, actor, action, target, detail) VALUES (3, 'admin', 'deploy', 'shop/p1', '');",
+                )
+                .unwrap();
+        }
+        let mut store = SqliteStore::open(dir.path()).unwrap();
+        assert_eq!(stored_schema_version(&path).unwrap(), Some(SCHEMA_VERSION));
+        let state = store.load().unwrap();
+        // Every schema-2 version was a serving static version: running.
+        assert_eq!(state.versions["v1"].desired, DesiredState::Running);
+        assert_eq!(state.versions["p1"].desired, DesiredState::Running);
+        assert_eq!(state.versions["v1"].pool, "v1");
+        assert_eq!(
+            state.versions["p1"].pool, "v1",
+            "a clone shares its source's pool"
+        );
+        assert_eq!(store.audit_log(10).unwrap().len(), 1);
+        // The new table and column work, and refuse values outside the enum.
+        let schedule = Schedule {
+            version: "p1".into(),
+            desired: DesiredState::Stopped,
+            due_at_ms: 5,
+            reason: ChangeReason::Idle,
+            actor: "system".into(),
+            created_at_ms: 4,
+        };
+        store
+            .commit(&[Mutation::PutSchedule(schedule.clone())])
+            .unwrap();
+        assert_eq!(store.load().unwrap().schedules["p1"], schedule);
+        let refused = store.connection().execute(
+            "UPDATE versions SET desired_state = 'standby' WHERE id = 'v1'",
+            [],
+        );
+        assert!(
+            refused.is_err(),
+            "the CHECK constraint keeps the enum closed"
+        );
     }
 
     #[test]

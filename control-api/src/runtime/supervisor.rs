@@ -67,9 +67,11 @@ pub struct Process {
 }
 
 /// The first probe comes this soon after the start; the interval doubles up to
-/// [`PROBE_MAX`], so a fast process is seen within milliseconds.
-const PROBE_FIRST: Duration = Duration::from_millis(2);
-const PROBE_MAX: Duration = Duration::from_millis(100);
+/// [`PROBE_MAX`], so readiness is seen within about 10 ms of the process's own,
+/// however long it takes to start (a loopback probe costs well under a
+/// millisecond).
+const PROBE_FIRST: Duration = Duration::from_millis(1);
+const PROBE_MAX: Duration = Duration::from_millis(10);
 
 impl Process {
     /// Starts `sh -c command` on a free loopback port, with `PORT` and
@@ -134,8 +136,29 @@ impl Process {
         self.exit.borrow().clone()
     }
 
+    /// Its process id (also its process group's).
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Resolves with the exit status once the process has exited, whoever ends it.
+    pub fn exited(&self) -> impl std::future::Future<Output = String> + Send + 'static {
+        let mut exit = self.exit.clone();
+        async move {
+            let status = match exit.wait_for(Option::is_some).await {
+                Ok(status) => status.clone(),
+                Err(_) => None,
+            };
+            match status {
+                Some(status) => status,
+                // The watcher task is gone: the runtime is shutting down.
+                None => std::future::pending().await,
+            }
+        }
+    }
+
     /// Waits until the process is ready, it exits, or `limit` passes. Probes start
-    /// after 2 ms and back off to every 100 ms.
+    /// after 1 ms and back off to every 10 ms.
     pub async fn wait_ready(
         &self,
         readiness: &Readiness,

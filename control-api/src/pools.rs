@@ -1,0 +1,726 @@
+//! Pools: when instances run (SPEC §4, §5, §9). A pool is the running copy of one
+//! runtime spec, shared by a version and its clones. Versions that want it running
+//! *hold* it; the pool runs while anyone holds it and stops (after draining) when
+//! the last holder lets go, so stopping or deleting one clone never stops the
+//! instance its siblings use.
+//!
+//! A pool moves through `stopped → starting → ready → draining → stopping →
+//! stopped`, or to `failed` when a start fails or a ready instance exits. Every
+//! start is single flight: whoever asks while it starts waits on the same start.
+//! Start, drain and stop run as tasks on the pools' own runtime, so a caller that
+//! goes away (a client hanging up) never cancels them.
+//!
+//! The proxy reaches pools through [`LeaseSource`]; the control plane holds and
+//! releases versions as their desired state changes, and hears back through
+//! [`PoolEvent`]s (a request woke a version, a pool became ready, failed or
+//! exited).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use ingress_proxy::{
+    Grant, LeaseAnswer, LeaseError, LeaseSource, LeaseValidity, SnapshotHandle, Target,
+};
+use tokio::sync::{mpsc, watch};
+
+use crate::metrics::ControlMetrics;
+use crate::model::RuntimeSpec;
+use crate::runtime::{Instance, Runtimes};
+
+/// A version's state as observed (SPEC §1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Observed {
+    Stopped,
+    Starting,
+    Ready,
+    Stopping,
+    Failed,
+}
+
+impl Observed {
+    /// Every state, in display order.
+    pub const ALL: [Observed; 5] = [
+        Observed::Stopped,
+        Observed::Starting,
+        Observed::Ready,
+        Observed::Stopping,
+        Observed::Failed,
+    ];
+
+    /// The displayed name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Observed::Stopped => "stopped",
+            Observed::Starting => "starting",
+            Observed::Ready => "ready",
+            Observed::Stopping => "stopping",
+            Observed::Failed => "failed",
+        }
+    }
+}
+
+/// What the pools know of one version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionRuntime {
+    pub observed: Observed,
+    /// Why it failed, when `observed` is `failed`.
+    pub failure: Option<String>,
+    /// Unix milliseconds since when its pool has been ready.
+    pub ready_since_ms: Option<u64>,
+}
+
+/// What the pools tell the control plane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PoolEvent {
+    /// A request woke a version that was not held: its desired state is now
+    /// running (reason `request`).
+    Woken { version: String },
+    /// A pool became ready for these holders.
+    Ready { versions: Vec<String> },
+    /// A start failed before readiness.
+    StartFailed {
+        versions: Vec<String>,
+        reason: String,
+    },
+    /// A ready instance ended on its own.
+    Exited {
+        versions: Vec<String>,
+        status: String,
+    },
+}
+
+/// Timings of the pools' lifecycle.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    /// Longest wait for in-flight requests before a stopping pool is signalled.
+    pub drain_timeout: Duration,
+    /// SIGTERM to SIGKILL.
+    pub stop_grace: Duration,
+    /// No new start for this long after a failed one; doubles per failure.
+    pub failure_backoff: Duration,
+    /// The longest pause between failed starts.
+    pub failure_backoff_max: Duration,
+}
+
+/// How a wake ends, as waiters see it.
+#[derive(Clone)]
+enum Outcome {
+    Pending,
+    Ready(Grant),
+    /// Why, and when a new start may be tried.
+    Failed(String, Instant),
+}
+
+enum Phase {
+    Stopped,
+    Starting,
+    Ready {
+        instance: Box<dyn Instance>,
+        grant: Grant,
+    },
+    /// Leases are revoked; in-flight requests finish before the stop.
+    Draining {
+        instance: Box<dyn Instance>,
+        grant: Grant,
+    },
+    Stopping,
+    Failed {
+        reason: String,
+        /// The start failed (a back-off applies), rather than a ready instance
+        /// exiting (the next request simply starts it again).
+        during_start: bool,
+    },
+}
+
+struct Pool {
+    id: Arc<str>,
+    spec: RuntimeSpec,
+    members: BTreeSet<String>,
+    holders: BTreeSet<String>,
+    phase: Phase,
+    /// Bumped on every transition that a background task must not undo.
+    turn: u64,
+    /// Bumped on every start: which instance an exit report is about.
+    incarnation: u64,
+    failures: u32,
+    retry_at: Option<Instant>,
+    ready_since_ms: Option<u64>,
+    outcome: watch::Sender<Outcome>,
+}
+
+#[derive(Default)]
+struct Table {
+    pool_of: HashMap<String, String>,
+    pools: HashMap<String, Pool>,
+}
+
+struct Shared {
+    table: Mutex<Table>,
+    runtimes: Runtimes,
+    settings: PoolSettings,
+    snapshots: Arc<SnapshotHandle>,
+    events: mpsc::UnboundedSender<PoolEvent>,
+    metrics: Arc<ControlMetrics>,
+    clock: Arc<dyn Fn() -> u64 + Send + Sync>,
+    handle: tokio::runtime::Handle,
+}
+
+/// Every pool, and the runtime their tasks run on.
+pub struct Pools {
+    shared: Arc<Shared>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for Pools {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            // Allowed anywhere, unlike a blocking drop inside another runtime.
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// A wait for a held version's pool to be ready.
+pub struct ReadyWait {
+    outcome: watch::Receiver<Outcome>,
+}
+
+impl ReadyWait {
+    /// Resolves when the pool is ready, or with why its start failed.
+    pub async fn ready(mut self) -> Result<(), String> {
+        loop {
+            match &*self.outcome.borrow_and_update() {
+                Outcome::Ready(_) => return Ok(()),
+                Outcome::Failed(reason, _) => return Err(reason.clone()),
+                Outcome::Pending => {}
+            }
+            if self.outcome.changed().await.is_err() {
+                return Err("the runtime shut down".to_string());
+            }
+        }
+    }
+}
+
+impl Pools {
+    /// Pools running on their own small runtime. `events` receives what the
+    /// control plane must record; `clock` gives Unix milliseconds.
+    pub fn new(
+        runtimes: Runtimes,
+        settings: PoolSettings,
+        snapshots: Arc<SnapshotHandle>,
+        metrics: Arc<ControlMetrics>,
+        clock: Arc<dyn Fn() -> u64 + Send + Sync>,
+    ) -> Result<(Pools, mpsc::UnboundedReceiver<PoolEvent>), String> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("ingress-pools")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the runtime of the pools: {e}"))?;
+        let (events, received) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            table: Mutex::new(Table::default()),
+            runtimes,
+            settings,
+            snapshots,
+            events,
+            metrics,
+            clock,
+            handle: runtime.handle().clone(),
+        });
+        Ok((
+            Pools {
+                shared,
+                runtime: Some(runtime),
+            },
+            received,
+        ))
+    }
+
+    /// Makes `version` a member of the pool `pool` running `spec` (created on
+    /// first use). Does not start anything.
+    pub fn register(&self, version: &str, pool: &str, spec: &RuntimeSpec) {
+        let mut table = self.shared.lock();
+        table.pool_of.insert(version.to_string(), pool.to_string());
+        let entry = table.pools.entry(pool.to_string()).or_insert_with(|| Pool {
+            id: Arc::from(pool),
+            spec: spec.clone(),
+            members: BTreeSet::new(),
+            holders: BTreeSet::new(),
+            phase: Phase::Stopped,
+            turn: 0,
+            incarnation: 0,
+            failures: 0,
+            retry_at: None,
+            ready_since_ms: None,
+            outcome: watch::channel(Outcome::Pending).0,
+        });
+        entry.members.insert(version.to_string());
+    }
+
+    /// `version` wants its pool running: starts it unless it runs or starts
+    /// already. An admin's wake (`skip_backoff`) does not wait out a failure
+    /// back-off. Returns a wait for readiness.
+    pub fn hold(&self, version: &str, skip_backoff: bool) -> Result<ReadyWait, String> {
+        let shared = &self.shared;
+        let mut table = shared.lock();
+        let pool_id = table
+            .pool_of
+            .get(version)
+            .cloned()
+            .ok_or_else(|| format!("version {version} is unknown to the runtime"))?;
+        shared.hold_locked(&mut table, &pool_id, version, skip_backoff);
+        let pool = table
+            .pools
+            .get(&pool_id)
+            .ok_or_else(|| format!("version {version} has no pool"))?;
+        Ok(ReadyWait {
+            outcome: pool.outcome.subscribe(),
+        })
+    }
+
+    /// `version` no longer wants its pool running; the pool drains and stops when
+    /// no one else holds it. With `forget`, the version also leaves the pool (it
+    /// was deleted).
+    pub fn release(&self, version: &str, forget: bool) {
+        self.shared.release(version, forget);
+    }
+
+    /// What the pools know of `version`.
+    pub fn observe(&self, version: &str) -> VersionRuntime {
+        let table = self.shared.lock();
+        let pool = table.pool_of.get(version).and_then(|p| table.pools.get(p));
+        let Some(pool) = pool else {
+            return VersionRuntime {
+                observed: Observed::Stopped,
+                failure: None,
+                ready_since_ms: None,
+            };
+        };
+        let held = pool.holders.contains(version);
+        let (observed, failure) = match (&pool.phase, held) {
+            (Phase::Draining { .. } | Phase::Stopping, _) => (Observed::Stopping, None),
+            (_, false) => (Observed::Stopped, None),
+            (Phase::Stopped, true) => (Observed::Stopped, None),
+            (Phase::Starting, true) => (Observed::Starting, None),
+            (Phase::Ready { .. }, true) => (Observed::Ready, None),
+            (Phase::Failed { reason, .. }, true) => (Observed::Failed, Some(reason.clone())),
+        };
+        VersionRuntime {
+            observed,
+            failure,
+            ready_since_ms: if observed == Observed::Ready {
+                pool.ready_since_ms
+            } else {
+                None
+            },
+        }
+    }
+
+    /// Stops every instance (SIGTERM, then SIGKILL after `stop_grace`) and waits
+    /// for them, for at most `stop_grace` and 2 seconds. Usable from any context.
+    pub fn shutdown(&self) {
+        let instances: Vec<Box<dyn Instance>> = {
+            let mut table = self.shared.lock();
+            table
+                .pools
+                .values_mut()
+                .filter_map(|pool| {
+                    pool.turn += 1;
+                    match std::mem::replace(&mut pool.phase, Phase::Stopped) {
+                        Phase::Ready { instance, grant } | Phase::Draining { instance, grant } => {
+                            grant.validity.revoke();
+                            Some(instance)
+                        }
+                        _ => None,
+                    }
+                })
+                .collect()
+        };
+        if instances.is_empty() {
+            return;
+        }
+        let grace = self.shared.settings.stop_grace;
+        let (done, finished) = std::sync::mpsc::channel();
+        self.shared.handle.spawn(async move {
+            let mut stops = tokio::task::JoinSet::new();
+            for instance in instances {
+                stops.spawn(instance.stop(grace));
+            }
+            while stops.join_next().await.is_some() {}
+            let _ = done.send(());
+        });
+        let _ = finished.recv_timeout(grace + Duration::from_secs(2));
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        self.table
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn backoff(&self, failures: u32) -> Duration {
+        let doublings = failures.saturating_sub(1).min(20);
+        self.settings
+            .failure_backoff
+            .saturating_mul(1 << doublings)
+            .min(self.settings.failure_backoff_max)
+    }
+
+    /// Adds a holder and moves the pool towards ready. Returns a back-off error
+    /// when a failed start forbids a new one yet.
+    fn hold_locked(
+        self: &Arc<Self>,
+        table: &mut Table,
+        pool_id: &str,
+        version: &str,
+        skip_backoff: bool,
+    ) -> Option<(String, Duration)> {
+        let pool = table.pools.get_mut(pool_id)?;
+        pool.holders.insert(version.to_string());
+        match &pool.phase {
+            Phase::Stopped => self.begin_start(pool),
+            Phase::Failed {
+                reason,
+                during_start,
+            } => {
+                let wait = pool
+                    .retry_at
+                    .map(|at| at.saturating_duration_since(Instant::now()))
+                    .unwrap_or_default();
+                if *during_start && !skip_backoff && !wait.is_zero() {
+                    return Some((reason.clone(), wait));
+                }
+                self.begin_start(pool);
+            }
+            Phase::Draining { .. } => {
+                // A request (or a wake) while draining keeps the instance.
+                let Phase::Draining { instance, .. } =
+                    std::mem::replace(&mut pool.phase, Phase::Stopping)
+                else {
+                    return None;
+                };
+                let grant = Grant {
+                    addrs: instance.addrs(),
+                    validity: LeaseValidity::new(),
+                };
+                pool.turn += 1;
+                pool.outcome.send_replace(Outcome::Ready(grant.clone()));
+                pool.phase = Phase::Ready { instance, grant };
+            }
+            Phase::Starting | Phase::Ready { .. } | Phase::Stopping => {}
+        }
+        None
+    }
+
+    fn begin_start(self: &Arc<Self>, pool: &mut Pool) {
+        pool.phase = Phase::Starting;
+        pool.turn += 1;
+        pool.outcome.send_replace(Outcome::Pending);
+        let turn = pool.turn;
+        let runtime = Arc::clone(self.runtimes.for_spec(&pool.spec));
+        let spec = pool.spec.clone();
+        let id = Arc::clone(&pool.id);
+        let shared = Arc::clone(self);
+        self.handle.spawn(async move {
+            let started = runtime.start(&id, &spec).await;
+            shared.finish_start(&id, turn, started).await;
+        });
+    }
+
+    async fn finish_start(
+        self: &Arc<Self>,
+        pool_id: &str,
+        turn: u64,
+        started: Result<Box<dyn Instance>, String>,
+    ) {
+        let mut unwanted = None;
+        {
+            let mut table = self.lock();
+            match table.pools.get_mut(pool_id) {
+                Some(pool) if pool.turn == turn => match started {
+                    Ok(instance) if pool.holders.is_empty() => {
+                        // Everyone let go while it started.
+                        pool.phase = Phase::Stopping;
+                        pool.turn += 1;
+                        unwanted = Some((instance, pool.turn));
+                    }
+                    Ok(instance) => {
+                        self.metrics.count_start(true);
+                        let grant = Grant {
+                            addrs: instance.addrs(),
+                            validity: LeaseValidity::new(),
+                        };
+                        let exited = instance.exited();
+                        pool.failures = 0;
+                        pool.retry_at = None;
+                        pool.ready_since_ms = Some((self.clock)());
+                        pool.outcome.send_replace(Outcome::Ready(grant.clone()));
+                        pool.phase = Phase::Ready { instance, grant };
+                        pool.incarnation += 1;
+                        let incarnation = pool.incarnation;
+                        let _ = self.events.send(PoolEvent::Ready {
+                            versions: pool.holders.iter().cloned().collect(),
+                        });
+                        let shared = Arc::clone(self);
+                        let id = pool_id.to_string();
+                        self.handle.spawn(async move {
+                            let status = exited.await;
+                            shared.instance_exited(&id, incarnation, status);
+                        });
+                    }
+                    Err(reason) => {
+                        self.metrics.count_start(false);
+                        pool.failures += 1;
+                        let backoff = self.backoff(pool.failures);
+                        let retry_at = Instant::now() + backoff;
+                        pool.retry_at = Some(retry_at);
+                        pool.outcome
+                            .send_replace(Outcome::Failed(reason.clone(), retry_at));
+                        pool.phase = Phase::Failed {
+                            reason: reason.clone(),
+                            during_start: true,
+                        };
+                        let _ = self.events.send(PoolEvent::StartFailed {
+                            versions: pool.holders.iter().cloned().collect(),
+                            reason,
+                        });
+                    }
+                },
+                // The pool was shut down or deleted meanwhile.
+                _ => unwanted = started.ok().map(|instance| (instance, u64::MAX)),
+            }
+        }
+        if let Some((instance, stop_turn)) = unwanted {
+            instance.stop(self.settings.stop_grace).await;
+            self.finish_stop(pool_id, stop_turn);
+        }
+    }
+
+    /// A ready instance ended on its own. (One that ends while draining or
+    /// stopping is simply stopped.)
+    fn instance_exited(self: &Arc<Self>, pool_id: &str, incarnation: u64, status: String) {
+        let mut table = self.lock();
+        let Some(pool) = table.pools.get_mut(pool_id) else {
+            return;
+        };
+        if pool.incarnation != incarnation || !matches!(pool.phase, Phase::Ready { .. }) {
+            return;
+        }
+        if let Phase::Ready { grant, .. } = &pool.phase {
+            grant.validity.revoke();
+        }
+        let reason = format!("the process exited on its own ({status})");
+        pool.turn += 1;
+        pool.ready_since_ms = None;
+        pool.outcome
+            .send_replace(Outcome::Failed(reason.clone(), Instant::now()));
+        pool.phase = Phase::Failed {
+            reason,
+            during_start: false,
+        };
+        let _ = self.events.send(PoolEvent::Exited {
+            versions: pool.holders.iter().cloned().collect(),
+            status,
+        });
+    }
+
+    fn release(self: &Arc<Self>, version: &str, forget: bool) {
+        let mut table = self.lock();
+        let Some(pool_id) = table.pool_of.get(version).cloned() else {
+            return;
+        };
+        if forget {
+            table.pool_of.remove(version);
+        }
+        let Some(pool) = table.pools.get_mut(&pool_id) else {
+            return;
+        };
+        pool.holders.remove(version);
+        if forget {
+            pool.members.remove(version);
+        }
+        if !pool.holders.is_empty() {
+            return;
+        }
+        match std::mem::replace(&mut pool.phase, Phase::Stopped) {
+            Phase::Ready { instance, grant } => {
+                // New requests stop using the instance now; those in flight finish.
+                grant.validity.revoke();
+                pool.turn += 1;
+                pool.ready_since_ms = None;
+                pool.outcome.send_replace(Outcome::Pending);
+                pool.phase = Phase::Draining { instance, grant };
+                let (shared, id, turn) = (Arc::clone(self), pool_id.clone(), pool.turn);
+                self.handle
+                    .spawn(async move { shared.drain_then_stop(&id, turn).await });
+            }
+            // A start under way sees no holder when it ends and stops.
+            other @ (Phase::Starting | Phase::Draining { .. } | Phase::Stopping) => {
+                pool.phase = other;
+            }
+            Phase::Stopped | Phase::Failed { .. } => {
+                pool.outcome.send_replace(Outcome::Pending);
+                if pool.members.is_empty() {
+                    table.pools.remove(&pool_id);
+                }
+            }
+        }
+    }
+
+    async fn drain_then_stop(self: &Arc<Self>, pool_id: &str, turn: u64) {
+        let deadline = Instant::now() + self.settings.drain_timeout;
+        let (instance, stop_turn) = loop {
+            {
+                let mut table = self.lock();
+                let Some(pool) = table.pools.get_mut(pool_id) else {
+                    return;
+                };
+                if pool.turn != turn {
+                    return; // woken again while draining
+                }
+                let in_flight: u64 = pool
+                    .members
+                    .iter()
+                    .filter_map(|v| self.snapshots.activity().get(v))
+                    .map(|activity| activity.in_flight())
+                    .sum();
+                if in_flight == 0 || Instant::now() >= deadline {
+                    let Phase::Draining { instance, .. } =
+                        std::mem::replace(&mut pool.phase, Phase::Stopping)
+                    else {
+                        return;
+                    };
+                    pool.turn += 1;
+                    break (instance, pool.turn);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        instance.stop(self.settings.stop_grace).await;
+        self.finish_stop(pool_id, stop_turn);
+    }
+
+    /// A stop finished: the pool is stopped, and starts again at once if someone
+    /// took hold of it meanwhile.
+    fn finish_stop(self: &Arc<Self>, pool_id: &str, turn: u64) {
+        let mut table = self.lock();
+        let Some(pool) = table.pools.get_mut(pool_id) else {
+            return;
+        };
+        if pool.turn != turn {
+            return;
+        }
+        pool.phase = Phase::Stopped;
+        if !pool.holders.is_empty() {
+            self.begin_start(pool);
+        } else if pool.members.is_empty() {
+            table.pools.remove(pool_id);
+        }
+    }
+}
+
+fn unknown(target: &Target) -> LeaseError {
+    LeaseError::Failed {
+        reason: format!(
+            "version {} of app {} is unknown to the runtime",
+            target.version_id, target.app
+        ),
+    }
+}
+
+fn start_failed(target: &Target, reason: &str, retry_after: Duration) -> LeaseError {
+    LeaseError::StartFailed {
+        reason: format!(
+            "version {} of app {} failed to start: {reason}; the next start is tried in {}s",
+            target.version_id,
+            target.app,
+            retry_after.as_secs_f64().ceil()
+        ),
+        retry_after,
+    }
+}
+
+#[async_trait]
+impl LeaseSource for Pools {
+    fn lease(&self, target: &Target) -> Result<LeaseAnswer, LeaseError> {
+        let table = self.shared.lock();
+        let pool = table
+            .pool_of
+            .get(&*target.version_id)
+            .and_then(|p| table.pools.get(p))
+            .ok_or_else(|| unknown(target))?;
+        // A version that does not hold its pool yet goes through `wake`, which
+        // records that it is wanted, even when a sibling keeps the pool ready.
+        if !pool.holders.contains(&*target.version_id) {
+            return Ok(LeaseAnswer::Asleep);
+        }
+        match &pool.phase {
+            Phase::Ready { grant, .. } => Ok(LeaseAnswer::Ready(grant.clone())),
+            Phase::Failed {
+                reason,
+                during_start: true,
+            } => match pool
+                .retry_at
+                .map(|at| at.saturating_duration_since(Instant::now()))
+            {
+                Some(wait) if !wait.is_zero() => Err(start_failed(target, reason, wait)),
+                _ => Ok(LeaseAnswer::Asleep),
+            },
+            _ => Ok(LeaseAnswer::Asleep),
+        }
+    }
+
+    async fn wake(&self, target: &Target) -> Result<Grant, LeaseError> {
+        let shared = &self.shared;
+        let mut outcome = {
+            let mut table = shared.lock();
+            let pool_id = table
+                .pool_of
+                .get(&*target.version_id)
+                .cloned()
+                .ok_or_else(|| unknown(target))?;
+            let newly_held = table
+                .pools
+                .get(&pool_id)
+                .is_some_and(|pool| !pool.holders.contains(&*target.version_id));
+            let backing_off = shared.hold_locked(&mut table, &pool_id, &target.version_id, false);
+            if newly_held {
+                let _ = shared.events.send(PoolEvent::Woken {
+                    version: target.version_id.to_string(),
+                });
+            }
+            if let Some((reason, wait)) = backing_off {
+                return Err(start_failed(target, &reason, wait));
+            }
+            let pool = table.pools.get(&pool_id).ok_or_else(|| unknown(target))?;
+            if let Phase::Ready { grant, .. } = &pool.phase {
+                return Ok(grant.clone());
+            }
+            pool.outcome.subscribe()
+        };
+        loop {
+            match &*outcome.borrow_and_update() {
+                Outcome::Ready(grant) => return Ok(grant.clone()),
+                Outcome::Failed(reason, retry_at) => {
+                    let wait = retry_at.saturating_duration_since(Instant::now());
+                    return Err(start_failed(target, reason, wait));
+                }
+                Outcome::Pending => {}
+            }
+            if outcome.changed().await.is_err() {
+                return Err(LeaseError::Failed {
+                    reason: "the runtime is shutting down".to_string(),
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "pools_tests.rs"]
+mod tests;
