@@ -9,7 +9,7 @@ use ingress_config::EphemeralSettings;
 use ingress_proxy::{resolve, ResolutionKind, SnapshotHandle};
 
 use super::*;
-use crate::model::{AuditEntry, Mutation, Route, State};
+use crate::model::{AuditEntry, ChangeReason, Mutation, Route, State};
 use crate::store::{SqliteStore, Store};
 
 const T0: u64 = 1_700_000_000_000;
@@ -621,4 +621,68 @@ fn a_lowered_limit_evicts_down_to_it() {
     assert_eq!(h.route("pr-0.shop.example.com"), Err(404));
     assert_eq!(h.route("pr-2.shop.example.com"), Err(404));
     assert!(h.route("pr-3.shop.example.com").is_ok());
+}
+
+#[test]
+fn a_manual_wake_overwrites_a_pending_idle_stop_and_the_idle_sweep_never_overwrites() {
+    let h = harness();
+    let outcome = h
+        .plane
+        .deploy(
+            "admin",
+            &DeployRequest {
+                env: Some(Environment::Preview),
+                ..shop_request(DeploySource::Upstreams(vec![addr(3000)]), None)
+            },
+        )
+        .unwrap();
+    h.settle();
+    let id = outcome.version.id;
+    h.clock.fetch_add(2 * HOUR, Ordering::Relaxed);
+
+    let swept = h.plane.check_idle().unwrap();
+    assert_eq!(swept.versions, vec![format!("shop/{id}")]);
+    let pending = h.plane.versions("shop", false).unwrap()[0].pending.clone();
+    assert_eq!(pending.map(|p| p.reason), Some(ChangeReason::Idle));
+    // A second sweep leaves the pending change alone.
+    assert!(h.plane.check_idle().unwrap().versions.is_empty());
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let woken = runtime
+        .block_on(h.plane.wake_version(
+            "admin",
+            "shop",
+            &id,
+            Some(std::time::Duration::from_secs(5)),
+        ))
+        .unwrap();
+    assert_eq!(
+        woken.pending, None,
+        "the manual wake replaced the idle stop"
+    );
+    assert!(h.plane.run_due_schedules().unwrap().versions.is_empty());
+    let after = &h.plane.versions("shop", false).unwrap()[0];
+    assert_eq!(after.desired_state, DesiredState::Running);
+    assert_eq!(after.observed_state, Observed::Ready);
+    let audit = h.plane.audit_log(10).unwrap();
+    assert!(audit
+        .iter()
+        .any(|e| e.action == "version.wake" && e.detail.contains("replaced a pending stop")));
+
+    // Without the wake, the idle stop runs when due.
+    h.clock.fetch_add(2 * HOUR, Ordering::Relaxed);
+    h.plane.check_idle().unwrap();
+    assert_eq!(h.plane.run_due_schedules().unwrap().versions.len(), 1);
+    h.settle();
+    let stopped = &h.plane.versions("shop", false).unwrap()[0];
+    assert_eq!(stopped.desired_state, DesiredState::Stopped);
+    assert_eq!(stopped.observed_state, Observed::Stopped);
+}
+
+#[test]
+fn production_is_exempt_from_the_idle_sweep() {
+    let h = harness();
+    h.deploy(3000);
+    h.clock.fetch_add(2 * HOUR, Ordering::Relaxed);
+    assert!(h.plane.check_idle().unwrap().versions.is_empty());
 }

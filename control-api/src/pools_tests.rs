@@ -1,1 +1,100 @@
+//! Tests of the pools on the static runtime (instant starts), so that drain,
+//! reference counting and back-off are checked without process timing.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ingress_proxy::SnapshotHandle;
+
+use super::*;
+use crate::runtime::{ProcessRuntime, StaticRuntime};
+
+fn pools(backoff: Duration) -> (Pools, Arc<SnapshotHandle>) {
+    let snapshots = Arc::new(SnapshotHandle::new());
+    let (pools, _events) = Pools::new(
+        Runtimes {
+            static_runtime: Arc::new(StaticRuntime),
+            process_runtime: Arc::new(ProcessRuntime::new(
+                &std::env::temp_dir(),
+                Duration::from_secs(5),
+            )),
+        },
+        PoolSettings {
+            drain_timeout: Duration::from_secs(5),
+            stop_grace: Duration::from_secs(1),
+            failure_backoff: backoff,
+            failure_backoff_max: backoff * 5,
+        },
+        Arc::clone(&snapshots),
+        Arc::new(ControlMetrics::unregistered()),
+        Arc::new(|| 1_000),
+    )
+    .unwrap();
+    (pools, snapshots)
+}
+
+fn spec() -> RuntimeSpec {
+    RuntimeSpec::Static {
+        upstreams: vec![SocketAddr::from(([127, 0, 0, 1], 4000))],
+    }
+}
+
+fn wait_until(pools: &Pools, version: &str, state: Observed) {
+    for _ in 0..400 {
+        if pools.observe(version).observed == state {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    panic!(
+        "{version} never became {state:?}: {:?}",
+        pools.observe(version)
+    );
+}
+
+#[test]
+fn a_shared_pool_runs_until_its_last_holder_lets_go() {
+    let (pools, _) = pools(Duration::from_secs(1));
+    pools.register("v1", "v1", &spec());
+    pools.register("clone", "v1", &spec());
+    pools.hold("v1", false).unwrap();
+    pools.hold("clone", false).unwrap();
+    wait_until(&pools, "v1", Observed::Ready);
+    pools.release("v1", false);
+    assert_eq!(pools.observe("clone").observed, Observed::Ready);
+    assert_eq!(pools.observe("v1").observed, Observed::Stopped, "v1 let go");
+    pools.release("clone", true);
+    wait_until(&pools, "v1", Observed::Stopped);
+}
+
+#[test]
+fn a_stop_waits_for_in_flight_requests_and_a_wake_while_draining_keeps_the_instance() {
+    let (pools, snapshots) = pools(Duration::from_secs(1));
+    pools.register("v1", "v1", &spec());
+    pools.hold("v1", false).unwrap();
+    wait_until(&pools, "v1", Observed::Ready);
+    let request = snapshots.activity().for_version("v1").enter(1_000);
+    pools.release("v1", false);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(pools.observe("v1").observed, Observed::Stopping, "draining");
+    // Woken again while draining: ready at once, the stop is called off.
+    pools.hold("v1", false).unwrap();
+    assert_eq!(pools.observe("v1").observed, Observed::Ready);
+    drop(request);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(pools.observe("v1").observed, Observed::Ready);
+    pools.release("v1", false);
+    wait_until(&pools, "v1", Observed::Stopped);
+}
+
+#[test]
+fn the_failure_back_off_doubles_up_to_its_cap() {
+    let (pools, _) = pools(Duration::from_secs(2));
+    let shared = &pools.shared;
+    assert_eq!(shared.backoff(1), Duration::from_secs(2));
+    assert_eq!(shared.backoff(2), Duration::from_secs(4));
+    assert_eq!(shared.backoff(3), Duration::from_secs(8));
+    assert_eq!(shared.backoff(4), Duration::from_secs(10));
+    assert_eq!(shared.backoff(40), Duration::from_secs(10));
+}

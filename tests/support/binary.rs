@@ -10,8 +10,9 @@ use super::free_port;
 /// The admin token every test config accepts.
 pub const TOKEN: &str = "test-token-0123456789abcdef";
 
-/// A running `ingress` process with its own data directory and free ports. Killed
-/// (SIGKILL) when dropped.
+/// A running `ingress` process with its own data directory and free ports. Stopped
+/// with SIGTERM when dropped (so that it stops the processes it runs), SIGKILL if
+/// it does not exit within 10 s.
 pub struct Ingress {
     pub proxy: SocketAddr,
     pub grpc: SocketAddr,
@@ -25,6 +26,15 @@ pub struct Ingress {
 impl Drop for Ingress {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
+            // SAFETY: plain signal to our own child's pid.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -100,6 +110,12 @@ impl Ingress {
             child.kill().expect("kill -9");
             child.wait().expect("reap");
         }
+        self.spawn();
+    }
+
+    /// Starts again on the same data directory and ports, after [`Ingress::terminate`].
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "still running");
         self.spawn();
     }
 
