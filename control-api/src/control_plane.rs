@@ -20,8 +20,8 @@ use ingress_proxy::{
 
 use crate::metrics::ControlMetrics;
 use crate::model::{
-    App, AuditEntry, DesiredState, Environment, Mutation, ReadyCheck, Route, RouteKind,
-    RuntimeSpec, Schedule, State, Tombstone, Version, VersionStatus, DEFAULT_ROUTE_KEY,
+    App, AuditEntry, ChangeReason, DesiredState, Environment, Mutation, ReadyCheck, Route,
+    RouteKind, RuntimeSpec, Schedule, State, Tombstone, Version, VersionStatus, DEFAULT_ROUTE_KEY,
 };
 use crate::names::{check_app_name, normalise_label, parse_route_host};
 use crate::pools::{Observed, PoolEvent, PoolSettings, Pools};
@@ -710,6 +710,42 @@ impl ControlPlane {
                 active_version: Some(version.id.clone()),
                 ..app.clone()
             }));
+            // An activated version must not be stopped by a pending change.
+            if state.schedules.contains_key(&version.id) {
+                mutations.push(Mutation::DeleteSchedule(version.id.clone()));
+            }
+            // The version it replaces stops after `supersede.grace` (its in-flight
+            // requests finish, and a quick rollback finds it warm), unless a change
+            // is already pending for it.
+            if let Some(previous) = app
+                .active_version
+                .as_ref()
+                .filter(|id| **id != version.id)
+                .and_then(|id| state.versions.get(id))
+                .filter(|v| {
+                    v.desired == DesiredState::Running && !state.schedules.contains_key(&v.id)
+                })
+            {
+                let due_at_ms = now.saturating_add(ttl_ms(self.lifecycle.supersede_grace));
+                mutations.push(Mutation::PutSchedule(Schedule {
+                    version: previous.id.clone(),
+                    desired: DesiredState::Stopped,
+                    due_at_ms,
+                    reason: ChangeReason::Superseded,
+                    actor: SYSTEM_ACTOR.to_string(),
+                    created_at_ms: now,
+                }));
+                mutations.push(Mutation::Audit(self.audit(
+                    SYSTEM_ACTOR,
+                    "version.schedule",
+                    &format!("{}/{}", previous.app, previous.id),
+                    format!(
+                        "stop at {} (reason superseded: {} is now active)",
+                        ingress_proxy::time::format_unix_millis(due_at_ms),
+                        version.id
+                    ),
+                )));
+            }
         }
 
         let detail = deploy_detail(&version, replaced.as_deref(), &evicted);

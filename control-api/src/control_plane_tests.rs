@@ -686,3 +686,36 @@ fn production_is_exempt_from_the_idle_sweep() {
     h.clock.fetch_add(2 * HOUR, Ordering::Relaxed);
     assert!(h.plane.check_idle().unwrap().versions.is_empty());
 }
+
+#[test]
+fn a_replaced_active_version_stops_after_the_grace_and_a_rollback_cancels_the_stop() {
+    let h = harness();
+    let first = h.deploy(3000).version.id;
+    h.deploy(3001);
+    let versions = h.plane.versions("shop", false).unwrap();
+    let old = versions.iter().find(|v| v.id == first).unwrap();
+    let pending = old.pending.clone().expect("a stop is scheduled");
+    assert_eq!(pending.reason, ChangeReason::Superseded);
+    assert_eq!(pending.desired, DesiredState::Stopped);
+    assert_eq!(pending.due_at_ms, T0 + 60_000, "supersede.grace later");
+
+    // Rolling back before the stop is due cancels it.
+    h.plane
+        .deploy(
+            "admin",
+            &shop_request(DeploySource::Version(first.clone()), None),
+        )
+        .unwrap();
+    h.clock.fetch_add(HOUR, Ordering::Relaxed);
+    let ran = h.plane.run_due_schedules().unwrap();
+    assert_eq!(
+        ran.versions.len(),
+        1,
+        "only the newer version, now replaced, stops"
+    );
+    assert!(!ran.versions[0].ends_with(&first));
+    let rolled_back = h.plane.versions("shop", false).unwrap();
+    let active = rolled_back.iter().find(|v| v.id == first).unwrap();
+    assert_eq!(active.desired_state, DesiredState::Running);
+    assert_eq!(active.status, VersionStatus::Active);
+}
