@@ -13,7 +13,7 @@ test: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	# Benches as a smoke check only: they must build and run; no timing is asserted.
-	$(CARGO) bench --bench resolve --bench control_plane -- --quick --noplot
+	$(CARGO) bench --bench resolve --bench control_plane --bench cold_start -- --quick --noplot
 	$(CARGO) test --workspace
 
 deps:

@@ -5,6 +5,7 @@ Options:
   --pid FILE       write the process id to FILE once listening
   --delay-ms N     wait N ms before listening (a slow start)
   --exit CODE      print a message and exit with CODE instead of serving
+  --ready-file F   write time.time_ns() to F once listening (benches time from it)
 
 Paths: /slow?ms=N answers after N ms; anything else answers at once with the
 version id from INGRESS_VERSION.
@@ -63,4 +64,9 @@ if pid:
     with open(pid, "w") as f:
         f.write(str(os.getpid()))
 print(f"app {version}: listening on {os.environ['PORT']}", flush=True)
+ready_file = option("--ready-file")
+if ready_file:
+    with open(ready_file + ".tmp", "w") as f:
+        f.write(str(time.time_ns()))
+    os.replace(ready_file + ".tmp", ready_file)
 server.serve_forever()

@@ -67,11 +67,11 @@ pub struct Process {
 }
 
 /// The first probe comes this soon after the start; the interval doubles up to
-/// [`PROBE_MAX`], so readiness is seen within about 10 ms of the process's own,
-/// however long it takes to start (a loopback probe costs well under a
+/// [`PROBE_MAX`], so readiness is seen within about 5 ms of the process's own,
+/// however long it takes to start (a refused loopback connect costs well under a
 /// millisecond).
 const PROBE_FIRST: Duration = Duration::from_millis(1);
-const PROBE_MAX: Duration = Duration::from_millis(10);
+const PROBE_MAX: Duration = Duration::from_millis(5);
 
 impl Process {
     /// Starts `sh -c command` on a free loopback port, with `PORT` and
@@ -158,7 +158,7 @@ impl Process {
     }
 
     /// Waits until the process is ready, it exits, or `limit` passes. Probes start
-    /// after 1 ms and back off to every 10 ms.
+    /// after 1 ms and back off to every 5 ms.
     pub async fn wait_ready(
         &self,
         readiness: &Readiness,
