@@ -726,25 +726,12 @@ impl ControlPlane {
                     v.desired == DesiredState::Running && !state.schedules.contains_key(&v.id)
                 })
             {
-                let due_at_ms = now.saturating_add(ttl_ms(self.lifecycle.supersede_grace));
-                mutations.push(Mutation::PutSchedule(Schedule {
-                    version: previous.id.clone(),
-                    desired: DesiredState::Stopped,
-                    due_at_ms,
-                    reason: ChangeReason::Superseded,
-                    actor: SYSTEM_ACTOR.to_string(),
-                    created_at_ms: now,
-                }));
-                mutations.push(Mutation::Audit(self.audit(
-                    SYSTEM_ACTOR,
-                    "version.schedule",
-                    &format!("{}/{}", previous.app, previous.id),
-                    format!(
-                        "stop at {} (reason superseded: {} is now active)",
-                        ingress_proxy::time::format_unix_millis(due_at_ms),
-                        version.id
-                    ),
-                )));
+                mutations.extend(self.system_stop(
+                    previous,
+                    now.saturating_add(ttl_ms(self.lifecycle.supersede_grace)),
+                    ChangeReason::Superseded,
+                    format!("{} is now active", version.id),
+                ));
             }
         }
 

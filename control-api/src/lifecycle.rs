@@ -173,6 +173,37 @@ impl ControlPlane {
         self.lifecycle.wake_timeout
     }
 
+    /// The mutations that schedule an automatic stop of `version` at `due_at_ms`
+    /// for `reason`, with its audit entry explaining `why`.
+    pub(super) fn system_stop(
+        &self,
+        version: &Version,
+        due_at_ms: u64,
+        reason: ChangeReason,
+        why: String,
+    ) -> [Mutation; 2] {
+        [
+            Mutation::PutSchedule(Schedule {
+                version: version.id.clone(),
+                desired: DesiredState::Stopped,
+                due_at_ms,
+                reason,
+                actor: SYSTEM_ACTOR.to_string(),
+                created_at_ms: self.now(),
+            }),
+            Mutation::Audit(self.audit(
+                SYSTEM_ACTOR,
+                "version.schedule",
+                &format!("{}/{}", version.app, version.id),
+                format!(
+                    "stop at {} (reason {}: {why})",
+                    format_unix_millis(due_at_ms),
+                    reason.as_str()
+                ),
+            )),
+        ]
+    }
+
     /// The mutations that drop `id`'s pending change, noting it in `detail`.
     fn replace_pending(&self, state: &State, id: &str, detail: &mut String) -> Vec<Mutation> {
         match state.schedules.get(id) {
@@ -261,23 +292,12 @@ impl ControlPlane {
             report
                 .versions
                 .push(format!("{}/{}", version.app, version.id));
-            mutations.push(Mutation::PutSchedule(Schedule {
-                version: version.id.clone(),
-                desired: DesiredState::Stopped,
-                due_at_ms: now,
-                reason: ChangeReason::Idle,
-                actor: SYSTEM_ACTOR.to_string(),
-                created_at_ms: now,
-            }));
-            mutations.push(Mutation::Audit(self.audit(
-                SYSTEM_ACTOR,
-                "version.schedule",
-                &format!("{}/{}", version.app, version.id),
-                format!(
-                    "stop now (reason idle: no request since {})",
-                    format_unix_millis(idle_since)
-                ),
-            )));
+            mutations.extend(self.system_stop(
+                version,
+                now,
+                ChangeReason::Idle,
+                format!("no request since {}", format_unix_millis(idle_since)),
+            ));
         }
         if mutations.is_empty() {
             return Ok(report);
@@ -420,24 +440,12 @@ impl ControlPlane {
                         }
                         let due = now.saturating_add(grace);
                         stopped.push(older.id.clone());
-                        mutations.push(Mutation::PutSchedule(Schedule {
-                            version: older.id.clone(),
-                            desired: DesiredState::Stopped,
-                            due_at_ms: due,
-                            reason: ChangeReason::Superseded,
-                            actor: SYSTEM_ACTOR.to_string(),
-                            created_at_ms: now,
-                        }));
-                        mutations.push(Mutation::Audit(self.audit(
-                            SYSTEM_ACTOR,
-                            "version.schedule",
-                            &format!("{}/{}", older.app, older.id),
-                            format!(
-                                "stop at {} (reason superseded: {} of branch {branch} is ready)",
-                                format_unix_millis(due),
-                                newer.id
-                            ),
-                        )));
+                        mutations.extend(self.system_stop(
+                            older,
+                            due,
+                            ChangeReason::Superseded,
+                            format!("{} of branch {branch} is ready", newer.id),
+                        ));
                     }
                 }
                 if mutations.is_empty() {
