@@ -409,6 +409,8 @@ impl Shared {
                     validity: LeaseValidity::new(),
                 };
                 pool.turn += 1;
+                // Idle time counts again from now, as after a start.
+                pool.ready_since_ms = Some((self.clock)());
                 pool.outcome.send_replace(Outcome::Ready(grant.clone()));
                 pool.phase = Phase::Ready { instance, grant };
             }

@@ -81,6 +81,10 @@ fn a_stop_waits_for_in_flight_requests_and_a_wake_while_draining_keeps_the_insta
     // Woken again while draining: ready at once, the stop is called off.
     pools.hold("v1", false).unwrap();
     assert_eq!(pools.observe("v1").observed, Observed::Ready);
+    assert!(
+        pools.observe("v1").ready_since_ms.is_some(),
+        "the idle sweep can see it again"
+    );
     drop(request);
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(pools.observe("v1").observed, Observed::Ready);
