@@ -745,3 +745,27 @@ async fn a_clone_shares_its_source_instance_until_the_last_holder_lets_go() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_while_stopping_wakes_the_version_and_records_it_running() {
+    let shop = Shop::start(
+        "[runtime]\nstop_grace = \"1s\"\ndrain_timeout = \"1s\"\nstart_timeout = \"10s\"\n",
+    );
+    let id = shop.deploy_preview("pr-1", "feat", "app", "--ignore-term");
+    assert_eq!(shop.get(PREVIEW_HOST, "/").await.status, 200);
+    shop.wait_for(&id, Duration::from_secs(5), |v| {
+        v["desired_state"] == "running"
+    });
+    shop.ingress.ctl(&["stop", "shop", &id]).expect_ok();
+    // It ignores SIGTERM, so it stays stopping until the SIGKILL a second later.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(observed(&shop.version(&id)), "stopping");
+    let woken = shop.get(PREVIEW_HOST, "/").await;
+    assert_eq!(woken.status, 200, "{}", woken.body);
+    assert!(woken.header("x-ingress-cold-start").is_some());
+    assert_eq!(shop.starts("app"), 2);
+    // The request's wake is recorded, so the idle sweep can stop it again later.
+    shop.wait_for(&id, Duration::from_secs(5), |v| {
+        v["desired_state"] == "running" && observed(v) == "ready"
+    });
+}

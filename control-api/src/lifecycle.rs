@@ -19,6 +19,18 @@ use crate::runtime::ProcessRuntime;
 /// Most bytes `ingressctl logs` returns.
 pub const MAX_LOG_BYTES: usize = 1 << 20;
 
+/// The last `limit` bytes of the file at `path`, without reading the rest.
+fn read_tail(path: &std::path::Path, limit: usize) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path)?;
+    let length = file.metadata()?.len();
+    let limit = u64::try_from(limit).unwrap_or(u64::MAX);
+    file.seek(SeekFrom::Start(length.saturating_sub(limit)))?;
+    let mut bytes = Vec::new();
+    file.take(limit).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
 /// A preview for the idle and supersede loops: labelled, or deployed as preview.
 fn is_preview(version: &Version) -> bool {
     version.label.is_some() || version.env == Environment::Preview
@@ -247,7 +259,8 @@ impl ControlPlane {
             }
         };
         let path = ProcessRuntime::log_path(&self.lifecycle.log_dir, &pool);
-        let bytes = match std::fs::read(&path) {
+        let limit = max_bytes.min(MAX_LOG_BYTES);
+        let bytes = match read_tail(&path, limit) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => {
@@ -257,8 +270,7 @@ impl ControlPlane {
                 ))
             }
         };
-        let start = bytes.len().saturating_sub(max_bytes.min(MAX_LOG_BYTES));
-        Ok(String::from_utf8_lossy(&bytes[start..]).into_owned())
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 
     /// The idle sweep (SPEC §5): schedules a stop, due now, for every running
@@ -398,11 +410,7 @@ impl ControlPlane {
                 };
                 // Only while the pools still hold it: an admin's stop may have come
                 // in between, and it wins.
-                let held = matches!(
-                    self.pools.observe(version).observed,
-                    Observed::Starting | Observed::Ready | Observed::Failed
-                );
-                if woken.desired == DesiredState::Running || !held {
+                if woken.desired == DesiredState::Running || !self.pools.holds(version) {
                     return Ok(());
                 }
                 let mut detail = format!("reason {}", ChangeReason::Request.as_str());

@@ -15,7 +15,7 @@
 //! [`PoolEvent`]s (a request woke a version, a pool became ready, failed or
 //! exited).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -138,7 +138,8 @@ struct Pool {
     id: Arc<str>,
     spec: RuntimeSpec,
     members: BTreeSet<String>,
-    holders: BTreeSet<String>,
+    /// Versions that want it running, with the Unix ms since when.
+    holders: BTreeMap<String, u64>,
     phase: Phase,
     /// Bumped on every transition that a background task must not undo.
     turn: u64,
@@ -248,7 +249,7 @@ impl Pools {
             id: Arc::from(pool),
             spec: spec.clone(),
             members: BTreeSet::new(),
-            holders: BTreeSet::new(),
+            holders: BTreeMap::new(),
             phase: Phase::Stopped,
             turn: 0,
             incarnation: 0,
@@ -288,6 +289,17 @@ impl Pools {
         self.shared.release(version, forget);
     }
 
+    /// True while `version` holds its pool (it wants it running), whatever state
+    /// the pool is in.
+    pub fn holds(&self, version: &str) -> bool {
+        let table = self.shared.lock();
+        table
+            .pool_of
+            .get(version)
+            .and_then(|p| table.pools.get(p))
+            .is_some_and(|pool| pool.holders.contains_key(version))
+    }
+
     /// What the pools know of `version`.
     pub fn observe(&self, version: &str) -> VersionRuntime {
         let table = self.shared.lock();
@@ -299,7 +311,8 @@ impl Pools {
                 ready_since_ms: None,
             };
         };
-        let held = pool.holders.contains(version);
+        let held_since = pool.holders.get(version).copied();
+        let held = held_since.is_some();
         let (observed, failure) = match (&pool.phase, held) {
             (Phase::Draining { .. } | Phase::Stopping, _) => (Observed::Stopping, None),
             (_, false) => (Observed::Stopped, None),
@@ -311,10 +324,11 @@ impl Pools {
         VersionRuntime {
             observed,
             failure,
-            ready_since_ms: if observed == Observed::Ready {
-                pool.ready_since_ms
-            } else {
-                None
+            // A version that joined a pool a sibling keeps running is idle from
+            // when it joined, not from when the pool started.
+            ready_since_ms: match (observed, pool.ready_since_ms, held_since) {
+                (Observed::Ready, Some(ready), Some(held)) => Some(ready.max(held)),
+                _ => None,
             },
         }
     }
@@ -381,7 +395,9 @@ impl Shared {
         skip_backoff: bool,
     ) -> Option<(String, Duration)> {
         let pool = table.pools.get_mut(pool_id)?;
-        pool.holders.insert(version.to_string());
+        if !pool.holders.contains_key(version) {
+            pool.holders.insert(version.to_string(), (self.clock)());
+        }
         match &pool.phase {
             Phase::Stopped => self.begin_start(pool),
             Phase::Failed {
@@ -447,6 +463,10 @@ impl Shared {
                 Some(pool) if pool.turn == turn => match started {
                     Ok(instance) if pool.holders.is_empty() => {
                         // Everyone let go while it started.
+                        pool.outcome.send_replace(Outcome::Failed(
+                            "it was stopped while it started".to_string(),
+                            Instant::now(),
+                        ));
                         pool.phase = Phase::Stopping;
                         pool.turn += 1;
                         unwanted = Some((instance, pool.turn));
@@ -466,7 +486,7 @@ impl Shared {
                         pool.incarnation += 1;
                         let incarnation = pool.incarnation;
                         let _ = self.events.send(PoolEvent::Ready {
-                            versions: pool.holders.iter().cloned().collect(),
+                            versions: pool.holders.keys().cloned().collect(),
                         });
                         let shared = Arc::clone(self);
                         let id = pool_id.to_string();
@@ -488,7 +508,7 @@ impl Shared {
                             during_start: true,
                         };
                         let _ = self.events.send(PoolEvent::StartFailed {
-                            versions: pool.holders.iter().cloned().collect(),
+                            versions: pool.holders.keys().cloned().collect(),
                             reason,
                         });
                     }
@@ -503,18 +523,29 @@ impl Shared {
         }
     }
 
-    /// A ready instance ended on its own. (One that ends while draining or
-    /// stopping is simply stopped.)
+    /// An instance ended on its own. A ready one makes the pool `failed`; a
+    /// draining one makes it stopped; a stopping one is being stopped anyway.
     fn instance_exited(self: &Arc<Self>, pool_id: &str, incarnation: u64, status: String) {
         let mut table = self.lock();
         let Some(pool) = table.pools.get_mut(pool_id) else {
             return;
         };
-        if pool.incarnation != incarnation || !matches!(pool.phase, Phase::Ready { .. }) {
+        if pool.incarnation != incarnation {
             return;
         }
-        if let Phase::Ready { grant, .. } = &pool.phase {
-            grant.validity.revoke();
+        match &pool.phase {
+            Phase::Ready { grant, .. } => grant.validity.revoke(),
+            // Exited while draining: nothing is left to stop, and a wake must not
+            // bring the dead instance back as ready.
+            Phase::Draining { .. } => {
+                pool.turn += 1;
+                pool.phase = Phase::Stopped;
+                if pool.members.is_empty() {
+                    table.pools.remove(pool_id);
+                }
+                return;
+            }
+            _ => return,
         }
         let reason = format!("the process exited on its own ({status})");
         pool.turn += 1;
@@ -526,7 +557,7 @@ impl Shared {
             during_start: false,
         };
         let _ = self.events.send(PoolEvent::Exited {
-            versions: pool.holders.iter().cloned().collect(),
+            versions: pool.holders.keys().cloned().collect(),
             status,
         });
     }
@@ -658,7 +689,7 @@ impl LeaseSource for Pools {
             .ok_or_else(|| unknown(target))?;
         // A version that does not hold its pool yet goes through `wake`, which
         // records that it is wanted, even when a sibling keeps the pool ready.
-        if !pool.holders.contains(&*target.version_id) {
+        if !pool.holders.contains_key(&*target.version_id) {
             return Ok(LeaseAnswer::Asleep);
         }
         match &pool.phase {
@@ -689,7 +720,7 @@ impl LeaseSource for Pools {
             let newly_held = table
                 .pools
                 .get(&pool_id)
-                .is_some_and(|pool| !pool.holders.contains(&*target.version_id));
+                .is_some_and(|pool| !pool.holders.contains_key(&*target.version_id));
             let backing_off = shared.hold_locked(&mut table, &pool_id, &target.version_id, false);
             if newly_held {
                 let _ = shared.events.send(PoolEvent::Woken {

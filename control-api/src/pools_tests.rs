@@ -8,9 +8,15 @@ use std::time::Duration;
 use ingress_proxy::SnapshotHandle;
 
 use super::*;
+use crate::control_plane::Clock;
+use crate::model::ReadyCheck;
 use crate::runtime::{ProcessRuntime, StaticRuntime};
 
 fn pools(backoff: Duration) -> (Pools, Arc<SnapshotHandle>) {
+    pools_with_clock(backoff, Arc::new(|| 1_000))
+}
+
+fn pools_with_clock(backoff: Duration, clock: Clock) -> (Pools, Arc<SnapshotHandle>) {
     let snapshots = Arc::new(SnapshotHandle::new());
     let (pools, _events) = Pools::new(
         Runtimes {
@@ -28,7 +34,7 @@ fn pools(backoff: Duration) -> (Pools, Arc<SnapshotHandle>) {
         },
         Arc::clone(&snapshots),
         Arc::new(ControlMetrics::unregistered()),
-        Arc::new(|| 1_000),
+        clock,
     )
     .unwrap();
     (pools, snapshots)
@@ -101,4 +107,88 @@ fn the_failure_back_off_doubles_up_to_its_cap() {
     assert_eq!(shared.backoff(3), Duration::from_secs(8));
     assert_eq!(shared.backoff(4), Duration::from_secs(10));
     assert_eq!(shared.backoff(40), Duration::from_secs(10));
+}
+
+#[test]
+fn a_version_joining_a_running_pool_is_idle_from_when_it_joined() {
+    let now = Arc::new(std::sync::atomic::AtomicU64::new(1_000));
+    let tick = Arc::clone(&now);
+    let (pools, _) = pools_with_clock(
+        Duration::from_secs(1),
+        Arc::new(move || tick.load(std::sync::atomic::Ordering::Relaxed)),
+    );
+    pools.register("v1", "v1", &spec());
+    pools.register("clone", "v1", &spec());
+    pools.hold("v1", false).unwrap();
+    wait_until(&pools, "v1", Observed::Ready);
+    now.store(9_000, std::sync::atomic::Ordering::Relaxed);
+    pools.hold("clone", false).unwrap();
+    assert_eq!(pools.observe("v1").ready_since_ms, Some(1_000));
+    assert_eq!(pools.observe("clone").ready_since_ms, Some(9_000));
+    assert!(pools.holds("clone") && !pools.holds("nobody"));
+}
+
+#[test]
+fn an_instance_that_dies_while_draining_is_started_afresh_by_the_next_wake() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("pid");
+    let (pools, snapshots) = pools(Duration::from_secs(1));
+    let spec = RuntimeSpec::Process {
+        command: format!(
+            "echo $$ > {}; exec python3 -m http.server \"$PORT\" --bind 127.0.0.1",
+            pid_file.display()
+        ),
+        ready: ReadyCheck::Tcp,
+    };
+    pools.register("v1", "v1", &spec);
+    pools.hold("v1", false).unwrap();
+    for _ in 0..1000 {
+        if pools.observe("v1").observed == Observed::Ready {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(pools.observe("v1").observed, Observed::Ready);
+    let request = snapshots.activity().for_version("v1").enter(1_000);
+    pools.release("v1", false); // draining: the request is in flight
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: a plain signal to the child this test started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    std::thread::sleep(Duration::from_millis(300));
+    drop(request);
+    let wait = pools.hold("v1", false).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime
+        .block_on(async { tokio::time::timeout(Duration::from_secs(20), wait.ready()).await })
+        .expect("ready within 20 s")
+        .expect("a fresh start");
+    let handle = SnapshotHandle::new();
+    handle
+        .publish(&ingress_proxy::SnapshotInput {
+            apps: vec![ingress_proxy::AppSpec {
+                name: "shop".into(),
+                active: Some(ingress_proxy::VersionRef {
+                    id: "v1".into(),
+                    state_epoch: 0,
+                }),
+                previews: vec![],
+                expired_labels: vec![],
+            }],
+            routes: vec![],
+        })
+        .unwrap();
+    let snapshot = handle.load_full();
+    let target = snapshot.app("shop").unwrap().active().unwrap();
+    let Ok(LeaseAnswer::Ready(grant)) = pools.lease(target) else {
+        panic!("no lease after the fresh start");
+    };
+    assert!(
+        std::net::TcpStream::connect(grant.addrs[0]).is_ok(),
+        "a live instance"
+    );
+    pools.shutdown();
 }

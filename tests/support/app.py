@@ -6,12 +6,14 @@ Options:
   --delay-ms N     wait N ms before listening (a slow start)
   --exit CODE      print a message and exit with CODE instead of serving
   --ready-file F   write time.time_ns() to F once listening (benches time from it)
+  --ignore-term    ignore SIGTERM (only SIGKILL stops it)
 
 Paths: /slow?ms=N answers after N ms; anything else answers at once with the
 version id from INGRESS_VERSION.
 """
 import http.server
 import os
+import signal
 import sys
 import time
 import urllib.parse
@@ -23,6 +25,8 @@ def option(name, default=None):
     return default
 
 
+if "--ignore-term" in sys.argv:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 starts = option("--starts")
 if starts:
     with open(starts, "a") as f:

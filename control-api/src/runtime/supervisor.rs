@@ -211,6 +211,16 @@ impl Process {
     }
 }
 
+impl Drop for Process {
+    /// A process dropped while still running (its task was cancelled at shutdown)
+    /// takes its whole process group with it, not only `sh`.
+    fn drop(&mut self) {
+        if self.exit_status().is_none() {
+            signal_group(self.pid, libc::SIGKILL);
+        }
+    }
+}
+
 fn signal_group(pid: i32, signal: i32) {
     // SAFETY: `kill` has no memory-safety preconditions; a negative pid addresses
     // the process group the child leads (it was started with process_group(0)).
