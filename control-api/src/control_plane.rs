@@ -360,8 +360,52 @@ impl ControlPlane {
         self.published.send_replace(generation);
     }
 
+    /// A version as listings show it, at `now_ms`, with what the pools observe of
+    /// it.
     fn view(&self, state: &State, version: &Version, now_ms: u64) -> VersionView {
-        view(state, version, now_ms, &self.pools, &self.snapshots)
+        let status = state.status(version, now_ms);
+        let hosts = state.exact_hosts(&version.app);
+        let urls = match (status, &version.label) {
+            (VersionStatus::Ephemeral, Some(label)) => hosts
+                .iter()
+                .map(|host| format!("http://{label}.{host}"))
+                .collect(),
+            (VersionStatus::Active, _) => {
+                hosts.iter().map(|host| format!("http://{host}")).collect()
+            }
+            _ => Vec::new(),
+        };
+        let (upstreams, command) = match &version.spec {
+            RuntimeSpec::Static { upstreams } => (upstreams.clone(), None),
+            RuntimeSpec::Process { command, .. } => (Vec::new(), Some(command.clone())),
+        };
+        let observed = self.pools.observe(&version.id);
+        let last_activity_at_ms = self
+            .snapshots
+            .activity()
+            .get(&version.id)
+            .map(|activity| activity.last_seen_ms())
+            .filter(|ms| *ms > 0);
+        VersionView {
+            id: version.id.clone(),
+            app: version.app.clone(),
+            status,
+            label: version.label.clone(),
+            expires_at_ms: version.expires_at_ms,
+            env: version.env,
+            branch: version.branch.clone(),
+            desired_state: version.desired,
+            observed_state: observed.observed,
+            failure: observed.failure,
+            last_activity_at_ms,
+            pending: state.schedules.get(&version.id).cloned(),
+            created_at_ms: version.created_at_ms,
+            cloned_from: version.cloned_from.clone(),
+            runtime: version.spec.kind(),
+            command,
+            upstreams,
+            urls,
+        }
     }
 
     /// Wakes up after every published snapshot; the value is its generation.
@@ -1018,56 +1062,6 @@ fn deploy_detail(version: &Version, replaced: Option<&str>, evicted: &[String]) 
         ));
     }
     detail
-}
-
-/// A version as listings show it, at `now_ms`, with what `pools` observe of it.
-fn view(
-    state: &State,
-    version: &Version,
-    now_ms: u64,
-    pools: &Pools,
-    snapshots: &SnapshotHandle,
-) -> VersionView {
-    let status = state.status(version, now_ms);
-    let hosts = state.exact_hosts(&version.app);
-    let urls = match (status, &version.label) {
-        (VersionStatus::Ephemeral, Some(label)) => hosts
-            .iter()
-            .map(|host| format!("http://{label}.{host}"))
-            .collect(),
-        (VersionStatus::Active, _) => hosts.iter().map(|host| format!("http://{host}")).collect(),
-        _ => Vec::new(),
-    };
-    let (upstreams, command) = match &version.spec {
-        RuntimeSpec::Static { upstreams } => (upstreams.clone(), None),
-        RuntimeSpec::Process { command, .. } => (Vec::new(), Some(command.clone())),
-    };
-    let observed = pools.observe(&version.id);
-    let last_activity_at_ms = snapshots
-        .activity()
-        .get(&version.id)
-        .map(|activity| activity.last_seen_ms())
-        .filter(|ms| *ms > 0);
-    VersionView {
-        id: version.id.clone(),
-        app: version.app.clone(),
-        status,
-        label: version.label.clone(),
-        expires_at_ms: version.expires_at_ms,
-        env: version.env,
-        branch: version.branch.clone(),
-        desired_state: version.desired,
-        observed_state: observed.observed,
-        failure: observed.failure,
-        last_activity_at_ms,
-        pending: state.schedules.get(&version.id).cloned(),
-        created_at_ms: version.created_at_ms,
-        cloned_from: version.cloned_from.clone(),
-        runtime: version.spec.kind(),
-        command,
-        upstreams,
-        urls,
-    }
 }
 
 /// Handles pool events on a thread of its own (each may commit to the store)
