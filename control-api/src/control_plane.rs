@@ -1159,6 +1159,10 @@ pub fn snapshot_input(state: &State, now_ms: u64, tombstone_ttl: Duration) -> Sn
 #[path = "lifecycle.rs"]
 mod lifecycle;
 
+#[path = "import.rs"]
+mod import;
+pub use import::{ImportApp, ImportPreview, ImportReport, MAX_IMPORT_APPS};
+
 #[cfg(test)]
 #[path = "control_plane_tests.rs"]
 mod tests;

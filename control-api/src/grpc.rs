@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use subtle::ConstantTimeEq;
 use tonic::service::interceptor::InterceptedService;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::control_plane::{
-    ControlError, ControlPlane, DeployRequest, DeploySource, ErrorKind, VersionView,
+    ControlError, ControlPlane, DeployRequest, DeploySource, ErrorKind, ImportApp, ImportPreview,
+    VersionView, MAX_IMPORT_APPS,
 };
 use crate::model::{Environment, ReadyCheck, Route};
 
@@ -190,6 +191,38 @@ fn version_info(view: VersionView) -> proto::VersionInfo {
     }
 }
 
+fn socket_addrs(texts: &[String]) -> Result<Vec<SocketAddr>, String> {
+    texts
+        .iter()
+        .map(|text| {
+            text.parse::<SocketAddr>().map_err(|_| {
+                format!("upstream {text:?} is not an address; write IP:PORT, for example 127.0.0.1:3000")
+            })
+        })
+        .collect()
+}
+
+fn import_app(record: proto::ImportApp) -> Result<ImportApp, String> {
+    let previews = record
+        .previews
+        .into_iter()
+        .map(|preview| {
+            Ok(ImportPreview {
+                upstreams: socket_addrs(&preview.upstreams)?,
+                label: preview.label,
+                branch: preview.branch,
+                ttl: preview.ttl,
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok(ImportApp {
+        upstreams: socket_addrs(&record.upstreams)?,
+        app: record.app,
+        hosts: record.hosts,
+        previews,
+    })
+}
+
 fn deploy_request(request: proto::DeployRequest) -> Result<DeployRequest, Status> {
     if request.command.is_none() && (request.ready_path.is_some() || request.ready_tcp) {
         return Err(Status::invalid_argument(
@@ -216,17 +249,7 @@ fn deploy_request(request: proto::DeployRequest) -> Result<DeployRequest, Status
             DeploySource::Command { command, ready }
         }
         (false, None, None) => {
-            let addrs = request
-                .upstreams
-                .iter()
-                .map(|text| {
-                    text.parse::<SocketAddr>().map_err(|_| {
-                        Status::invalid_argument(format!(
-                            "upstream {text:?} is not an address; write IP:PORT, for example 127.0.0.1:3000"
-                        ))
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
+            let addrs = socket_addrs(&request.upstreams).map_err(Status::invalid_argument)?;
             DeploySource::Upstreams(addrs)
         }
         (true, Some(version), None) => DeploySource::Version(version),
@@ -450,6 +473,34 @@ impl Admin for AdminService {
             version: Some(version_info(outcome.version)),
             replaced: outcome.replaced,
             evicted: outcome.evicted,
+        }))
+    }
+
+    async fn import(
+        &self,
+        request: Request<Streaming<proto::ImportApp>>,
+    ) -> Result<Response<proto::ImportReply>, Status> {
+        let actor = caller(&request)?;
+        let mut stream = request.into_inner();
+        let mut apps = Vec::new();
+        while let Some(record) = stream.message().await? {
+            if apps.len() == MAX_IMPORT_APPS {
+                return Err(Status::invalid_argument(format!(
+                    "one import creates at most {MAX_IMPORT_APPS} apps; split the file"
+                )));
+            }
+            let index = apps.len() + 1;
+            apps.push(
+                import_app(record).map_err(|message| {
+                    Status::invalid_argument(format!("app #{index}: {message}"))
+                })?,
+            );
+        }
+        let report = run(&self.plane, move |plane| plane.import(&actor, &apps)).await?;
+        Ok(Response::new(proto::ImportReply {
+            apps: report.apps as u64,
+            routes: report.routes as u64,
+            versions: report.versions as u64,
         }))
     }
 

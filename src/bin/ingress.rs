@@ -127,3 +127,6 @@ fn run(config: &Config) -> Result<(), String> {
     plane.shutdown();
     stopped
 }
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -89,6 +89,11 @@ enum Command {
         #[arg(long, requires = "ephemeral")]
         ttl: Option<String>,
     },
+    /// Create many new apps at once from a JSON Lines file ("-" for stdin), one app
+    /// per line: {"app": "shop", "hosts": ["shop.example.com"], "upstreams":
+    /// ["127.0.0.1:3000"], "previews": [{"label": "pr-1", "branch": "feat",
+    /// "ttl": "24h", "upstreams": [...]}]}. All or nothing.
+    Import { file: String },
     /// List the versions of an app.
     Versions {
         app: String,
@@ -159,6 +164,97 @@ enum RouteCommand {
     List,
 }
 
+/// The records of a JSON Lines import file; blank lines are skipped.
+fn read_import(path: &str) -> Result<Vec<proto::ImportApp>, String> {
+    let text = if path == "-" {
+        std::io::read_to_string(std::io::stdin()).map_err(|e| format!("cannot read stdin: {e}"))?
+    } else {
+        std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?
+    };
+    let mut apps = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let record: Value = serde_json::from_str(line)
+            .map_err(|e| format!("{path} line {}: not JSON: {e}", index + 1))?;
+        apps.push(import_record(&record).map_err(|e| format!("{path} line {}: {e}", index + 1))?);
+    }
+    Ok(apps)
+}
+
+const IMPORT_APP_KEYS: [&str; 4] = ["app", "hosts", "upstreams", "previews"];
+const IMPORT_PREVIEW_KEYS: [&str; 4] = ["label", "branch", "upstreams", "ttl"];
+
+fn import_record(record: &Value) -> Result<proto::ImportApp, String> {
+    let object = record
+        .as_object()
+        .ok_or("each line must be a JSON object")?;
+    check_keys(object, &IMPORT_APP_KEYS)?;
+    let previews = match object.get("previews") {
+        None => Vec::new(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|item| {
+                let preview = item.as_object().ok_or("each preview must be an object")?;
+                check_keys(preview, &IMPORT_PREVIEW_KEYS)?;
+                Ok(proto::ImportPreview {
+                    label: string_field(preview, "label")?.ok_or("a preview needs a label")?,
+                    branch: string_field(preview, "branch")?,
+                    upstreams: strings_field(preview, "upstreams")?,
+                    ttl: string_field(preview, "ttl")?,
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?,
+        Some(_) => return Err("previews must be an array".to_string()),
+    };
+    Ok(proto::ImportApp {
+        app: string_field(object, "app")?.ok_or("the record needs an app name (\"app\")")?,
+        hosts: strings_field(object, "hosts")?,
+        upstreams: strings_field(object, "upstreams")?,
+        previews,
+    })
+}
+
+fn check_keys(object: &serde_json::Map<String, Value>, allowed: &[&str]) -> Result<(), String> {
+    match object.keys().find(|key| !allowed.contains(&key.as_str())) {
+        Some(key) => Err(format!(
+            "unknown key {key:?}; allowed: {}",
+            allowed.join(", ")
+        )),
+        None => Ok(()),
+    }
+}
+
+fn string_field(
+    object: &serde_json::Map<String, Value>,
+    key: &str,
+) -> Result<Option<String>, String> {
+    match object.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) => Ok(Some(text.clone())),
+        Some(_) => Err(format!("{key} must be a string")),
+    }
+}
+
+fn strings_field(
+    object: &serde_json::Map<String, Value>,
+    key: &str,
+) -> Result<Vec<String>, String> {
+    match object.get(key) {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|item| {
+                item.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| format!("{key} must be an array of strings"))
+            })
+            .collect(),
+        Some(_) => Err(format!("{key} must be an array of strings")),
+    }
+}
+
 /// Adds the bearer token to every call.
 type AddToken = Box<dyn FnMut(Request<()>) -> Result<Request<()>, tonic::Status> + Send>;
 
@@ -176,11 +272,15 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn connect(server: &str, token: Option<String>) -> Result<Client, String> {
+async fn connect(
+    server: &str,
+    token: Option<String>,
+    timeout: std::time::Duration,
+) -> Result<Client, String> {
     let endpoint = Channel::from_shared(server.to_string())
         .map_err(|_| format!("--server {server:?} is not a URL; write http://HOST:PORT"))?
         .connect_timeout(std::time::Duration::from_secs(5))
-        .timeout(std::time::Duration::from_secs(60));
+        .timeout(timeout);
     let channel = endpoint
         .connect()
         .await
@@ -208,7 +308,12 @@ fn refused(status: tonic::Status) -> String {
 }
 
 async fn run(cli: Cli) -> Result<(), String> {
-    let mut client = connect(&cli.server, cli.token).await?;
+    // An import of a million labels takes minutes; every other call, seconds.
+    let timeout = match cli.command {
+        Command::Import { .. } => std::time::Duration::from_secs(1800),
+        _ => std::time::Duration::from_secs(60),
+    };
+    let mut client = connect(&cli.server, cli.token, timeout).await?;
     let output = cli.output;
     match cli.command {
         Command::App { command } => match command {
@@ -364,6 +469,22 @@ async fn run(cli: Cli) -> Result<(), String> {
             doc["replaced"] = json!(reply.replaced);
             doc["evicted"] = json!(reply.evicted);
             done(output, doc, text);
+        }
+        Command::Import { file } => {
+            let apps = read_import(&file)?;
+            let reply = client
+                .import(tonic::codegen::tokio_stream::iter(apps))
+                .await
+                .map_err(refused)?
+                .into_inner();
+            done(
+                output,
+                json!({ "apps": reply.apps, "routes": reply.routes, "versions": reply.versions }),
+                format!(
+                    "imported {} apps, {} routes, {} versions",
+                    reply.apps, reply.routes, reply.versions
+                ),
+            );
         }
         Command::Versions { app, ephemeral } => {
             let versions = client

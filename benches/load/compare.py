@@ -1,0 +1,472 @@
+#!/usr/bin/env python3
+"""Load comparison: the upstream directly, nginx, HAProxy and `ingress` in front of
+one upstream (nginx returning a small fixed body), measured in alternation with
+wrk, on loopback only. Run it through `benches/load/run.sh`, which installs what
+it needs and builds the release binaries.
+
+Every process this script starts is stopped when it ends (also on Ctrl-C and on
+errors); every load loop is bounded by a request duration and a round count.
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+RELEASE = os.path.join(ROOT, "target", "release")
+TOKEN = "load-test-token-0123456789abcdef"
+BODY = "hello from upstream\n"  # 20 bytes, as in the baseline notes
+HOST_SUFFIX = "example.test"
+LOOPBACK = "127.0.0.1"
+
+PROCESSES = []
+
+
+def log(message):
+    print(message, file=sys.stderr, flush=True)
+
+
+def free_port():
+    """A port the kernel just handed out on loopback (released before use)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
+
+
+def start(args, name, workdir, env=None):
+    out = open(os.path.join(workdir, f"{name}.log"), "wb")
+    process = subprocess.Popen(
+        args, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+    )
+    PROCESSES.append((name, process))
+    return process
+
+
+def stop_all():
+    for name, process in reversed(PROCESSES):
+        if process.poll() is None:
+            try:
+                os.killpg(process.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + 10
+    for name, process in reversed(PROCESSES):
+        try:
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            process.wait(timeout=5)
+    PROCESSES.clear()
+
+
+def wait_for_port(port, what, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((LOOPBACK, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"{what} did not listen on {LOOPBACK}:{port} within {timeout}s")
+
+
+def http_get(url, host=None, timeout=5):
+    request = urllib.request.Request(url, headers={"Host": host} if host else {})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return response.status, dict(response.headers), response.read()
+
+
+# ------------------------------------------------------------------ servers
+
+
+def start_upstream(workdir, port):
+    conf = os.path.join(workdir, "upstream.conf")
+    with open(conf, "w") as f:
+        f.write(f"""
+worker_processes 1;
+daemon off;
+pid {workdir}/upstream.pid;
+error_log {workdir}/upstream.error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  server {{
+    listen {LOOPBACK}:{port} reuseport backlog=4096;
+    location / {{ return 200 "{BODY.strip()}\\n"; }}
+  }}
+}}
+""")
+    start(["nginx", "-c", conf, "-p", workdir], "upstream", workdir)
+    wait_for_port(port, "the upstream nginx")
+
+
+def start_nginx_proxy(workdir, port, upstream_port, workers):
+    conf = os.path.join(workdir, "nginx-proxy.conf")
+    with open(conf, "w") as f:
+        f.write(f"""
+worker_processes {workers};
+daemon off;
+pid {workdir}/nginx-proxy.pid;
+error_log {workdir}/nginx-proxy.error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  upstream app {{ server {LOOPBACK}:{upstream_port}; keepalive 128; }}
+  server {{
+    listen {LOOPBACK}:{port} reuseport backlog=4096;
+    location / {{
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $host;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+    }}
+  }}
+}}
+""")
+    start(["nginx", "-c", conf, "-p", workdir], "nginx-proxy", workdir)
+    wait_for_port(port, "the nginx proxy")
+
+
+def start_haproxy(workdir, port, upstream_port, threads):
+    conf = os.path.join(workdir, "haproxy.cfg")
+    with open(conf, "w") as f:
+        f.write(f"""
+global
+  nbthread {threads}
+  maxconn 8192
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 60s
+  timeout server 60s
+  option forwardfor
+  http-reuse always
+frontend fe
+  bind {LOOPBACK}:{port}
+  default_backend app
+backend app
+  server s1 {LOOPBACK}:{upstream_port}
+""")
+    start(["haproxy", "-f", conf, "-db"], "haproxy", workdir)
+    wait_for_port(port, "haproxy")
+
+
+class Ingress:
+    """The `ingress` release binary with its own data directory and ports."""
+
+    def __init__(self, workdir, threads, proxy_extra="", extra_config=""):
+        self.workdir = workdir
+        self.port = free_port()
+        self.grpc = free_port()
+        self.http = free_port()
+        self.threads = threads
+        self.proxy_extra = proxy_extra
+        self.extra_config = extra_config
+        self.process = None
+
+    def config_path(self):
+        return os.path.join(self.workdir, "ingress.toml")
+
+    def start(self):
+        data = os.path.join(self.workdir, "ingress-data")
+        os.makedirs(data, exist_ok=True)
+        with open(self.config_path(), "w") as f:
+            f.write(f"""
+[proxy]
+listen = "{LOOPBACK}:{self.port}"
+threads = {self.threads}
+{self.proxy_extra}
+[admin]
+grpc_listen = "{LOOPBACK}:{self.grpc}"
+http_listen = "{LOOPBACK}:{self.http}"
+tokens = [{{ name = "load", secret = "{TOKEN}" }}]
+[store]
+data_dir = "{data}"
+{self.extra_config}
+""")
+        env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "warn"))
+        self.process = start(
+            [os.path.join(RELEASE, "ingress"), "--config", self.config_path()],
+            "ingress",
+            self.workdir,
+            env=env,
+        )
+        wait_for_port(self.grpc, "the ingress admin API", timeout=300)
+        wait_for_port(self.port, "the ingress proxy", timeout=300)
+
+    def ctl(self, *args, stdin=None):
+        env = dict(
+            os.environ,
+            INGRESS_SERVER=f"http://{LOOPBACK}:{self.grpc}",
+            INGRESS_TOKEN=TOKEN,
+        )
+        result = subprocess.run(
+            [os.path.join(RELEASE, "ingressctl"), *args],
+            env=env,
+            stdin=stdin,
+            capture_output=True,
+            text=True,
+            timeout=1800,
+        )
+        if result.returncode != 0:
+            raise SystemExit(f"ingressctl {' '.join(args)} failed: {result.stderr.strip()}")
+        return result.stdout
+
+    def rss_bytes(self):
+        with open(f"/proc/{self.process.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        return 0
+
+    def metric(self, name):
+        _, _, body = http_get(f"http://{LOOPBACK}:{self.http}/metrics")
+        for line in body.decode().splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                return float(line.rsplit(" ", 1)[1])
+        return None
+
+
+def app_name(i):
+    return f"app{i}"
+
+
+def import_apps(ingress, apps, labels, upstream_port):
+    """Creates `apps` apps, each with one exact host, an active version and
+    `labels` preview labels, all on the upstream, through `ingressctl import`."""
+    path = os.path.join(ingress.workdir, f"import-{apps}x{labels}.jsonl")
+    upstream = f"{LOOPBACK}:{upstream_port}"
+    with open(path, "w") as f:
+        for i in range(apps):
+            record = {
+                "app": app_name(i),
+                "hosts": [f"{app_name(i)}.{HOST_SUFFIX}"],
+                "upstreams": [upstream],
+                "previews": [
+                    {"label": f"pr{j}", "branch": f"feature-{j}", "upstreams": [upstream]}
+                    for j in range(labels)
+                ],
+            }
+            f.write(json.dumps(record, separators=(",", ":")) + "\n")
+    started = time.monotonic()
+    ingress.ctl("import", path)
+    elapsed = time.monotonic() - started
+    log(f"imported {apps} apps x {labels} labels in {elapsed:.1f}s")
+    return elapsed
+
+
+def request_host(apps, labels):
+    """The host the load hits: a preview label of an app in the middle."""
+    app = app_name(apps // 2)
+    if labels > 0:
+        return f"pr{labels // 2}.{app}.{HOST_SUFFIX}"
+    return f"{app}.{HOST_SUFFIX}"
+
+
+# ------------------------------------------------------------------ load
+
+
+WRK_RATE = re.compile(r"Requests/sec:\s+([\d.]+)")
+WRK_ERRORS = re.compile(r"Non-2xx or 3xx responses:\s+(\d+)|Socket errors:.*")
+
+
+def parse_latency(text, percentile):
+    match = re.search(rf"^\s+{percentile}%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
+    if not match:
+        return float("nan")
+    value, unit = float(match.group(1)), match.group(2)
+    return value * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def run_wrk(port, host, seconds, connections):
+    args = [
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{seconds}s",
+        "--latency",
+        "-H",
+        f"Host: {host}",
+        f"http://{LOOPBACK}:{port}/",
+    ]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 30)
+    if result.returncode != 0:
+        raise SystemExit(f"wrk failed: {result.stderr.strip()}")
+    text = result.stdout
+    rate = float(WRK_RATE.search(text).group(1))
+    errors = 0
+    for match in re.finditer(r"Non-2xx or 3xx responses:\s+(\d+)", text):
+        errors += int(match.group(1))
+    socket_errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text
+    )
+    if socket_errors:
+        errors += sum(int(g) for g in socket_errors.groups())
+    return {
+        "rps": rate,
+        "p50": parse_latency(text, 50),
+        "p99": parse_latency(text, 99),
+        "errors": errors,
+    }
+
+
+def measure(targets, rounds, seconds, connections, host):
+    """Runs wrk against every target in turn, `rounds` times; returns the
+    per-target list of results."""
+    results = {name: [] for name, _ in targets}
+    for name, port in targets:  # warm-up: connections, pools, leases, wakes
+        run_wrk(port, host, 1, connections)
+    for round_number in range(rounds):
+        for name, port in targets:
+            result = run_wrk(port, host, seconds, connections)
+            results[name].append(result)
+            log(
+                f"round {round_number + 1}/{rounds} {name:10} "
+                f"{result['rps']:9.0f} req/s  p50 {result['p50']:.2f} ms  "
+                f"p99 {result['p99']:.2f} ms  errors {result['errors']}"
+            )
+    return results
+
+
+def median(results, key):
+    return statistics.median(r[key] for r in results)
+
+
+def table(results):
+    lines = [
+        "| target | requests/s (median) | range | p50 ms | p99 ms | errors |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, rounds in results.items():
+        rates = [r["rps"] for r in rounds]
+        lines.append(
+            f"| {name} | {median(rounds, 'rps'):.0f} | {min(rates):.0f}–{max(rates):.0f} "
+            f"| {median(rounds, 'p50'):.2f} | {median(rounds, 'p99'):.2f} "
+            f"| {sum(r['errors'] for r in rounds)} |"
+        )
+    return "\n".join(lines)
+
+
+def ratios(results):
+    lines = []
+    ingress = results.get("ingress")
+    if not ingress:
+        return ""
+    for other in ("nginx", "haproxy"):
+        if other in results:
+            rate = median(ingress, "rps") / median(results[other], "rps")
+            p99 = median(ingress, "p99") / median(results[other], "p99")
+            lines.append(
+                f"- ingress/{other}: requests/s ratio **{rate:.2f}**, p99 ratio {p99:.2f} "
+                f"(ingress p99 {'≤' if p99 <= 1.0 else '>'} {other} p99)"
+            )
+    return "\n".join(lines)
+
+
+def machine():
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    versions = []
+    for command in (["nginx", "-v"], ["haproxy", "-v"], ["wrk", "-v"]):
+        out = subprocess.run(command, capture_output=True, text=True)
+        first = (out.stdout + out.stderr).strip().splitlines()
+        versions.append(first[0] if first else command[0])
+    return f"{os.cpu_count()} CPUs ({cpu}); " + "; ".join(versions)
+
+
+# ------------------------------------------------------------------ modes
+
+
+def compare(args, workdir):
+    upstream_port = free_port()
+    start_upstream(workdir, upstream_port)
+    nginx_port = free_port()
+    start_nginx_proxy(workdir, nginx_port, upstream_port, args.nginx_workers)
+    haproxy_port = free_port()
+    start_haproxy(workdir, haproxy_port, upstream_port, args.haproxy_threads)
+    extra = "" if args.work_stealing is None else f"work_stealing = {args.work_stealing}"
+    ingress = Ingress(workdir, args.threads, proxy_extra=extra)
+    ingress.start()
+    import_apps(ingress, args.apps, args.labels, upstream_port)
+    host = request_host(args.apps, args.labels)
+    status, headers, _ = http_get(f"http://{LOOPBACK}:{ingress.port}/", host=host)
+    log(f"ingress answers {status} for {host} (version {headers.get('x-ingress-version')})")
+    targets = [
+        ("upstream", upstream_port),
+        ("nginx", nginx_port),
+        ("haproxy", haproxy_port),
+        ("ingress", ingress.port),
+    ]
+    results = measure(targets, args.rounds, args.seconds, args.connections, host)
+    report = [
+        f"Machine: {machine()}",
+        f"Load: wrk -t1 -c{args.connections} -d{args.seconds}s, {args.rounds} rounds in alternation; "
+        f"ingress with {args.apps} apps and {args.labels} preview labels per app "
+        f"(threads {args.threads}), request host {host}; nginx {args.nginx_workers} workers, "
+        f"HAProxy {args.haproxy_threads} threads.",
+        "",
+        table(results),
+        "",
+        ratios(results),
+    ]
+    print("\n".join(report))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=int, default=6)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--apps", type=int, default=10000)
+    parser.add_argument("--labels", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=2, help="ingress proxy threads")
+    parser.add_argument(
+        "--work-stealing", choices=["true", "false"], help="ingress proxy.work_stealing"
+    )
+    parser.add_argument("--nginx-workers", type=int, default=2)
+    parser.add_argument("--haproxy-threads", type=int, default=2)
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = parser.parse_args()
+    if not 1 <= args.rounds <= 50 or not 1 <= args.seconds <= 120:
+        parser.error("--rounds must be 1..50 and --seconds 1..120")
+    for tool in ("wrk", "nginx", "haproxy"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is not installed; run benches/load/run.sh")
+    workdir = tempfile.mkdtemp(prefix="ingress-load-")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        compare(args, workdir)
+    finally:
+        stop_all()
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            log(f"work directory kept: {workdir}")
+
+
+if __name__ == "__main__":
+    main()
