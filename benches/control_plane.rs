@@ -2,7 +2,7 @@
 //!
 //! `change_visible/N_apps`: one ephemeral deploy through `ControlPlane::deploy` on
 //! a SQLite store in a temp dir (validation, one durable commit with fsync, snapshot
-//! rebuild and arc-swap publish), followed by the resolve that finds the new
+//! publish of the changed app only, arc-swap), followed by the resolve that finds the new
 //! version in the proxy's snapshot. N apps each have an exact route, an active
 //! version and 9 previews (N × 10 versions).
 
@@ -70,7 +70,7 @@ fn seed(store: &mut SqliteStore, apps: usize) {
 fn change_visible(c: &mut Criterion) {
     let mut group = c.benchmark_group("change_visible");
     group.sample_size(20);
-    for apps in [100usize, 1_000] {
+    for apps in [100usize, 1_000, 10_000] {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut store = SqliteStore::open(dir.path()).expect("store");
         seed(&mut store, apps);

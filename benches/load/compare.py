@@ -436,6 +436,139 @@ def compare(args, workdir):
     print("\n".join(report))
 
 
+def scale(args, workdir):
+    """Throughput and p99 at each route count, all instances up at once and
+    measured in alternation, with each instance's resident memory."""
+    upstream_port = free_port()
+    start_upstream(workdir, upstream_port)
+    counts = [int(c) for c in args.scale_counts.split(",")]
+    extra = "" if args.work_stealing is None else f"work_stealing = {args.work_stealing}"
+    # Enough lease-cache room for every version, as an operator would configure it.
+    targets, instances = [], {}
+    for count in counts:
+        sub = os.path.join(workdir, f"routes-{count}")
+        os.makedirs(sub)
+        ingress = Ingress(
+            sub,
+            args.threads,
+            proxy_extra=extra + f"\nlease_cache_capacity = {max(100000, count * (args.labels + 1))}",
+        )
+        ingress.start()
+        rss_before = ingress.rss_bytes()
+        seconds = import_apps(ingress, count, args.labels, upstream_port)
+        instances[count] = (ingress, rss_before, seconds)
+        targets.append((f"{count} routes", ingress.port))
+    host_of = {f"{c} routes": request_host(c, args.labels) for c in counts}
+    results = {name: [] for name, _ in targets}
+    for name, port in targets:
+        run_wrk(port, host_of[name], 1, args.connections)
+    for round_number in range(args.rounds):
+        for name, port in targets:
+            result = run_wrk(port, host_of[name], args.seconds, args.connections)
+            results[name].append(result)
+            log(f"round {round_number + 1}/{args.rounds} {name:14} {result['rps']:9.0f} req/s "
+                f"p99 {result['p99']:.2f} ms errors {result['errors']}")
+    lines = [
+        f"Machine: {machine()}",
+        f"Load: wrk -t1 -c{args.connections} -d{args.seconds}s, {args.rounds} rounds in alternation; "
+        f"each app has 1 exact host and {args.labels} preview labels; the request hits a label.",
+        "",
+        "| routes | labels | requests/s (median) | range | p50 ms | p99 ms | errors | import s | RSS MiB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    base = None
+    for count in counts:
+        name = f"{count} routes"
+        ingress, rss_before, seconds = instances[count]
+        rss = ingress.rss_bytes()
+        rounds = results[name]
+        rates = [r["rps"] for r in rounds]
+        lines.append(
+            f"| {count} | {count * args.labels} | {median(rounds, 'rps'):.0f} | "
+            f"{min(rates):.0f}–{max(rates):.0f} | {median(rounds, 'p50'):.2f} | "
+            f"{median(rounds, 'p99'):.2f} | {sum(r['errors'] for r in rounds)} | "
+            f"{seconds:.1f} | {rss / 2**20:.0f} |"
+        )
+        if base is None:
+            base = (count, rss, median(rounds, "rps"))
+    lines.append("")
+    first_count, first_rss, first_rps = base
+    for count in counts[1:]:
+        ingress, _, _ = instances[count]
+        rate = median(results[f"{count} routes"], "rps")
+        per_route = (ingress.rss_bytes() - first_rss) / max(1, count - first_count)
+        lines.append(
+            f"- {count} routes: throughput {100 * (rate / first_rps - 1):+.1f}% against "
+            f"{first_count} routes; about {per_route:.0f} bytes of RSS per route with its "
+            f"{args.labels} labels and versions ({per_route / (args.labels + 1):.0f} per version)"
+        )
+    print("\n".join(lines))
+
+
+def publish(args, workdir):
+    """p99 and errors while a routing change is published every few ms, against
+    the same instance with an idle control plane, in alternation."""
+    upstream_port = free_port()
+    start_upstream(workdir, upstream_port)
+    extra = "" if args.work_stealing is None else f"work_stealing = {args.work_stealing}"
+    ingress = Ingress(workdir, args.threads, proxy_extra=extra)
+    ingress.start()
+    import_apps(ingress, args.apps, args.labels, upstream_port)
+    host = request_host(args.apps, args.labels)
+    churn_bin = os.path.join(RELEASE, "examples", "churn")
+    run_wrk(ingress.port, host, 1, args.connections)
+    results = {"idle control plane": [], "publishing": []}
+    churn_reports = []
+    for round_number in range(args.rounds):
+        for name in results:
+            churn = None
+            if name == "publishing":
+                churn = subprocess.Popen(
+                    [
+                        churn_bin,
+                        "--server", f"http://{LOOPBACK}:{ingress.grpc}",
+                        "--token", TOKEN,
+                        "--app", app_name(0),
+                        "--upstream", f"{LOOPBACK}:{upstream_port}",
+                        "--interval-ms", str(args.interval_ms),
+                        "--seconds", str(args.seconds + 1),
+                    ],
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+                PROCESSES.append(("churn", churn))
+                time.sleep(0.5)
+            result = run_wrk(ingress.port, host, args.seconds, args.connections)
+            results[name].append(result)
+            if churn is not None:
+                out, _ = churn.communicate(timeout=60)
+                report = json.loads(out.strip().splitlines()[-1])
+                churn_reports.append(report)
+                log(f"churn: {report}")
+            log(f"round {round_number + 1}/{args.rounds} {name:18} {result['rps']:9.0f} req/s "
+                f"p99 {result['p99']:.2f} ms errors {result['errors']}")
+    idle_p99 = median(results["idle control plane"], "p99")
+    busy_p99 = median(results["publishing"], "p99")
+    changes = sum(r["changes"] for r in churn_reports)
+    failed = sum(r["failed"] for r in churn_reports)
+    lines = [
+        f"Machine: {machine()}",
+        f"Load: wrk -t1 -c{args.connections} -d{args.seconds}s on {host}, {args.rounds} rounds; "
+        f"{args.apps} apps x {args.labels} labels; the publisher redeploys a preview label "
+        f"of {app_name(0)} every {args.interval_ms} ms (each a routing change).",
+        "",
+        table(results),
+        "",
+        f"- changes published: {changes} ({failed} refused); change RPC latency median of "
+        f"rounds: p50 {statistics.median(r['p50_ms'] for r in churn_reports):.1f} ms, "
+        f"p99 {statistics.median(r['p99_ms'] for r in churn_reports):.1f} ms, "
+        f"max {max(r['max_ms'] for r in churn_reports):.1f} ms; "
+        f"achieved {changes / (args.rounds * (args.seconds + 1)):.0f} changes/s",
+        f"- proxy p99 publishing / idle: {busy_p99 / idle_p99:.2f} (goal ≤ 1.20)",
+    ]
+    print("\n".join(lines))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -449,6 +582,12 @@ def main():
     )
     parser.add_argument("--nginx-workers", type=int, default=2)
     parser.add_argument("--haproxy-threads", type=int, default=2)
+    parser.add_argument("--scale", action="store_true",
+                        help="throughput and memory at each of --scale-counts routes")
+    parser.add_argument("--scale-counts", default="10,10000,100000")
+    parser.add_argument("--publish", action="store_true",
+                        help="p99 while a change is published every --interval-ms")
+    parser.add_argument("--interval-ms", type=int, default=10)
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args()
     if not 1 <= args.rounds <= 50 or not 1 <= args.seconds <= 120:
@@ -459,7 +598,12 @@ def main():
     workdir = tempfile.mkdtemp(prefix="ingress-load-")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
-        compare(args, workdir)
+        if args.scale:
+            scale(args, workdir)
+        elif args.publish:
+            publish(args, workdir)
+        else:
+            compare(args, workdir)
     finally:
         stop_all()
         if not args.keep:

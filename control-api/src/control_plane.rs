@@ -15,7 +15,7 @@ use std::time::Duration;
 use ingress_config::{format_duration, parse_duration, Config, EphemeralSettings, IdleSettings};
 use ingress_proxy::{
     AppSpec, ExpiredLabel, LeaseSource, PreparedSnapshot, PreviewSpec, RouteHost, RouteSpec,
-    SnapshotHandle, SnapshotInput, VersionRef,
+    SnapshotDelta, SnapshotHandle, SnapshotInput, VersionRef,
 };
 
 use crate::metrics::ControlMetrics;
@@ -213,9 +213,11 @@ impl ControlPlane {
         metrics: Arc<ControlMetrics>,
         clock: Clock,
     ) -> Result<Arc<ControlPlane>, ControlError> {
-        let state = store
+        let mut state = store
             .load()
             .map_err(|e| refuse(ErrorKind::Internal, e.to_string()))?;
+        // Any store fills `versions` directly; the derived index is the plane's.
+        state.reindex();
         let runtimes = Runtimes {
             static_runtime: Arc::new(StaticRuntime),
             process_runtime: Arc::new(ProcessRuntime::new(
@@ -282,6 +284,8 @@ impl ControlPlane {
     }
 
     /// Commits `mutations` plus an audit entry, then applies and publishes them.
+    /// Publishing rebuilds only the apps and routes the mutations touch, so its
+    /// cost does not grow with the number of apps (see ARCHITECTURE.md).
     fn commit(
         &self,
         inner: &mut Inner,
@@ -289,24 +293,28 @@ impl ControlPlane {
         audit: AuditEntry,
     ) -> Result<(), ControlError> {
         mutations.push(Mutation::Audit(audit));
-        let routing = mutations.iter().any(|m| changes_routing(&inner.state, m));
+        let routing = RoutingChange::of(&inner.state, &mutations);
+        // The state changes in place; `undo` backs the change out if the snapshot
+        // or the store refuses it, so a failure changes nothing.
+        let undo = inner.state.apply_with_undo(&mutations);
         // Build the snapshot of the new state first: a change the proxy could not
         // route is refused before anything is written. Changes of desired state,
         // schedules and the audit log route nothing and publish nothing.
-        let mut next = inner.state.clone();
-        next.apply(&mutations);
-        let prepared = if routing {
-            Some(self.prepare(&next)?)
-        } else {
-            None
+        let prepared = match routing.map(|change| self.prepare_change(&inner.state, change)) {
+            Some(Err(e)) => {
+                inner.state.apply(&undo);
+                return Err(e);
+            }
+            Some(Ok(prepared)) => Some(prepared),
+            None => None,
         };
-        inner.store.commit(&mutations).map_err(|e| {
-            refuse(
+        if let Err(e) = inner.store.commit(&mutations) {
+            inner.state.apply(&undo);
+            return Err(refuse(
                 ErrorKind::Internal,
                 format!("the store refused the change: {e}"),
-            )
-        })?;
-        inner.state = next;
+            ));
+        }
         // New versions join their pool before the snapshot routes to them, and
         // deleted ones leave it only after the snapshot stops routing to them.
         for mutation in &mutations {
@@ -347,6 +355,42 @@ impl ControlPlane {
     fn prepare(&self, state: &State) -> Result<PreparedSnapshot, ControlError> {
         let input = snapshot_input(state, self.now(), self.settings.tombstone_ttl.0);
         self.snapshots.prepare(&input).map_err(|e| {
+            refuse(
+                ErrorKind::Internal,
+                format!("the change would make the routing snapshot invalid: {e}"),
+            )
+        })
+    }
+
+    /// The current snapshot with the apps and routes of `change` rebuilt from
+    /// `state`, without making it current.
+    fn prepare_change(
+        &self,
+        state: &State,
+        change: RoutingChange,
+    ) -> Result<PreparedSnapshot, ControlError> {
+        let upsert_apps = app_specs(
+            state,
+            Some(&change.apps),
+            self.now(),
+            self.settings.tombstone_ttl.0,
+        );
+        let delta = SnapshotDelta {
+            remove_apps: change
+                .apps
+                .iter()
+                .filter(|name| !state.apps.contains_key(*name))
+                .cloned()
+                .collect(),
+            upsert_apps,
+            remove_routes: change
+                .removed_routes
+                .iter()
+                .map(|route| route_spec(route).host)
+                .collect(),
+            add_routes: change.added_routes.iter().map(route_spec).collect(),
+        };
+        self.snapshots.prepare_delta(&delta).map_err(|e| {
             refuse(
                 ErrorKind::Internal,
                 format!("the change would make the routing snapshot invalid: {e}"),
@@ -527,8 +571,8 @@ impl ControlPlane {
             ));
         }
         if route.kind == RouteKind::Exact {
-            for version in inner.state.versions.values() {
-                if let (true, Some(label)) = (version.app == route.app, &version.label) {
+            for version in inner.state.versions_of(&route.app) {
+                if let Some(label) = &version.label {
                     check_preview_host(label, &route.host)?;
                 }
             }
@@ -710,9 +754,8 @@ impl ControlPlane {
             }
             // Replace on the same label (live or expired but not yet collected).
             if let Some(old) = state
-                .versions
-                .values()
-                .find(|v| v.app == request.app && v.label.as_deref() == Some(label))
+                .versions_of(&request.app)
+                .find(|v| v.label.as_deref() == Some(label))
             {
                 if version.cloned_from.as_deref() == Some(old.id.as_str()) {
                     return Err(refuse(
@@ -1095,64 +1138,152 @@ fn spawn_event_handler(
 /// version (the proxy itself refuses expired ones), and tombstones younger than
 /// `tombstone_ttl`.
 pub fn snapshot_input(state: &State, now_ms: u64, tombstone_ttl: Duration) -> SnapshotInput {
+    SnapshotInput {
+        apps: app_specs(state, None, now_ms, tombstone_ttl),
+        routes: state.routes.values().map(route_spec).collect(),
+    }
+}
+
+/// The snapshot entries of the apps named in `only` (every app when `None`):
+/// for every app in one pass over versions and tombstones, for a few through the
+/// index of versions by app.
+fn app_specs(
+    state: &State,
+    only: Option<&std::collections::BTreeSet<String>>,
+    now_ms: u64,
+    tombstone_ttl: Duration,
+) -> Vec<AppSpec> {
     let tombstone_ttl = ttl_ms(tombstone_ttl);
+    let spec = |app: &App| AppSpec {
+        name: app.name.clone(),
+        active: app.active_version.as_ref().map(|id| VersionRef {
+            id: id.clone(),
+            state_epoch: 0,
+        }),
+        previews: Vec::new(),
+        expired_labels: Vec::new(),
+    };
+    let preview = |version: &Version| match (&version.label, version.expires_at_ms) {
+        (Some(label), Some(expires_at_ms)) => Some(PreviewSpec {
+            label: label.clone(),
+            version: VersionRef {
+                id: version.id.clone(),
+                state_epoch: 0,
+            },
+            expires_at_ms,
+        }),
+        _ => None,
+    };
+    let recent = |tombstone: &Tombstone| {
+        (tombstone.expired_at_ms.saturating_add(tombstone_ttl) > now_ms).then(|| ExpiredLabel {
+            label: tombstone.label.clone(),
+            expired_at_ms: tombstone.expired_at_ms,
+        })
+    };
+    if let Some(names) = only {
+        return names
+            .iter()
+            .filter_map(|name| state.apps.get(name))
+            .map(|app| {
+                let mut entry = spec(app);
+                entry.previews = state.versions_of(&app.name).filter_map(preview).collect();
+                entry.expired_labels = state
+                    .tombstones
+                    .range((app.name.clone(), String::new())..)
+                    .take_while(|((owner, _), _)| *owner == app.name)
+                    .filter_map(|(_, tombstone)| recent(tombstone))
+                    .collect();
+                entry
+            })
+            .collect();
+    }
     let mut apps: std::collections::BTreeMap<&str, AppSpec> = state
         .apps
         .values()
-        .map(|app| {
-            let spec = AppSpec {
-                name: app.name.clone(),
-                active: app.active_version.as_ref().map(|id| VersionRef {
-                    id: id.clone(),
-                    state_epoch: 0,
-                }),
-                previews: Vec::new(),
-                expired_labels: Vec::new(),
-            };
-            (app.name.as_str(), spec)
-        })
+        .map(|app| (app.name.as_str(), spec(app)))
         .collect();
     for version in state.versions.values() {
-        if let (Some(label), Some(expires_at_ms), Some(app)) = (
-            &version.label,
-            version.expires_at_ms,
-            apps.get_mut(version.app.as_str()),
-        ) {
-            app.previews.push(PreviewSpec {
-                label: label.clone(),
-                version: VersionRef {
-                    id: version.id.clone(),
-                    state_epoch: 0,
-                },
-                expires_at_ms,
-            });
+        if let (Some(entry), Some(app)) = (preview(version), apps.get_mut(version.app.as_str())) {
+            app.previews.push(entry);
         }
     }
     for tombstone in state.tombstones.values() {
-        if tombstone.expired_at_ms.saturating_add(tombstone_ttl) > now_ms {
-            if let Some(app) = apps.get_mut(tombstone.app.as_str()) {
-                app.expired_labels.push(ExpiredLabel {
-                    label: tombstone.label.clone(),
-                    expired_at_ms: tombstone.expired_at_ms,
-                });
-            }
+        if let (Some(entry), Some(app)) = (recent(tombstone), apps.get_mut(tombstone.app.as_str()))
+        {
+            app.expired_labels.push(entry);
         }
     }
-    let routes = state
-        .routes
-        .values()
-        .map(|route| RouteSpec {
-            host: match route.kind {
-                RouteKind::Exact => RouteHost::Exact(route.host.clone()),
-                RouteKind::Wildcard => RouteHost::Wildcard(route.host.clone()),
-                RouteKind::Default => RouteHost::Default,
-            },
-            app: route.app.clone(),
-        })
-        .collect();
-    SnapshotInput {
-        apps: apps.into_values().collect(),
-        routes,
+    apps.into_values().collect()
+}
+
+fn route_spec(route: &Route) -> RouteSpec {
+    RouteSpec {
+        host: match route.kind {
+            RouteKind::Exact => RouteHost::Exact(route.host.clone()),
+            RouteKind::Wildcard => RouteHost::Wildcard(route.host.clone()),
+            RouteKind::Default => RouteHost::Default,
+        },
+        app: route.app.clone(),
+    }
+}
+
+/// What a list of mutations changes in routing, read off the state before they
+/// apply: the apps whose snapshot entry must be rebuilt, and the routes removed
+/// and added. `None` when routing does not change at all.
+struct RoutingChange {
+    apps: std::collections::BTreeSet<String>,
+    removed_routes: Vec<Route>,
+    added_routes: Vec<Route>,
+}
+
+impl RoutingChange {
+    fn of(state: &State, mutations: &[Mutation]) -> Option<RoutingChange> {
+        let mut change = RoutingChange {
+            apps: std::collections::BTreeSet::new(),
+            removed_routes: Vec::new(),
+            added_routes: Vec::new(),
+        };
+        for mutation in mutations {
+            if !changes_routing(state, mutation) {
+                continue;
+            }
+            match mutation {
+                Mutation::PutApp(app) => {
+                    change.apps.insert(app.name.clone());
+                }
+                Mutation::DeleteApp(name) => {
+                    change.apps.insert(name.clone());
+                }
+                Mutation::PutVersion(version) => {
+                    change.apps.insert(version.app.clone());
+                }
+                Mutation::DeleteVersion(id) => {
+                    change
+                        .apps
+                        .extend(state.versions.get(id).map(|v| v.app.clone()));
+                }
+                Mutation::PutTombstone(tombstone) => {
+                    change.apps.insert(tombstone.app.clone());
+                }
+                Mutation::DeleteTombstone { app, .. } => {
+                    change.apps.insert(app.clone());
+                }
+                Mutation::PutRoute(route) => {
+                    change
+                        .removed_routes
+                        .extend(state.routes.get(&route.key()).cloned());
+                    change.added_routes.push(route.clone());
+                }
+                Mutation::DeleteRoute(key) => {
+                    change.removed_routes.extend(state.routes.get(key).cloned());
+                }
+                Mutation::PutSchedule(_) | Mutation::DeleteSchedule(_) | Mutation::Audit(_) => {}
+            }
+        }
+        let empty = change.apps.is_empty()
+            && change.removed_routes.is_empty()
+            && change.added_routes.is_empty();
+        (!empty).then_some(change)
     }
 }
 

@@ -719,3 +719,112 @@ fn a_replaced_active_version_stops_after_the_grace_and_a_rollback_cancels_the_st
     assert_eq!(active.desired_state, DesiredState::Running);
     assert_eq!(active.status, VersionStatus::Active);
 }
+
+/// Every host a request could use against the state's apps: routes, labels
+/// under exact routes (live, expired, deleted), and hosts nothing routes.
+fn probe_hosts(state: &State) -> Vec<String> {
+    let mut hosts = vec!["nothing.example.org".to_string()];
+    for route in state.routes.values() {
+        let host = route.host.clone();
+        hosts.push(format!("x.{host}"));
+        for label in ["pr-1", "pr-2", "pr-3", "gone", "a", "b"] {
+            hosts.push(format!("{label}.{host}"));
+        }
+        hosts.push(host);
+    }
+    hosts
+}
+
+/// Resolves `hosts` against `snapshot`: (kind, version) or the status.
+fn resolve_all(
+    snapshot: &ingress_proxy::Snapshot,
+    hosts: &[String],
+    now_ms: u64,
+) -> Vec<Result<(ResolutionKind, String), u16>> {
+    hosts
+        .iter()
+        .map(|host| {
+            resolve(snapshot, host.as_bytes(), now_ms)
+                .map(|r| (r.kind, r.target.version_id.to_string()))
+                .map_err(|r| r.status())
+        })
+        .collect()
+}
+
+/// The incrementally published snapshot routes every host exactly as a snapshot
+/// built from scratch out of the same state, after each step of a history that
+/// touches every kind of mutation.
+#[test]
+fn incremental_publishing_routes_like_a_full_rebuild() {
+    let h = harness();
+    let check = |step: &str| {
+        let (_, input) = h.plane.current_snapshot();
+        let now = h.clock.load(Ordering::Relaxed);
+        let full = ingress_proxy::Snapshot::build(&input, 0, h.snapshots.activity()).unwrap();
+        let state = h.plane.lock().state.clone();
+        let hosts = probe_hosts(&state);
+        assert_eq!(
+            resolve_all(&h.snapshots.load(), &hosts, now),
+            resolve_all(&full, &hosts, now),
+            "after {step}"
+        );
+    };
+    h.deploy(3000);
+    check("deploy");
+    h.preview("pr-1", None).unwrap();
+    h.preview("pr-2", Some("1h")).unwrap();
+    check("two previews");
+    h.plane.create_app("admin", "blog").unwrap();
+    h.plane
+        .add_route("admin", "blog.example.com", "blog")
+        .unwrap();
+    h.plane
+        .add_route("admin", "*.blog.example.com", "blog")
+        .unwrap();
+    h.plane.set_default_route("admin", "blog").unwrap();
+    check("a second app with exact, wildcard and default routes");
+    let replaced = h.preview("pr-1", None).unwrap();
+    assert!(replaced.replaced.is_some());
+    check("a label replaced");
+    h.advance(2 * HOUR);
+    h.plane.collect_garbage().unwrap();
+    check("an expired label collected (tombstone)");
+    h.plane.remove_route("admin", "*.blog.example.com").unwrap();
+    check("a wildcard route removed");
+    h.plane.delete_app("admin", "blog").unwrap();
+    check("an app deleted with its routes");
+    h.plane.create_app("admin", "blog").unwrap();
+    h.plane
+        .add_route("admin", "blog.example.com", "blog")
+        .unwrap();
+    check("an app created again in a fresh slot");
+    h.advance(25 * HOUR);
+    h.plane.collect_garbage().unwrap();
+    check("tombstones pruned");
+}
+
+/// A refused change leaves the state and the published snapshot as they were.
+#[test]
+fn a_refused_commit_backs_the_state_out() {
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let h = open_with(
+        tempfile::tempdir().unwrap(),
+        Arc::new(AtomicU64::new(T0)),
+        EphemeralSettings::default(),
+        Arc::clone(&failing),
+    );
+    h.plane.create_app("admin", "shop").unwrap();
+    h.plane
+        .add_route("admin", "shop.example.com", "shop")
+        .unwrap();
+    h.deploy(3000);
+    let before = h.plane.lock().state.clone();
+    let generation = h.snapshots.load().generation();
+    failing.store(true, Ordering::Relaxed);
+    assert!(h.preview("pr-1", None).is_err());
+    assert!(h.plane.delete_app("admin", "shop").is_err());
+    failing.store(false, Ordering::Relaxed);
+    assert_eq!(h.plane.lock().state, before);
+    assert_eq!(h.snapshots.load().generation(), generation);
+    assert!(h.route("shop.example.com").is_ok());
+}

@@ -1,7 +1,7 @@
 //! The control plane's records (SPEC §1, §6): apps, routes, versions, tombstones and
 //! audit entries, and the whole state they make up.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::SocketAddr;
 
@@ -315,6 +315,12 @@ pub struct State {
     pub tombstones: BTreeMap<(String, String), Tombstone>,
     /// Pending desired-state changes, by version id.
     pub schedules: BTreeMap<String, Schedule>,
+    /// Version ids by app, derived from `versions`: kept by [`State::apply`],
+    /// rebuilt by [`State::reindex`] after `versions` is filled directly. Lets a
+    /// change to one app cost what that app has, not what every app has.
+    versions_by_app: BTreeMap<String, BTreeSet<String>>,
+    /// Route keys by app, derived from `routes` like `versions_by_app`.
+    routes_by_app: BTreeMap<String, BTreeSet<String>>,
 }
 
 /// One change to the state. A list of them is committed atomically.
@@ -339,6 +345,16 @@ pub enum Mutation {
     Audit(AuditEntry),
 }
 
+/// Removes `id` from the set of `owner` in a derived index.
+fn unindex(index: &mut BTreeMap<String, BTreeSet<String>>, owner: &str, id: &str) {
+    if let Some(ids) = index.get_mut(owner) {
+        ids.remove(id);
+        if ids.is_empty() {
+            index.remove(owner);
+        }
+    }
+}
+
 impl State {
     /// Applies committed mutations to the in-memory copy.
     pub fn apply(&mut self, mutations: &[Mutation]) {
@@ -351,16 +367,36 @@ impl State {
                     self.apps.remove(name);
                 }
                 Mutation::PutRoute(route) => {
-                    self.routes.insert(route.key(), route.clone());
+                    if let Some(old) = self.routes.insert(route.key(), route.clone()) {
+                        unindex(&mut self.routes_by_app, &old.app, &old.key());
+                    }
+                    self.routes_by_app
+                        .entry(route.app.clone())
+                        .or_default()
+                        .insert(route.key());
                 }
                 Mutation::DeleteRoute(key) => {
-                    self.routes.remove(key);
+                    if let Some(old) = self.routes.remove(key) {
+                        unindex(&mut self.routes_by_app, &old.app, key);
+                    }
                 }
                 Mutation::PutVersion(version) => {
+                    if let Some(old) = self.versions.get(&version.id) {
+                        if old.app != version.app {
+                            let (app, id) = (old.app.clone(), old.id.clone());
+                            unindex(&mut self.versions_by_app, &app, &id);
+                        }
+                    }
+                    self.versions_by_app
+                        .entry(version.app.clone())
+                        .or_default()
+                        .insert(version.id.clone());
                     self.versions.insert(version.id.clone(), version.clone());
                 }
                 Mutation::DeleteVersion(id) => {
-                    self.versions.remove(id);
+                    if let Some(old) = self.versions.remove(id) {
+                        unindex(&mut self.versions_by_app, &old.app, id);
+                    }
                     self.schedules.remove(id);
                 }
                 Mutation::PutTombstone(tombstone) => {
@@ -382,6 +418,101 @@ impl State {
                 Mutation::Audit(_) => {}
             }
         }
+    }
+
+    /// Rebuilds the derived index of versions by app from `versions`; for stores,
+    /// which fill `versions` directly.
+    pub fn reindex(&mut self) {
+        self.versions_by_app.clear();
+        for version in self.versions.values() {
+            self.versions_by_app
+                .entry(version.app.clone())
+                .or_default()
+                .insert(version.id.clone());
+        }
+        self.routes_by_app.clear();
+        for (key, route) in &self.routes {
+            self.routes_by_app
+                .entry(route.app.clone())
+                .or_default()
+                .insert(key.clone());
+        }
+    }
+
+    /// The versions of `app`, by id.
+    pub fn versions_of<'s>(&'s self, app: &str) -> impl Iterator<Item = &'s Version> + 's {
+        self.versions_by_app
+            .get(app)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.versions.get(id))
+    }
+
+    /// Applies `mutations` and returns the mutations that undo them (apply the
+    /// result to get the state back), so that a commit can change the state in
+    /// place and still back out when the store refuses.
+    pub fn apply_with_undo(&mut self, mutations: &[Mutation]) -> Vec<Mutation> {
+        let mut undo = Vec::with_capacity(mutations.len());
+        for mutation in mutations {
+            match mutation {
+                Mutation::PutApp(app) => undo.push(match self.apps.get(&app.name) {
+                    Some(old) => Mutation::PutApp(old.clone()),
+                    None => Mutation::DeleteApp(app.name.clone()),
+                }),
+                Mutation::DeleteApp(name) => {
+                    undo.extend(self.apps.get(name).cloned().map(Mutation::PutApp));
+                }
+                Mutation::PutRoute(route) => undo.push(match self.routes.get(&route.key()) {
+                    Some(old) => Mutation::PutRoute(old.clone()),
+                    None => Mutation::DeleteRoute(route.key()),
+                }),
+                Mutation::DeleteRoute(key) => {
+                    undo.extend(self.routes.get(key).cloned().map(Mutation::PutRoute));
+                }
+                Mutation::PutVersion(version) => undo.push(match self.versions.get(&version.id) {
+                    Some(old) => Mutation::PutVersion(old.clone()),
+                    None => Mutation::DeleteVersion(version.id.clone()),
+                }),
+                Mutation::DeleteVersion(id) => {
+                    // Deleting a version also drops its schedule.
+                    undo.extend(self.versions.get(id).cloned().map(Mutation::PutVersion));
+                    undo.extend(self.schedules.get(id).cloned().map(Mutation::PutSchedule));
+                }
+                Mutation::PutTombstone(tombstone) => {
+                    let key = (tombstone.app.clone(), tombstone.label.clone());
+                    undo.push(match self.tombstones.get(&key) {
+                        Some(old) => Mutation::PutTombstone(old.clone()),
+                        None => Mutation::DeleteTombstone {
+                            app: key.0,
+                            label: key.1,
+                        },
+                    });
+                }
+                Mutation::DeleteTombstone { app, label } => {
+                    let key = (app.clone(), label.clone());
+                    undo.extend(
+                        self.tombstones
+                            .get(&key)
+                            .cloned()
+                            .map(Mutation::PutTombstone),
+                    );
+                }
+                Mutation::PutSchedule(schedule) => {
+                    undo.push(match self.schedules.get(&schedule.version) {
+                        Some(old) => Mutation::PutSchedule(old.clone()),
+                        None => Mutation::DeleteSchedule(schedule.version.clone()),
+                    })
+                }
+                Mutation::DeleteSchedule(id) => {
+                    undo.extend(self.schedules.get(id).cloned().map(Mutation::PutSchedule));
+                }
+                Mutation::Audit(_) => {}
+            }
+            self.apply(std::slice::from_ref(mutation));
+        }
+        // A later mutation may touch what an earlier one did: undo newest first.
+        undo.reverse();
+        undo
     }
 
     /// The status of `version` at `now_ms`.
@@ -420,17 +551,95 @@ impl State {
         app: &'s str,
         now_ms: u64,
     ) -> impl Iterator<Item = &'s Version> + 's {
-        self.versions
-            .values()
-            .filter(move |v| v.app == app && v.label.is_some() && !v.is_expired(now_ms))
+        self.versions_of(app)
+            .filter(move |v| v.label.is_some() && !v.is_expired(now_ms))
     }
 
     /// The exact-route hosts of `app`, sorted.
     pub fn exact_hosts(&self, app: &str) -> Vec<&str> {
-        self.routes
-            .values()
-            .filter(|r| r.app == app && r.kind == RouteKind::Exact)
+        self.routes_by_app
+            .get(app)
+            .into_iter()
+            .flatten()
+            .filter_map(|key| self.routes.get(key))
+            .filter(|r| r.kind == RouteKind::Exact)
             .map(|r| r.host.as_str())
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn version(id: &str, label: Option<&str>) -> Version {
+        Version {
+            id: id.into(),
+            pool: id.into(),
+            app: "shop".into(),
+            spec: RuntimeSpec::Static {
+                upstreams: vec!["127.0.0.1:3000".parse().unwrap()],
+            },
+            env: Environment::Preview,
+            branch: None,
+            label: label.map(str::to_string),
+            expires_at_ms: label.map(|_| 10),
+            created_at_ms: 1,
+            cloned_from: None,
+            desired: DesiredState::Stopped,
+        }
+    }
+
+    /// Undo brings back the exact state, for puts over existing values, deletes
+    /// of existing and missing values, and two mutations of one key in a batch.
+    #[test]
+    fn undo_restores_the_state_exactly() {
+        let mut state = State::default();
+        state.apply(&[
+            Mutation::PutApp(App {
+                name: "shop".into(),
+                created_at_ms: 1,
+                active_version: Some("v1".into()),
+            }),
+            Mutation::PutVersion(version("v1", None)),
+            Mutation::PutVersion(version("v2", Some("pr-1"))),
+            Mutation::PutSchedule(Schedule {
+                version: "v2".into(),
+                desired: DesiredState::Stopped,
+                reason: ChangeReason::Idle,
+                due_at_ms: 5,
+                actor: "system".into(),
+                created_at_ms: 1,
+            }),
+            Mutation::PutRoute(Route {
+                kind: RouteKind::Exact,
+                host: "shop.example.com".into(),
+                app: "shop".into(),
+            }),
+        ]);
+        let before = state.clone();
+        let undo = state.apply_with_undo(&[
+            Mutation::PutVersion(version("v1", Some("pr-9"))),
+            Mutation::DeleteVersion("v2".into()),
+            Mutation::DeleteVersion("missing".into()),
+            Mutation::PutVersion(version("v3", Some("pr-2"))),
+            Mutation::PutVersion(version("v3", Some("pr-3"))),
+            Mutation::DeleteRoute("shop.example.com".into()),
+            Mutation::PutTombstone(Tombstone {
+                app: "shop".into(),
+                label: "pr-1".into(),
+                expired_at_ms: 7,
+            }),
+            Mutation::DeleteApp("shop".into()),
+        ]);
+        assert_ne!(state, before);
+        let mut reindexed = state.clone();
+        reindexed.reindex();
+        assert_eq!(
+            reindexed, state,
+            "the derived indexes follow every mutation"
+        );
+        state.apply(&undo);
+        assert_eq!(state, before);
     }
 }

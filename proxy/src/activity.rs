@@ -113,6 +113,15 @@ impl ActivityRegistry {
             .retain(|id, activity| routed(id) || Arc::strong_count(activity) > 1);
     }
 
+    /// Forgets the counters of `version_ids` that nothing else holds (no
+    /// snapshot routes to them, no request in flight, no open WebSocket).
+    pub fn forget_unused(&self, version_ids: &[Arc<str>]) {
+        for id in version_ids {
+            self.by_version
+                .remove_if(&**id, |_, activity| Arc::strong_count(activity) == 1);
+        }
+    }
+
     /// Number of versions tracked.
     pub fn len(&self) -> usize {
         self.by_version.len()

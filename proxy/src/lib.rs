@@ -25,6 +25,6 @@ pub use server::{ProxyServer, ServerOptions, ShutdownTrigger};
 pub use service::{IngressProxy, ProxyOptions};
 pub use snapshot::{
     AppSpec, BuildError, ExpiredLabel, PreparedSnapshot, PreviewSpec, RouteHost, RouteSpec,
-    Snapshot, SnapshotHandle, SnapshotInput, Target, VersionRef,
+    Snapshot, SnapshotDelta, SnapshotHandle, SnapshotInput, Target, VersionRef,
 };
 pub use wake_rules::IgnoreRules;

@@ -195,17 +195,30 @@ impl AppEntry {
     pub(crate) fn label(&self, label: &str) -> Option<&LabelEntry> {
         self.labels.get(label)
     }
+
+    /// The versions this app routes to: its active one and its live previews.
+    fn version_ids(&self) -> impl Iterator<Item = &str> {
+        let previews = self.labels.values().filter_map(|entry| match entry {
+            LabelEntry::Live(t) => Some(&*t.version_id),
+            LabelEntry::Expired { .. } => None,
+        });
+        self.active.iter().map(|t| &*t.version_id).chain(previews)
+    }
 }
 
-/// An immutable routing snapshot.
-#[derive(Debug)]
+/// An immutable routing snapshot. Its parts sit behind `Arc`s so that the next
+/// snapshot can share everything a change did not touch: a preview deploy copies
+/// one vector of pointers and rebuilds one app, whatever the number of apps.
+#[derive(Debug, Clone)]
 pub struct Snapshot {
     generation: u64,
-    apps: Vec<AppEntry>,
-    app_index: FastMap<Arc<str>, usize>,
+    /// Slots of apps; a deleted app's slot holds [`vacant_app`] so that the
+    /// indices in `app_index` and `hosts` stay valid without a rebuild.
+    apps: AppSlots,
+    app_index: Arc<FastMap<Arc<str>, usize>>,
     /// Exact and wildcard routes in one map, so that a host and its parent each
     /// cost one lookup: `hosts["example.com"].wildcard` is the app of `*.example.com`.
-    hosts: FastMap<Box<str>, HostRoutes>,
+    hosts: Arc<FastMap<Box<str>, HostRoutes>>,
     default_app: Option<usize>,
 }
 
@@ -217,14 +230,103 @@ pub(crate) struct HostRoutes {
     pub(crate) wildcard: Option<usize>,
 }
 
+/// A change to a snapshot: whole apps replaced or removed, routes removed and
+/// added. What the control plane publishes after a commit instead of the whole
+/// state, so that publishing costs what changed, not what exists.
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotDelta {
+    /// Apps added, or replaced whole (their active version, labels, tombstones).
+    pub upsert_apps: Vec<AppSpec>,
+    /// Apps removed; their routes must be in `remove_routes` of the same delta.
+    pub remove_apps: Vec<String>,
+    /// Routes removed, applied before `add_routes`.
+    pub remove_routes: Vec<RouteHost>,
+    pub add_routes: Vec<RouteSpec>,
+}
+
+impl SnapshotDelta {
+    /// True when applying it changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.upsert_apps.is_empty()
+            && self.remove_apps.is_empty()
+            && self.remove_routes.is_empty()
+            && self.add_routes.is_empty()
+    }
+}
+
+/// Apps per chunk of [`AppSlots`].
+const SLOT_CHUNK: usize = 256;
+
+/// App slots in chunks that snapshots share: a change copies the list of chunk
+/// pointers and the one chunk it touches, not every slot (at 100,000 apps that is
+/// 391 pointers and 256 slots instead of 100,000 slots).
+#[derive(Debug, Clone, Default)]
+struct AppSlots {
+    chunks: Vec<Arc<Vec<Arc<AppEntry>>>>,
+    len: usize,
+}
+
+impl AppSlots {
+    fn get(&self, i: usize) -> &Arc<AppEntry> {
+        &self.chunks[i / SLOT_CHUNK][i % SLOT_CHUNK]
+    }
+
+    fn set(&mut self, i: usize, entry: Arc<AppEntry>) {
+        Arc::make_mut(&mut self.chunks[i / SLOT_CHUNK])[i % SLOT_CHUNK] = entry;
+    }
+
+    /// Appends `entry`; returns its slot.
+    fn push(&mut self, entry: Arc<AppEntry>) -> usize {
+        if self.len.is_multiple_of(SLOT_CHUNK) {
+            self.chunks.push(Arc::new(Vec::with_capacity(SLOT_CHUNK)));
+        }
+        if let Some(last) = self.chunks.last_mut() {
+            Arc::make_mut(last).push(entry);
+        }
+        self.len += 1;
+        self.len - 1
+    }
+
+    /// The entries of `self` that `other` does not share, with their slots:
+    /// whole chunks are skipped when both hold the same one.
+    fn changed_from<'a>(
+        &'a self,
+        other: &'a AppSlots,
+    ) -> impl Iterator<Item = &'a Arc<AppEntry>> + 'a {
+        self.chunks.iter().enumerate().flat_map(move |(c, chunk)| {
+            let theirs = other.chunks.get(c);
+            let shared = theirs.is_some_and(|t| Arc::ptr_eq(t, chunk));
+            chunk
+                .iter()
+                .enumerate()
+                .filter(move |(i, entry)| {
+                    !shared
+                        && !theirs
+                            .and_then(|t| t.get(*i))
+                            .is_some_and(|t| Arc::ptr_eq(t, entry))
+                })
+                .map(|(_, entry)| entry)
+        })
+    }
+}
+
+/// The placeholder in the slot of a deleted app; no route leads to it.
+fn vacant_app() -> Arc<AppEntry> {
+    Arc::new(AppEntry {
+        name: Arc::from(""),
+        active: None,
+        labels: FastMap::default(),
+    })
+}
+
 impl Snapshot {
     /// The snapshot with nothing in it (every request is 404).
     pub fn empty() -> Snapshot {
         Snapshot {
             generation: 0,
-            apps: Vec::new(),
-            app_index: FastMap::default(),
-            hosts: FastMap::default(),
+            apps: AppSlots::default(),
+            app_index: Arc::default(),
+            hosts: Arc::default(),
             default_app: None,
         }
     }
@@ -236,23 +338,19 @@ impl Snapshot {
 
     /// The app named `name`.
     pub fn app(&self, name: &str) -> Option<&AppEntry> {
-        self.app_index.get(name).map(|&i| &self.apps[i])
+        self.app_index.get(name).map(|&i| &**self.apps.get(i))
     }
 
     /// Every app, in no particular order.
     pub fn apps(&self) -> impl Iterator<Item = &AppEntry> {
-        self.apps.iter()
+        self.app_index.values().map(|&i| &**self.apps.get(i))
     }
 
     /// The ids of every version this snapshot routes to (active or live preview).
     pub fn routed_version_ids(&self) -> std::collections::HashSet<&str, ahash::RandomState> {
         let mut ids = std::collections::HashSet::with_hasher(ahash::RandomState::new());
-        for app in &self.apps {
-            ids.extend(app.active.iter().map(|t| &*t.version_id));
-            ids.extend(app.labels.values().filter_map(|entry| match entry {
-                LabelEntry::Live(t) => Some(&*t.version_id),
-                LabelEntry::Expired { .. } => None,
-            }));
+        for app in self.apps() {
+            ids.extend(app.version_ids());
         }
         ids
     }
@@ -264,16 +362,16 @@ impl Snapshot {
 
     /// The app at index `i` of this snapshot.
     pub(crate) fn app_at(&self, i: usize) -> &AppEntry {
-        &self.apps[i]
+        self.apps.get(i)
     }
 
     #[cfg(test)]
     pub(crate) fn exact_route(&self, host: &str) -> Option<&AppEntry> {
-        self.host_routes(host)?.exact.map(|i| &self.apps[i])
+        self.host_routes(host)?.exact.map(|i| self.app_at(i))
     }
 
     pub(crate) fn default_route(&self) -> Option<&AppEntry> {
-        self.default_app.map(|i| &self.apps[i])
+        self.default_app.map(|i| self.app_at(i))
     }
 
     /// Builds a snapshot with generation `generation` from `input`, taking activity
@@ -287,22 +385,94 @@ impl Snapshot {
     ) -> Result<Snapshot, BuildError> {
         let mut snapshot = Snapshot::empty();
         snapshot.generation = generation;
-        snapshot.apps.reserve(input.apps.len());
-        snapshot.app_index.reserve(input.apps.len());
+        Arc::make_mut(&mut snapshot.app_index).reserve(input.apps.len());
         for spec in &input.apps {
             if snapshot.app_index.contains_key(spec.name.as_str()) {
                 return Err(BuildError(format!("app {:?} is listed twice", spec.name)));
             }
-            let entry = build_app(spec, activity)?;
-            snapshot
-                .app_index
-                .insert(Arc::clone(&entry.name), snapshot.apps.len());
-            snapshot.apps.push(entry);
+            snapshot.put_app(build_app(spec, activity)?);
         }
         for route in &input.routes {
             snapshot.add_route(route)?;
         }
         Ok(snapshot)
+    }
+
+    /// The snapshot after `delta`, sharing every app and map the delta does not
+    /// touch with `self`. Refuses a delta that would leave the snapshot
+    /// inconsistent, with the same messages as [`Snapshot::build`]; `self` is
+    /// never changed.
+    pub fn apply(
+        &self,
+        delta: &SnapshotDelta,
+        activity: &ActivityRegistry,
+    ) -> Result<Snapshot, BuildError> {
+        let mut next = self.clone();
+        for host in &delta.remove_routes {
+            next.remove_route(host);
+        }
+        for name in &delta.remove_apps {
+            let Some(i) = Arc::make_mut(&mut next.app_index).remove(name.as_str()) else {
+                continue;
+            };
+            let routed = next.default_app == Some(i)
+                || next
+                    .hosts
+                    .values()
+                    .any(|r| r.exact == Some(i) || r.wildcard == Some(i));
+            if routed {
+                return Err(BuildError(format!(
+                    "app {name:?} cannot be removed while a route points to it"
+                )));
+            }
+            next.apps.set(i, vacant_app());
+        }
+        let mut seen = std::collections::HashSet::with_capacity(delta.upsert_apps.len());
+        for spec in &delta.upsert_apps {
+            if !seen.insert(spec.name.as_str()) {
+                return Err(BuildError(format!("app {:?} is listed twice", spec.name)));
+            }
+            next.put_app(build_app(spec, activity)?);
+        }
+        for route in &delta.add_routes {
+            next.add_route(route)?;
+        }
+        Ok(next)
+    }
+
+    /// Adds `entry`, or replaces the app of the same name in its slot.
+    fn put_app(&mut self, entry: AppEntry) {
+        let entry = Arc::new(entry);
+        match self.app_index.get(&*entry.name) {
+            Some(&i) => self.apps.set(i, entry),
+            None => {
+                let name = Arc::clone(&entry.name);
+                let i = self.apps.push(entry);
+                Arc::make_mut(&mut self.app_index).insert(name, i);
+            }
+        }
+    }
+
+    fn remove_route(&mut self, host: &RouteHost) {
+        let (name, exact) = match host {
+            RouteHost::Default => {
+                self.default_app = None;
+                return;
+            }
+            RouteHost::Exact(name) => (name, true),
+            RouteHost::Wildcard(name) => (name, false),
+        };
+        let hosts = Arc::make_mut(&mut self.hosts);
+        if let Some(routes) = hosts.get_mut(name.as_str()) {
+            if exact {
+                routes.exact = None;
+            } else {
+                routes.wildcard = None;
+            }
+            if routes.exact.is_none() && routes.wildcard.is_none() {
+                hosts.remove(name.as_str());
+            }
+        }
     }
 
     fn add_route(&mut self, route: &RouteSpec) -> Result<(), BuildError> {
@@ -312,31 +482,42 @@ impl Snapshot {
                 route.host, route.app
             ))
         })?;
-        let apps = &self.apps;
-        let taken = |other: usize| {
+        let taken = |snapshot: &Snapshot, other: usize| {
             BuildError(format!(
                 "route {} is claimed by both app {:?} and app {:?}",
-                route.host, apps[other].name, route.app
+                route.host,
+                snapshot.apps.get(other).name,
+                route.app
             ))
         };
         match &route.host {
             RouteHost::Default => {
                 if let Some(other) = self.default_app {
-                    return Err(taken(other));
+                    return Err(taken(self, other));
                 }
                 self.default_app = Some(app);
             }
             RouteHost::Exact(name) | RouteHost::Wildcard(name) => {
                 let name = canonical_route_host(name, &route.host)?;
-                let routes = self.hosts.entry(name.into_boxed_str()).or_default();
-                let slot = match route.host {
-                    RouteHost::Exact(_) => &mut routes.exact,
-                    _ => &mut routes.wildcard,
-                };
-                if let Some(other) = *slot {
-                    return Err(taken(other));
+                let exact = matches!(route.host, RouteHost::Exact(_));
+                let existing = self.hosts.get(name.as_str()).and_then(|routes| {
+                    if exact {
+                        routes.exact
+                    } else {
+                        routes.wildcard
+                    }
+                });
+                if let Some(other) = existing {
+                    return Err(taken(self, other));
                 }
-                *slot = Some(app);
+                let routes = Arc::make_mut(&mut self.hosts)
+                    .entry(name.into_boxed_str())
+                    .or_default();
+                if exact {
+                    routes.exact = Some(app);
+                } else {
+                    routes.wildcard = Some(app);
+                }
             }
         }
         Ok(())
@@ -500,6 +681,16 @@ impl SnapshotHandle {
         Snapshot::build(input, 0, &self.activity).map(PreparedSnapshot)
     }
 
+    /// Builds the current snapshot changed by `delta`, without making it
+    /// current. The caller serialises prepare and install (the control plane
+    /// holds its lock across both), so the base is still current at install.
+    pub fn prepare_delta(&self, delta: &SnapshotDelta) -> Result<PreparedSnapshot, BuildError> {
+        self.current
+            .load()
+            .apply(delta, &self.activity)
+            .map(PreparedSnapshot)
+    }
+
     /// Makes a prepared snapshot current with the next generation, which it
     /// returns. Cannot fail.
     pub fn install(&self, prepared: PreparedSnapshot) -> u64 {
@@ -510,14 +701,34 @@ impl SnapshotHandle {
         let mut snapshot = prepared.0;
         let generation = self.generation.load(Ordering::Relaxed) + 1;
         snapshot.generation = generation;
-        self.current.store(Arc::new(snapshot));
+        let previous = self.current.swap(Arc::new(snapshot));
+        // Forget the activity of versions the new snapshot no longer routes to.
+        // Only apps whose entry changed can have lost a version, so the cost is
+        // that of the change, not of the whole snapshot.
+        let mut dropped: Vec<Arc<str>> = Vec::new();
+        {
+            let current = self.current.load();
+            {
+                for old in previous.apps.changed_from(&current.apps) {
+                    let now_routed: Vec<&str> = current
+                        .app(&old.name)
+                        .map(|new| new.version_ids().collect())
+                        .unwrap_or_default();
+                    dropped.extend(
+                        old.version_ids()
+                            .filter(|id| !now_routed.contains(id))
+                            .map(Arc::from),
+                    );
+                }
+            }
+        }
+        // The old snapshot's targets hold counters too: let them go first.
+        drop(previous);
+        self.activity.forget_unused(&dropped);
         self.generation.store(generation, Ordering::Relaxed);
         if let Some(gauge) = &self.generation_gauge {
             gauge.set(i64::try_from(generation).unwrap_or(i64::MAX));
         }
-        let current = self.current.load();
-        let routed = current.routed_version_ids();
-        self.activity.prune(|id| routed.contains(id));
         generation
     }
 
@@ -666,5 +877,137 @@ mod tests {
             .unwrap();
         assert!(handle.activity().get("v1").is_none());
         assert!(handle.activity().get("v2").is_some());
+    }
+
+    fn delta(f: impl FnOnce(&mut SnapshotDelta)) -> SnapshotDelta {
+        let mut delta = SnapshotDelta::default();
+        f(&mut delta);
+        delta
+    }
+
+    /// A delta rebuilds only the apps it names: the others are the same
+    /// allocations (their cached leases survive), and the base is unchanged.
+    #[test]
+    fn a_delta_shares_untouched_apps_and_leaves_the_base_alone() {
+        let activity = ActivityRegistry::default();
+        let base = Snapshot::build(
+            &SnapshotInput {
+                apps: vec![app("a", Some("v1")), app("b", Some("v2"))],
+                routes: vec![
+                    RouteSpec::exact("a.test", "a"),
+                    RouteSpec::exact("b.test", "b"),
+                ],
+            },
+            1,
+            &activity,
+        )
+        .unwrap();
+        let next = base
+            .apply(
+                &delta(|d| d.upsert_apps.push(app("b", Some("v3")))),
+                &activity,
+            )
+            .unwrap();
+        assert!(Arc::ptr_eq(base.apps.get(0), next.apps.get(0)));
+        assert_eq!(next.apps.changed_from(&base.apps).count(), 1);
+        assert!(Arc::ptr_eq(&base.hosts, &next.hosts));
+        assert_eq!(
+            next.exact_route("b.test")
+                .unwrap()
+                .active()
+                .unwrap()
+                .version_id
+                .as_ref(),
+            "v3"
+        );
+        assert_eq!(
+            base.exact_route("b.test")
+                .unwrap()
+                .active()
+                .unwrap()
+                .version_id
+                .as_ref(),
+            "v2"
+        );
+    }
+
+    /// Routes and apps come and go through deltas as through a full build, and a
+    /// delta that would break the snapshot is refused whole.
+    #[test]
+    fn deltas_add_and_remove_routes_and_apps_and_refuse_inconsistency() {
+        let activity = ActivityRegistry::default();
+        let base = Snapshot::build(
+            &SnapshotInput {
+                apps: vec![app("a", Some("v1"))],
+                routes: vec![
+                    RouteSpec::exact("a.test", "a"),
+                    RouteSpec::wildcard("a.test", "a"),
+                ],
+            },
+            1,
+            &activity,
+        )
+        .unwrap();
+        let with_b = base
+            .apply(
+                &delta(|d| {
+                    d.upsert_apps.push(app("b", Some("v2")));
+                    d.add_routes.push(RouteSpec::exact("b.test", "b"));
+                    d.add_routes.push(RouteSpec::default_route("b"));
+                    d.remove_routes.push(RouteHost::Wildcard("a.test".into()));
+                }),
+                &activity,
+            )
+            .unwrap();
+        assert_eq!(with_b.exact_route("b.test").unwrap().name().as_ref(), "b");
+        assert_eq!(with_b.default_route().unwrap().name().as_ref(), "b");
+        assert!(with_b.host_routes("a.test").unwrap().wildcard.is_none());
+        // A route to an app of another, a routed app removed, a route to nothing.
+        let taken = with_b.apply(
+            &delta(|d| d.add_routes.push(RouteSpec::exact("a.test", "b"))),
+            &activity,
+        );
+        assert!(taken.unwrap_err().0.contains("claimed by both"));
+        let routed = with_b.apply(&delta(|d| d.remove_apps.push("b".into())), &activity);
+        assert!(routed.unwrap_err().0.contains("while a route points to it"));
+        let nowhere = with_b.apply(
+            &delta(|d| d.add_routes.push(RouteSpec::exact("c.test", "c"))),
+            &activity,
+        );
+        assert!(nowhere.unwrap_err().0.contains("does not exist"));
+        // Removing b with its routes leaves a vacant slot no lookup reaches.
+        let without_b = with_b
+            .apply(
+                &delta(|d| {
+                    d.remove_apps.push("b".into());
+                    d.remove_routes.push(RouteHost::Exact("b.test".into()));
+                    d.remove_routes.push(RouteHost::Default);
+                }),
+                &activity,
+            )
+            .unwrap();
+        assert!(without_b.app("b").is_none());
+        assert!(without_b.host_routes("b.test").is_none());
+        assert_eq!(without_b.apps().count(), 1);
+    }
+
+    /// Installing a delta forgets the activity of the versions it stopped routing
+    /// to, and only those.
+    #[test]
+    fn a_delta_install_forgets_only_the_versions_it_dropped() {
+        let handle = SnapshotHandle::new();
+        handle
+            .publish(&SnapshotInput {
+                apps: vec![app("a", Some("v1")), app("b", Some("v2"))],
+                routes: vec![],
+            })
+            .unwrap();
+        let prepared = handle
+            .prepare_delta(&delta(|d| d.upsert_apps.push(app("a", Some("v3")))))
+            .unwrap();
+        assert_eq!(handle.install(prepared), 2);
+        assert!(handle.activity().get("v1").is_none());
+        assert!(handle.activity().get("v2").is_some());
+        assert!(handle.activity().get("v3").is_some());
     }
 }

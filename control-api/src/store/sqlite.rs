@@ -244,6 +244,7 @@ impl Store for SqliteStore {
                 .tombstones
                 .insert((tombstone.app.clone(), tombstone.label.clone()), tombstone);
         }
+        state.reindex();
         Ok(state)
     }
 
