@@ -229,6 +229,12 @@ data_dir = "{data}"
             raise SystemExit(f"ingressctl {' '.join(args)} failed: {result.stderr.strip()}")
         return result.stdout
 
+    def cpu_seconds(self):
+        """User + system CPU time of the process so far."""
+        with open(f"/proc/{self.process.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def rss_bytes(self):
         with open(f"/proc/{self.process.pid}/status") as f:
             for line in f:
@@ -460,11 +466,22 @@ def scale(args, workdir):
         targets.append((f"{count} routes", ingress.port))
     host_of = {f"{c} routes": request_host(c, args.labels) for c in counts}
     results = {name: [] for name, _ in targets}
+    # CPU the instances not under load spend meanwhile (their control loops):
+    # it competes with the measured one for the same two cores.
+    idle_cpu = {count: 0.0 for count in counts}
+    idle_wall = {count: 0.0 for count in counts}
     for name, port in targets:
         run_wrk(port, host_of[name], 1, args.connections)
     for round_number in range(args.rounds):
-        for name, port in targets:
+        for (name, port), loaded in zip(targets, counts):
+            before = {c: instances[c][0].cpu_seconds() for c in counts}
+            started = time.monotonic()
             result = run_wrk(port, host_of[name], args.seconds, args.connections)
+            wall = time.monotonic() - started
+            for c in counts:
+                if c != loaded:
+                    idle_cpu[c] += instances[c][0].cpu_seconds() - before[c]
+                    idle_wall[c] += wall
             results[name].append(result)
             log(f"round {round_number + 1}/{args.rounds} {name:14} {result['rps']:9.0f} req/s "
                 f"p99 {result['p99']:.2f} ms errors {result['errors']}")
@@ -473,8 +490,8 @@ def scale(args, workdir):
         f"Load: wrk -t1 -c{args.connections} -d{args.seconds}s, {args.rounds} rounds in alternation; "
         f"each app has 1 exact host and {args.labels} preview labels; the request hits a label.",
         "",
-        "| routes | labels | requests/s (median) | range | p50 ms | p99 ms | errors | import s | RSS MiB |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| routes | labels | requests/s (median) | range | p50 ms | p99 ms | errors | import s | RSS MiB | CPU when not loaded |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     base = None
     for count in counts:
@@ -487,7 +504,8 @@ def scale(args, workdir):
             f"| {count} | {count * args.labels} | {median(rounds, 'rps'):.0f} | "
             f"{min(rates):.0f}–{max(rates):.0f} | {median(rounds, 'p50'):.2f} | "
             f"{median(rounds, 'p99'):.2f} | {sum(r['errors'] for r in rounds)} | "
-            f"{seconds:.1f} | {rss / 2**20:.0f} |"
+            f"{seconds:.1f} | {rss / 2**20:.0f} | "
+            f"{100 * idle_cpu[count] / max(idle_wall[count], 1e-9):.1f}% |"
         )
         if base is None:
             base = (count, rss, median(rounds, "rps"))
