@@ -484,8 +484,9 @@ fn routes_default_and_removal() {
     );
 }
 
-#[test]
-fn a_failed_commit_changes_nothing_and_the_gc_retries() {
+/// App shop with an active version, on a store that refuses commits while the
+/// returned flag is set.
+fn flaky_shop() -> (Harness, Arc<std::sync::atomic::AtomicBool>) {
     let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let h = open_with(
         tempfile::tempdir().unwrap(),
@@ -498,6 +499,12 @@ fn a_failed_commit_changes_nothing_and_the_gc_retries() {
         .add_route("admin", "shop.example.com", "shop")
         .unwrap();
     h.deploy(3000);
+    (h, failing)
+}
+
+#[test]
+fn a_failed_commit_changes_nothing_and_the_gc_retries() {
+    let (h, failing) = flaky_shop();
     let old = h.preview("pr-1", Some("1h")).unwrap().version;
     let before = h.plane.versions("shop", false).unwrap();
     let generation = h.snapshots.load().generation();
@@ -806,18 +813,7 @@ fn incremental_publishing_routes_like_a_full_rebuild() {
 /// A refused change leaves the state and the published snapshot as they were.
 #[test]
 fn a_refused_commit_backs_the_state_out() {
-    let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let h = open_with(
-        tempfile::tempdir().unwrap(),
-        Arc::new(AtomicU64::new(T0)),
-        EphemeralSettings::default(),
-        Arc::clone(&failing),
-    );
-    h.plane.create_app("admin", "shop").unwrap();
-    h.plane
-        .add_route("admin", "shop.example.com", "shop")
-        .unwrap();
-    h.deploy(3000);
+    let (h, failing) = flaky_shop();
     let before = h.plane.lock().state.clone();
     let generation = h.snapshots.load().generation();
     failing.store(true, Ordering::Relaxed);
