@@ -193,6 +193,15 @@ impl TestProxy {
     pub async fn start_with(adjust: impl FnOnce(&mut ingress_config::Config)) -> TestProxy {
         let mut config = ingress_config::Config::default();
         config.proxy.connect_timeout.0 = Duration::from_secs(1);
+        // Many Pingora servers start and stop in one test process. Under
+        // `work_stealing = false` (the product's default) only the first of them
+        // ever listens: pingora-runtime 0.9.1 records each no-steal worker's
+        // runtimes in a `thread_local::ThreadLocal`, whose values outlive their
+        // threads, so a later server's worker with a recycled thread id spawns onto
+        // the first server's stopped runtimes. The product runs one server per
+        // process, and the end-to-end tests through the `ingress` binary cover the
+        // default; here, work stealing.
+        config.proxy.work_stealing = true;
         adjust(&mut config);
         config.proxy.listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let metrics = Arc::new(Metrics::new().expect("metrics"));
