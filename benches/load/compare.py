@@ -19,7 +19,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 
@@ -290,7 +289,6 @@ def request_host(apps, labels):
 
 
 WRK_RATE = re.compile(r"Requests/sec:\s+([\d.]+)")
-WRK_ERRORS = re.compile(r"Non-2xx or 3xx responses:\s+(\d+)|Socket errors:.*")
 
 
 def parse_latency(text, percentile):

@@ -104,17 +104,10 @@ impl ActivityRegistry {
             .map(|entry| Arc::clone(&entry))
     }
 
-    /// Forgets the counters of versions that are no longer `routed` and that
-    /// nothing else holds (no request in flight, no open WebSocket). Counters that
-    /// are still held stay, so a version routed again (a rollback) keeps its
-    /// last-seen time and in-flight count.
-    pub fn prune(&self, mut routed: impl FnMut(&str) -> bool) {
-        self.by_version
-            .retain(|id, activity| routed(id) || Arc::strong_count(activity) > 1);
-    }
-
     /// Forgets the counters of `version_ids` that nothing else holds (no
     /// snapshot routes to them, no request in flight, no open WebSocket).
+    /// Counters that are still held stay, so a version routed again (a rollback)
+    /// keeps its last-seen time and in-flight count.
     pub fn forget_unused(&self, version_ids: &[Arc<str>]) {
         for id in version_ids {
             self.by_version
@@ -170,23 +163,25 @@ mod tests {
         let b = registry.for_version("v1");
         assert!(Arc::ptr_eq(&a, &b));
         assert!(!Arc::ptr_eq(&a, &registry.for_version("v2")));
+        let v2 = registry.for_version("v2");
         drop((a, b));
-        registry.prune(|id| id == "v2");
+        registry.forget_unused(&[Arc::from("v1"), Arc::from("v2")]);
         assert!(registry.get("v1").is_none());
-        assert_eq!(registry.len(), 1);
+        assert_eq!(registry.len(), 1, "v2 is still held");
+        drop(v2);
     }
 
     #[test]
-    fn counters_still_held_survive_a_prune() {
+    fn counters_still_held_survive_forgetting() {
         let registry = ActivityRegistry::default();
         let guard = registry.for_version("v1").enter(1_000);
-        registry.prune(|_| false);
+        registry.forget_unused(&[Arc::from("v1")]);
         let again = registry.for_version("v1");
         assert_eq!(again.in_flight(), 1);
         assert_eq!(again.last_seen_ms(), 1_000);
         drop(guard);
         drop(again);
-        registry.prune(|_| false);
+        registry.forget_unused(&[Arc::from("v1")]);
         assert!(registry.is_empty());
     }
 }

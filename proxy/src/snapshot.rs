@@ -346,15 +346,6 @@ impl Snapshot {
         self.app_index.values().map(|&i| &**self.apps.get(i))
     }
 
-    /// The ids of every version this snapshot routes to (active or live preview).
-    pub fn routed_version_ids(&self) -> std::collections::HashSet<&str, ahash::RandomState> {
-        let mut ids = std::collections::HashSet::with_hasher(ahash::RandomState::new());
-        for app in self.apps() {
-            ids.extend(app.version_ids());
-        }
-        ids
-    }
-
     /// The routes of `host` (exact at it, wildcard below it).
     pub(crate) fn host_routes(&self, host: &str) -> Option<HostRoutes> {
         self.hosts.get(host).copied()
