@@ -249,6 +249,11 @@ data_dir = "{data}"
         return None
 
 
+def proxy_extra(args):
+    """The `[proxy]` lines the command line asks for beyond `threads`."""
+    return "" if args.work_stealing is None else f"work_stealing = {args.work_stealing}"
+
+
 def app_name(i):
     return f"app{i}"
 
@@ -412,7 +417,7 @@ def compare(args, workdir):
     start_nginx_proxy(workdir, nginx_port, upstream_port, args.nginx_workers)
     haproxy_port = free_port()
     start_haproxy(workdir, haproxy_port, upstream_port, args.haproxy_threads)
-    extra = "" if args.work_stealing is None else f"work_stealing = {args.work_stealing}"
+    extra = proxy_extra(args)
     ingress = Ingress(workdir, args.threads, proxy_extra=extra)
     ingress.start()
     import_apps(ingress, args.apps, args.labels, upstream_port)
@@ -446,7 +451,7 @@ def scale(args, workdir):
     upstream_port = free_port()
     start_upstream(workdir, upstream_port)
     counts = [int(c) for c in args.scale_counts.split(",")]
-    extra = "" if args.work_stealing is None else f"work_stealing = {args.work_stealing}"
+    extra = proxy_extra(args)
     # Enough lease-cache room for every version, as an operator would configure it.
     targets, instances = [], {}
     for count in counts:
@@ -526,7 +531,7 @@ def publish(args, workdir):
     the same instance with an idle control plane, in alternation."""
     upstream_port = free_port()
     start_upstream(workdir, upstream_port)
-    extra = "" if args.work_stealing is None else f"work_stealing = {args.work_stealing}"
+    extra = proxy_extra(args)
     ingress = Ingress(workdir, args.threads, proxy_extra=extra)
     ingress.start()
     import_apps(ingress, args.apps, args.labels, upstream_port)

@@ -628,12 +628,7 @@ impl ControlPlane {
             None => None,
         };
         if let Some(branch) = &request.branch {
-            if branch.trim().is_empty() || branch.len() > 255 {
-                return Err(refuse(
-                    ErrorKind::InvalidArgument,
-                    "branch must be 1 to 255 characters",
-                ));
-            }
+            check_branch(branch)?;
         }
         let mut inner = self.lock();
         let state = &inner.state;
@@ -1004,6 +999,17 @@ impl ControlPlane {
             tombstones_pruned: stale.len(),
         })
     }
+}
+
+/// Refuses a branch name that is blank or longer than 255 characters.
+fn check_branch(branch: &str) -> Result<(), ControlError> {
+    if branch.trim().is_empty() || branch.len() > 255 {
+        return Err(refuse(
+            ErrorKind::InvalidArgument,
+            "branch must be 1 to 255 characters",
+        ));
+    }
+    Ok(())
 }
 
 /// Refuses a preview host `label.host` longer than a host may be: the proxy

@@ -10,15 +10,14 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 
-use ingress_config::{format_duration, parse_duration};
-
 use super::{
-    check_preview_host, new_version_id, refuse, ttl_ms, ControlError, ControlPlane, ErrorKind,
+    check_branch, check_preview_host, new_version_id, refuse, ttl_ms, ControlError, ControlPlane,
+    ErrorKind,
 };
 use crate::model::{
     App, DesiredState, Environment, Mutation, Route, RouteKind, RuntimeSpec, Version,
 };
-use crate::names::{check_app_name, normalise_label, parse_route_host};
+use crate::names::{check_app_name, parse_route_host};
 
 /// Most apps one import may create.
 pub const MAX_IMPORT_APPS: usize = 1_000_000;
@@ -162,31 +161,26 @@ impl ControlPlane {
                 cloned_from: None,
                 desired: DesiredState::Running,
             }));
+            // The same rules as a preview deploy, named after the record.
+            let in_record = |e: ControlError| {
+                refuse(
+                    e.kind,
+                    format!("app #{} ({}): {}", index + 1, record.app, e.message),
+                )
+            };
             let mut labels = HashSet::new();
             for preview in &record.previews {
-                let label = normalise_label(&preview.label).map_err(bad)?;
+                let (label, ttl) = self
+                    .check_ephemeral(&preview.label, preview.ttl.as_deref())
+                    .map_err(in_record)?;
                 if !labels.insert(label.clone()) {
                     return Err(bad(format!("label {label} appears twice")));
                 }
                 for host in &exact_hosts {
-                    check_preview_host(&label, host)?;
+                    check_preview_host(&label, host).map_err(in_record)?;
                 }
                 if let Some(branch) = &preview.branch {
-                    if branch.trim().is_empty() || branch.len() > 255 {
-                        return Err(bad("branch must be 1 to 255 characters".to_string()));
-                    }
-                }
-                let ttl = match &preview.ttl {
-                    None => self.settings.default_ttl.0,
-                    Some(text) => parse_duration(text)
-                        .map_err(|e| bad(format!("ttl of label {label}: {e}")))?,
-                };
-                let max = self.settings.max_ttl.0;
-                if ttl.is_zero() || ttl > max {
-                    return Err(bad(format!(
-                        "ttl of label {label} must be longer than 0s and at most {} (ephemeral.max_ttl)",
-                        format_duration(max)
-                    )));
+                    check_branch(branch).map_err(in_record)?;
                 }
                 let id = fresh_id();
                 let upstreams = if preview.upstreams.is_empty() {

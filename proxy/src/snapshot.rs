@@ -287,7 +287,7 @@ impl AppSlots {
         self.len - 1
     }
 
-    /// The entries of `self` that `other` does not share, with their slots:
+    /// The entries of `self` that `other` does not share in the same slot;
     /// whole chunks are skipped when both hold the same one.
     fn changed_from<'a>(
         &'a self,
@@ -699,18 +699,16 @@ impl SnapshotHandle {
         let mut dropped: Vec<Arc<str>> = Vec::new();
         {
             let current = self.current.load();
-            {
-                for old in previous.apps.changed_from(&current.apps) {
-                    let now_routed: Vec<&str> = current
-                        .app(&old.name)
-                        .map(|new| new.version_ids().collect())
-                        .unwrap_or_default();
-                    dropped.extend(
-                        old.version_ids()
-                            .filter(|id| !now_routed.contains(id))
-                            .map(Arc::from),
-                    );
-                }
+            for old in previous.apps.changed_from(&current.apps) {
+                let now_routed: Vec<&str> = current
+                    .app(&old.name)
+                    .map(|new| new.version_ids().collect())
+                    .unwrap_or_default();
+                dropped.extend(
+                    old.version_ids()
+                        .filter(|id| !now_routed.contains(id))
+                        .map(Arc::from),
+                );
             }
         }
         // The old snapshot's targets hold counters too: let them go first.
