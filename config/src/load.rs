@@ -84,6 +84,7 @@ impl Config {
                 1_000,
             ),
             ("wake.max_waiters", self.wake.max_waiters as u64, 1_000_000),
+            ("proxy.max_headers", self.proxy.max_headers as u64, 256),
         ] {
             if value == 0 || value > max {
                 return Err(error(
@@ -173,6 +174,24 @@ impl Config {
                 year,
                 "365d",
             ),
+            (
+                "proxy.queue_timeout",
+                self.proxy.queue_timeout,
+                year,
+                "365d",
+            ),
+            (
+                "proxy.header_timeout",
+                self.proxy.header_timeout,
+                year,
+                "365d",
+            ),
+            (
+                "proxy.keepalive_timeout",
+                self.proxy.keepalive_timeout,
+                year,
+                "365d",
+            ),
         ] {
             if value.0 > max {
                 return Err(error(
@@ -193,10 +212,55 @@ impl Config {
             ("idle.check_interval", self.idle.check_interval),
             ("wake.timeout", self.wake.timeout),
             ("runtime.start_timeout", self.runtime.start_timeout),
+            ("proxy.queue_timeout", self.proxy.queue_timeout),
+            ("proxy.header_timeout", self.proxy.header_timeout),
+            ("proxy.keepalive_timeout", self.proxy.keepalive_timeout),
         ] {
             if value.0.is_zero() {
                 return Err(error(key, "must be longer than 0s"));
             }
+        }
+        for (key, value, min, max) in [
+            (
+                "proxy.max_header_bytes",
+                self.proxy.max_header_bytes,
+                1_024,
+                1_048_576,
+            ),
+            (
+                "proxy.max_target_bytes",
+                self.proxy.max_target_bytes,
+                64,
+                1_048_576,
+            ),
+            (
+                "proxy.max_connections",
+                self.proxy.max_connections,
+                0,
+                10_000_000,
+            ),
+            (
+                "runtime.max_conns_per_instance",
+                self.runtime.max_conns_per_instance,
+                0,
+                1_000_000,
+            ),
+        ] {
+            if value < min || value > max {
+                return Err(error(
+                    key,
+                    format!("{value} is out of range; allowed {min} to {max}"),
+                ));
+            }
+        }
+        if self.proxy.max_target_bytes >= self.proxy.max_header_bytes {
+            return Err(error(
+                "proxy.max_target_bytes",
+                format!(
+                    "{} is not below proxy.max_header_bytes ({}); the target is part of the header block",
+                    self.proxy.max_target_bytes, self.proxy.max_header_bytes
+                ),
+            ));
         }
         for (i, path) in self.wake.ignore_paths.iter().enumerate() {
             if !path.starts_with('/') || path.len() > 1024 {

@@ -54,6 +54,28 @@ pub struct ProxySettings {
     pub lease_ttl: ConfigDuration,
     /// Most leases kept in the lease cache. Default 100000.
     pub lease_cache_capacity: u64,
+    /// Open client connections at most; past it, a new connection is closed at
+    /// once so requests on open ones keep working. Default 0: derived from the
+    /// descriptor limit at start (half of what is left after a reserve, since
+    /// each client connection may hold an upstream connection too).
+    pub max_connections: usize,
+    /// Largest request header block (request line and headers) in bytes; past it,
+    /// 431. Also the most a connection buffers while its head arrives. Default
+    /// 16384 (HAProxy's default buffer; nginx allows 8 KiB per line).
+    pub max_header_bytes: usize,
+    /// Most header fields in a request; past it, 431. Default 100; at most 256.
+    pub max_headers: usize,
+    /// Longest request target in bytes; past it, 414. Default 8192.
+    pub max_target_bytes: usize,
+    /// Longest a request waits for a free slot on a saturated instance
+    /// (`runtime.max_conns_per_instance`) before it gets 503. Default `10s`.
+    pub queue_timeout: ConfigDuration,
+    /// Time allowed for a client to send a whole request header block, from its
+    /// first byte. Default `60s` (nginx's `client_header_timeout`).
+    pub header_timeout: ConfigDuration,
+    /// How long an idle keep-alive client connection is kept open waiting for its
+    /// next request. Default `75s` (nginx's `keepalive_timeout`).
+    pub keepalive_timeout: ConfigDuration,
 }
 
 impl Default for ProxySettings {
@@ -69,6 +91,13 @@ impl Default for ProxySettings {
             upstream_keepalive_pool_size: 1024,
             lease_ttl: secs(30),
             lease_cache_capacity: 100_000,
+            max_connections: 0,
+            max_header_bytes: 16_384,
+            max_headers: 100,
+            max_target_bytes: 8_192,
+            queue_timeout: secs(10),
+            header_timeout: secs(60),
+            keepalive_timeout: secs(75),
         }
     }
 }
@@ -248,6 +277,11 @@ pub struct RuntimeSettings {
     /// Longest a started process may take to become ready before the start counts
     /// as failed. Default `60s`.
     pub start_timeout: ConfigDuration,
+    /// Requests proxied to one instance at once; more wait in a FIFO queue for at
+    /// most `proxy.queue_timeout` (HAProxy's per-server `maxconn`). Sandboxes are
+    /// often single-process dev servers that drop connections when a woken burst
+    /// arrives all at once. Default 64; 0 = no limit.
+    pub max_conns_per_instance: usize,
 }
 
 impl Default for RuntimeSettings {
@@ -256,6 +290,7 @@ impl Default for RuntimeSettings {
             stop_grace: secs(10),
             drain_timeout: secs(30),
             start_timeout: secs(60),
+            max_conns_per_instance: 64,
         }
     }
 }

@@ -25,6 +25,9 @@ const GRPC_DRAIN_LIMIT: Duration = Duration::from_secs(3);
 pub struct ControlSettings {
     /// The proxy's listener: `/readyz` is ready only while it accepts connections.
     pub proxy_listen: SocketAddr,
+    /// Why the proxy cannot take new connections right now (it holds
+    /// `proxy.max_connections`), if it cannot: `/readyz` is not ready then.
+    pub proxy_full: Arc<dyn Fn() -> Option<String> + Send + Sync>,
     pub grpc_listen: SocketAddr,
     pub http_listen: SocketAddr,
     pub tokens: Vec<Token>,
@@ -119,6 +122,7 @@ async fn serve(
     let http_task = tokio::spawn(serve_admin_http(
         http,
         settings.proxy_listen,
+        settings.proxy_full,
         metrics,
         stopped.clone(),
     ));
@@ -233,6 +237,7 @@ async fn lifecycle_loop(
 async fn serve_admin_http(
     listener: TcpListener,
     proxy_listen: SocketAddr,
+    proxy_full: Arc<dyn Fn() -> Option<String> + Send + Sync>,
     metrics: Arc<dyn Fn() -> String + Send + Sync>,
     mut stopped: watch::Receiver<bool>,
 ) {
@@ -251,15 +256,17 @@ async fn serve_admin_http(
             }
         };
         let metrics = Arc::clone(&metrics);
+        let proxy_full = Arc::clone(&proxy_full);
         tokio::spawn(async move {
             let service =
                 hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
                     let metrics = Arc::clone(&metrics);
+                    let proxy_full = Arc::clone(&proxy_full);
                     async move {
                         let answer = match request.uri().path() {
                             "/metrics" => text(200, "text/plain; version=0.0.4", metrics()),
                             "/healthz" => text(200, "text/plain", "ok\n".to_string()),
-                            "/readyz" => readiness(proxy_listen).await,
+                            "/readyz" => readiness(proxy_listen, proxy_full()).await,
                             _ => text(
                                 404,
                                 "text/plain",
@@ -277,7 +284,10 @@ async fn serve_admin_http(
 }
 
 /// Ready while the proxy accepts connections on its listener.
-async fn readiness(proxy_listen: SocketAddr) -> Response<Full<Bytes>> {
+async fn readiness(proxy_listen: SocketAddr, full: Option<String>) -> Response<Full<Bytes>> {
+    if let Some(why) = full {
+        return text(503, "text/plain", format!("not ready: {why}\n"));
+    }
     let connect = tokio::net::TcpStream::connect(proxy_listen);
     match tokio::time::timeout(Duration::from_millis(500), connect).await {
         Ok(Ok(_)) => text(200, "text/plain", "ok\n".to_string()),

@@ -28,6 +28,18 @@ pub struct Metrics {
     /// then served.
     pub wake_wait: Histogram,
     wake_requests: [IntCounter; WakeOutcome::ALL.len()],
+    /// Open client connections.
+    pub connections_open: IntGauge,
+    /// Client connections closed at once because `proxy.max_connections` were open.
+    pub connections_refused: IntCounter,
+    refusals: IntCounterVec,
+    /// Requests waiting for a slot on a saturated instance.
+    pub queue_length: IntGauge,
+    /// Seconds a request waited for a slot on a saturated instance (only requests
+    /// that had to wait).
+    pub queue_wait: Histogram,
+    /// Requests that waited `proxy.queue_timeout` for a slot and got 503.
+    pub queue_rejections: IntCounter,
 }
 
 /// How a request for a sleeping version ended, for `ingress_wake_requests_total`.
@@ -136,8 +148,50 @@ impl Metrics {
         registry.register(Box::new(wake_vec.clone()))?;
         let wake_requests =
             WakeOutcome::ALL.map(|outcome| wake_vec.with_label_values(&[outcome.as_str()]));
+        let connections_open =
+            IntGauge::new("ingress_connections_open", "Open client connections.")?;
+        registry.register(Box::new(connections_open.clone()))?;
+        let connections_refused = IntCounter::new(
+            "ingress_connections_refused_total",
+            "Client connections closed at once because proxy.max_connections were open.",
+        )?;
+        registry.register(Box::new(connections_refused.clone()))?;
+        let refusals = IntCounterVec::new(
+            Opts::new(
+                "ingress_requests_refused_total",
+                "Requests refused before routing (malformed, ambiguous or over a limit), by status.",
+            ),
+            &["status"],
+        )?;
+        registry.register(Box::new(refusals.clone()))?;
+        let queue_length = IntGauge::new(
+            "ingress_instance_queue_length",
+            "Requests waiting for a slot on an instance at runtime.max_conns_per_instance.",
+        )?;
+        registry.register(Box::new(queue_length.clone()))?;
+        let queue_wait = Histogram::with_opts(
+            HistogramOpts::new(
+                "ingress_instance_queue_wait_seconds",
+                "Seconds a request waited for a slot on a saturated instance.",
+            )
+            .buckets(vec![
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+        )?;
+        registry.register(Box::new(queue_wait.clone()))?;
+        let queue_rejections = IntCounter::new(
+            "ingress_instance_queue_rejections_total",
+            "Requests that waited proxy.queue_timeout for an instance slot and got 503.",
+        )?;
+        registry.register(Box::new(queue_rejections.clone()))?;
         Ok(Metrics {
             registry,
+            connections_open,
+            connections_refused,
+            refusals,
+            queue_length,
+            queue_wait,
+            queue_rejections,
             requests,
             upstream_latency,
             lease_hits,
@@ -157,6 +211,14 @@ impl Metrics {
     pub fn count_request(&self, kind: ResolutionKind, status: u16) {
         let class = usize::from(status / 100).min(5);
         self.requests[kind.index()][class].inc();
+    }
+
+    /// Counts one request refused before routing, by its status. Rare, so the
+    /// label lookup per call costs nothing that matters.
+    pub fn count_refusal(&self, status: u16) {
+        self.refusals
+            .with_label_values(&[status.to_string().as_str()])
+            .inc();
     }
 
     /// The registry, to register more metrics or to serve it.

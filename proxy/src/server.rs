@@ -8,8 +8,11 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora_core::services::listening::Service;
 use tokio::sync::watch;
 
+use crate::http1::limits::descriptor_limit;
+use crate::http1::{derived_max_connections, ConnOptions, ConnectionLimiter, Http1App};
 use crate::service::IngressProxy;
 
 /// How the Pingora server is set up.
@@ -23,6 +26,10 @@ pub struct ServerOptions {
     pub work_stealing: bool,
     /// Idle upstream connections kept for reuse.
     pub upstream_keepalive_pool_size: usize,
+    /// Timeouts and limits of client connections.
+    pub conn: ConnOptions,
+    /// Open client connections at most (`proxy.max_connections`, resolved).
+    pub max_connections: usize,
 }
 
 impl ServerOptions {
@@ -33,6 +40,11 @@ impl ServerOptions {
             threads: config.proxy.threads,
             work_stealing: config.proxy.work_stealing,
             upstream_keepalive_pool_size: config.proxy.upstream_keepalive_pool_size,
+            conn: ConnOptions::from_config(config),
+            max_connections: match config.proxy.max_connections {
+                0 => derived_max_connections(descriptor_limit()),
+                max => max,
+            },
         }
     }
 }
@@ -94,10 +106,12 @@ impl ShutdownSignalWatch for ShutdownWatch {
 pub struct ProxyServer {
     server: Server,
     watch: ShutdownWatch,
+    limiter: Arc<ConnectionLimiter>,
 }
 
 impl ProxyServer {
-    /// Builds the server. With `os_signals`, SIGTERM and SIGINT also stop it.
+    /// Builds the server: the HTTP/1 connection loop in front of `proxy`. With
+    /// `os_signals`, SIGTERM and SIGINT also stop it.
     pub fn new(
         options: &ServerOptions,
         proxy: IngressProxy,
@@ -113,11 +127,15 @@ impl ProxyServer {
         };
         let mut server = Server::new_with_opt_and_conf(None, conf);
         server.bootstrap();
-        let mut service = pingora_proxy::http_proxy_service_with_name(
-            &server.configuration,
-            proxy,
-            "ingress proxy",
+        let metrics = Arc::clone(proxy.metrics());
+        let limiter = ConnectionLimiter::new(
+            options.max_connections,
+            metrics.connections_open.clone(),
+            metrics.connections_refused.clone(),
         );
+        let proxy = Arc::new(pingora_proxy::http_proxy(&server.configuration, proxy));
+        let app = Http1App::new(proxy, Arc::clone(&limiter), metrics, options.conn.clone());
+        let mut service = Service::new("ingress proxy".to_string(), app);
         service.add_tcp(&options.listen.to_string());
         server.add_service(service);
         let (sender, receiver) = watch::channel(false);
@@ -126,9 +144,19 @@ impl ProxyServer {
             os_signals,
         };
         (
-            ProxyServer { server, watch },
+            ProxyServer {
+                server,
+                watch,
+                limiter,
+            },
             ShutdownTrigger(Arc::new(sender)),
         )
+    }
+
+    /// The count of open client connections against `max_connections`
+    /// (`/readyz` is not ready while it is full).
+    pub fn connections(&self) -> Arc<ConnectionLimiter> {
+        Arc::clone(&self.limiter)
     }
 
     /// Serves until the trigger fires (or a watched signal arrives). Blocks; never

@@ -112,6 +112,11 @@ impl IngressProxy {
         }
     }
 
+    /// The metrics this proxy reports to.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// The lease of `target`: from the cache, else from the lease source, waking
     /// the version when it sleeps and this request may wake it.
     async fn lease_for(
@@ -518,6 +523,9 @@ impl ProxyHttp for IngressProxy {
                 }
             },
         };
+        // The connection is never reused after a failure (a body may be half
+        // read), so the answer must say so: `Connection: close`.
+        session.set_keepalive(None);
         if status > 0 {
             let message = match &ctx.target {
                 Some(target) => format!(

@@ -11,6 +11,7 @@ use ingress_control_api::grpc::Token;
 use ingress_control_api::serve::{self, ControlSettings};
 use ingress_control_api::store::SqliteStore;
 use ingress_control_api::{ControlMetrics, ControlPlane, PlaneSettings};
+use ingress_proxy::http1::raise_descriptor_limit;
 use ingress_proxy::time::now_unix_millis;
 use ingress_proxy::{
     IngressProxy, LeaseCache, Metrics, ProxyOptions, ProxyServer, ServerOptions, SnapshotHandle,
@@ -52,6 +53,19 @@ fn main() -> ExitCode {
 
 /// Wires the store, the control plane and the proxy, and serves until a signal.
 fn run(config: &Config) -> Result<(), String> {
+    match raise_descriptor_limit() {
+        Ok(limits) if limits.soft_before != limits.soft => log::info!(
+            "descriptor limit raised from {} to {} (the hard limit)",
+            limits.soft_before,
+            limits.soft
+        ),
+        Ok(limits) => log::info!(
+            "descriptor limit {} (hard limit {})",
+            limits.soft,
+            limits.hard
+        ),
+        Err(e) => log::warn!("cannot read the descriptor limit: {e}"),
+    }
     // Pingora retries a busy port for 30 s and then fails inside its own thread,
     // leaving a process that serves nothing: check the port first and fail at once.
     std::net::TcpListener::bind(config.proxy.listen)
@@ -80,7 +94,18 @@ fn run(config: &Config) -> Result<(), String> {
         Arc::clone(&metrics),
         ProxyOptions::from_config(config),
     );
-    let (server, trigger) = ProxyServer::new(&ServerOptions::from_config(config), proxy, true);
+    let server_options = ServerOptions::from_config(config);
+    log::info!(
+        "at most {} open client connections (proxy.max_connections{})",
+        server_options.max_connections,
+        if config.proxy.max_connections == 0 {
+            ", derived from the descriptor limit"
+        } else {
+            ""
+        }
+    );
+    let (server, trigger) = ProxyServer::new(&server_options, proxy, true);
+    let connections = server.connections();
 
     let tokens = config
         .admin
@@ -101,6 +126,14 @@ fn run(config: &Config) -> Result<(), String> {
     let control = serve::spawn(
         ControlSettings {
             proxy_listen: config.proxy.listen,
+            proxy_full: Arc::new(move || {
+                connections.is_saturated().then(|| {
+                    format!(
+                        "the proxy holds {} open client connections (proxy.max_connections)",
+                        connections.max()
+                    )
+                })
+            }),
             grpc_listen: config.admin.grpc_listen,
             http_listen: config.admin.http_listen,
             tokens,

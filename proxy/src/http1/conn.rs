@@ -1,0 +1,280 @@
+//! The project's own HTTP/1 connection loop, hosted by Pingora's listening service.
+//!
+//! Every client connection runs here. For each request the loop:
+//! 1. waits for its first byte, at most `proxy.keepalive_timeout` after the
+//!    previous response (Pingora's own loop has no such limit after the first
+//!    request, cloudflare/pingora#447), and closes at once when idle at shutdown;
+//! 2. reads the head into a buffer that grows only as needed and never past
+//!    `proxy.max_header_bytes`, within `proxy.header_timeout` from its first byte
+//!    (a deadline for the whole head: Pingora's read timeout applies per read, so
+//!    a head trickled a byte at a time was never cut);
+//! 3. checks it ([`super::head`]): anything ambiguous is answered here with
+//!    `Connection: close` and never reaches an upstream;
+//! 4. hands the request to `pingora-proxy` with the bytes already read as the
+//!    pipelined prefix, and takes the connection back for the next request.
+//!
+//! Only this request's bytes are handed over (its head, and as much of a
+//! `Content-Length` body as was read), so a pipelined next request stays in the
+//! loop's buffer and passes step 3 like any other.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::{BufMut, BytesMut};
+use pingora_core::apps::{HttpServerApp, ServerApp};
+use pingora_core::protocols::http::ServerSession;
+use pingora_core::protocols::Stream;
+use pingora_core::server::ShutdownWatch;
+use pingora_proxy::HttpProxy;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
+
+use super::head::{self, BodyFraming, HeadLimits, Parsed, Refusal};
+use super::limits::ConnectionLimiter;
+use crate::error_response::ErrorAnswer;
+use crate::metrics::Metrics;
+use crate::service::IngressProxy;
+
+/// The first allocation of a connection's head buffer; it grows as needed.
+const INITIAL_BUFFER: usize = 1024;
+/// After a refusal, how long and how much of the client's unread input is
+/// drained before closing, so the answer is not lost to a TCP reset.
+const LINGER_TIME: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 64 * 1024;
+
+/// Timeouts and limits of the connection loop.
+#[derive(Debug, Clone)]
+pub struct ConnOptions {
+    pub head: HeadLimits,
+    /// The whole head must arrive within this, from its first byte (from the
+    /// accept for a connection's first request).
+    pub header_timeout: Duration,
+    /// An idle keep-alive connection is closed after this.
+    pub keepalive_timeout: Duration,
+}
+
+impl ConnOptions {
+    /// The options from the `[proxy]` settings.
+    pub fn from_config(config: &ingress_config::Config) -> ConnOptions {
+        ConnOptions {
+            head: HeadLimits {
+                max_header_bytes: config.proxy.max_header_bytes,
+                max_headers: config.proxy.max_headers,
+                max_target_bytes: config.proxy.max_target_bytes,
+            },
+            header_timeout: config.proxy.header_timeout.0,
+            keepalive_timeout: config.proxy.keepalive_timeout.0,
+        }
+    }
+}
+
+/// The HTTP/1 server application: the loop above in front of `pingora-proxy`.
+pub struct Http1App {
+    proxy: Arc<HttpProxy<IngressProxy>>,
+    limiter: Arc<ConnectionLimiter>,
+    metrics: Arc<Metrics>,
+    options: ConnOptions,
+}
+
+/// How waiting for a request head ended.
+enum Next {
+    /// A head that passed the checks is at the start of the buffer.
+    Request(head::Head),
+    /// Refused: answer and close.
+    Refuse(Refusal),
+    /// The client closed, went idle past the keep-alive limit, or the proxy is
+    /// shutting down with nothing in progress: close without an answer.
+    Close,
+}
+
+impl Http1App {
+    /// The loop in front of `proxy`, admitting connections through `limiter`.
+    pub fn new(
+        proxy: Arc<HttpProxy<IngressProxy>>,
+        limiter: Arc<ConnectionLimiter>,
+        metrics: Arc<Metrics>,
+        options: ConnOptions,
+    ) -> Http1App {
+        Http1App {
+            proxy,
+            limiter,
+            metrics,
+            options,
+        }
+    }
+
+    /// Reads until `buf` starts with a whole, acceptable head.
+    async fn next_head(
+        &self,
+        stream: &mut Stream,
+        buf: &mut BytesMut,
+        first_request: bool,
+        shutdown: &mut ShutdownWatch,
+    ) -> Next {
+        let limits = &self.options.head;
+        // A connection's first request has header_timeout from the accept; a
+        // later one keepalive_timeout to start and then header_timeout.
+        let mut deadline = Instant::now()
+            + if first_request {
+                self.options.header_timeout
+            } else {
+                self.options.keepalive_timeout
+            };
+        let mut started = first_request;
+        loop {
+            if !buf.is_empty() {
+                if !started {
+                    started = true;
+                    deadline = Instant::now() + self.options.header_timeout;
+                }
+                match head::parse(buf, limits) {
+                    Parsed::Complete(head) => return Next::Request(head),
+                    Parsed::Refused(refusal) => return Next::Refuse(refusal),
+                    Parsed::Partial => {}
+                }
+            } else if *shutdown.borrow() {
+                return Next::Close;
+            }
+            // Grow only as far as the head may go; `parse` refuses at the limit.
+            let room = limits.max_header_bytes + 1 - buf.len().min(limits.max_header_bytes);
+            if buf.capacity() == buf.len() {
+                // Grow to an exact size (`reserve` may double past the limit).
+                let size = (buf.len() * 2).clamp(INITIAL_BUFFER, limits.max_header_bytes + 1);
+                let mut grown = BytesMut::with_capacity(size);
+                grown.extend_from_slice(buf);
+                *buf = grown;
+            }
+            let spare = buf.capacity() - buf.len();
+            let idle = buf.is_empty();
+            let read = async {
+                let mut limited = (&mut *buf).limit(spare.min(room));
+                stream.read_buf(&mut limited).await
+            };
+            let outcome = tokio::select! {
+                outcome = tokio::time::timeout_at(deadline, read) => outcome,
+                _ = shutdown.changed(), if idle => return Next::Close,
+            };
+            match outcome {
+                Ok(Ok(0)) | Ok(Err(_)) => return Next::Close,
+                Ok(Ok(_)) => {}
+                Err(_elapsed) if idle => return Next::Close,
+                Err(_elapsed) => {
+                    return Next::Refuse(Refusal {
+                        status: 408,
+                        code: "header_timeout",
+                        message: format!(
+                            "the request head was not complete within {}ms (proxy.header_timeout)",
+                            self.options.header_timeout.as_millis()
+                        ),
+                        accepts_json: false,
+                    })
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl ServerApp for Http1App {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        // Past proxy.max_connections the connection is closed at once (dropped),
+        // so the ones already open keep their descriptors and keep working.
+        let _admitted = self.limiter.try_enter()?;
+        let mut shutdown = shutdown.clone();
+        let mut stream = stream;
+        let mut buf = BytesMut::with_capacity(INITIAL_BUFFER);
+        let mut first_request = true;
+        loop {
+            let head = match self
+                .next_head(&mut stream, &mut buf, first_request, &mut shutdown)
+                .await
+            {
+                Next::Request(head) => head,
+                Next::Close => return None,
+                Next::Refuse(refusal) => {
+                    self.metrics.count_refusal(refusal.status);
+                    refuse(stream, &refusal).await;
+                    return None;
+                }
+            };
+            first_request = false;
+            // Hand over this request's bytes only: the head, and what was read of
+            // a Content-Length body. A chunked body's end is unknown here, so all
+            // of it goes; Pingora closes the connection if it read past the end.
+            let request_bytes = match head.body {
+                BodyFraming::None => head.len,
+                BodyFraming::Length(length) => {
+                    let body = u64::try_from(buf.len() - head.len).unwrap_or(u64::MAX);
+                    head.len + usize::try_from(length.min(body)).unwrap_or(0)
+                }
+                BodyFraming::Chunked => buf.len(),
+            };
+            let prefix = buf.split_to(request_bytes);
+            let mut session = ServerSession::new_http1(stream);
+            if *shutdown.borrow() {
+                session.set_keepalive(None);
+            } else {
+                session.set_keepalive(Some(self.options.keepalive_timeout.as_secs().max(1)));
+            }
+            session.set_pipelined_prefix(prefix);
+            let reused = self.proxy.process_new_http(session, &shutdown).await?;
+            let (returned, _settings) = reused.consume();
+            stream = returned;
+            if buf.capacity() > INITIAL_BUFFER * 4 && buf.is_empty() {
+                // Do not keep a large head's buffer for an idle connection.
+                buf = BytesMut::with_capacity(INITIAL_BUFFER);
+            }
+        }
+    }
+
+    async fn cleanup(&self) {
+        self.proxy.http_cleanup().await;
+    }
+}
+
+/// Answers a refused request with `Connection: close`, then drains what the
+/// client still sends for a moment so the answer is not lost to a reset.
+async fn refuse(mut stream: Stream, refusal: &Refusal) {
+    let answer = ErrorAnswer {
+        status: refusal.status,
+        code: refusal.code,
+        message: refusal.message.clone(),
+        retry_after_secs: None,
+    };
+    let (content_type, body) = answer.body(refusal.accepts_json);
+    let reason = http::StatusCode::from_u16(refusal.status)
+        .ok()
+        .and_then(|status| status.canonical_reason())
+        .unwrap_or("Error");
+    let date = pingora_core::protocols::http::date::get_cached_date();
+    let mut response = format!(
+        "HTTP/1.1 {} {reason}\r\nDate: {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
+        refusal.status,
+        date.to_str().unwrap_or_default(),
+        body.len()
+    )
+    .into_bytes();
+    response.extend_from_slice(&body);
+    let written = async {
+        stream.write_all(&response).await?;
+        stream.flush().await?;
+        stream.shutdown().await
+    };
+    if tokio::time::timeout(LINGER_TIME, written).await.is_err() {
+        return;
+    }
+    let mut drained = 0usize;
+    let mut sink = [0u8; 4096];
+    let deadline = Instant::now() + LINGER_TIME;
+    while drained < LINGER_BYTES {
+        match tokio::time::timeout_at(deadline, stream.read(&mut sink)).await {
+            Ok(Ok(n)) if n > 0 => drained += n,
+            _ => break,
+        }
+    }
+}

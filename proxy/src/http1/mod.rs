@@ -1,0 +1,11 @@
+//! HTTP/1 connections: the project's own connection loop in front of
+//! `pingora-proxy` ([`conn`]), the checks every request head passes before it is
+//! proxied ([`head`]), and the limit on open connections ([`limits`]).
+
+pub mod conn;
+pub mod head;
+pub mod limits;
+
+pub use conn::{ConnOptions, Http1App};
+pub use head::HeadLimits;
+pub use limits::{derived_max_connections, raise_descriptor_limit, ConnectionLimiter};
