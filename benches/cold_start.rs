@@ -67,7 +67,8 @@ fn start_stack() -> Stack {
     .expect("control plane");
     let proxy = IngressProxy::new(
         snapshots,
-        LeaseCache::new(config.proxy.lease_cache_capacity, config.proxy.lease_ttl.0),
+        LeaseCache::new(config.proxy.lease_cache_capacity, config.proxy.lease_ttl.0)
+            .with_instance_limit(config.runtime.max_conns_per_instance),
         plane.lease_source(),
         metrics,
         ProxyOptions::from_config(&config),

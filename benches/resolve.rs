@@ -81,8 +81,7 @@ fn resolve_and_lease_hit(c: &mut Criterion) {
                 .target;
             cache.insert(
                 target,
-                vec![addr],
-                ingress_proxy::lease::LeaseValidity::new(),
+                ingress_proxy::Grant::new(vec![addr], ingress_proxy::lease::LeaseValidity::new()),
                 1,
             );
         }

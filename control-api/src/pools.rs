@@ -420,10 +420,8 @@ impl Shared {
                 else {
                     return None;
                 };
-                let grant = Grant {
-                    addrs: instance.addrs(),
-                    validity: LeaseValidity::new(),
-                };
+                // The instance has been serving since before the drain: not fresh.
+                let grant = Grant::new(instance.addrs(), LeaseValidity::new());
                 pool.turn += 1;
                 // Idle time counts again from now, as after a start.
                 pool.ready_since_ms = Some((self.clock)());
@@ -473,14 +471,16 @@ impl Shared {
                     }
                     Ok(instance) => {
                         self.metrics.count_start(true);
+                        let ready_at_ms = (self.clock)();
                         let grant = Grant {
                             addrs: instance.addrs(),
                             validity: LeaseValidity::new(),
+                            ready_at_ms,
                         };
                         let exited = instance.exited();
                         pool.failures = 0;
                         pool.retry_at = None;
-                        pool.ready_since_ms = Some((self.clock)());
+                        pool.ready_since_ms = Some(ready_at_ms);
                         pool.outcome.send_replace(Outcome::Ready(grant.clone()));
                         pool.phase = Phase::Ready { instance, grant };
                         pool.incarnation += 1;

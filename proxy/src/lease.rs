@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::instance_gate::{Gate, InstanceGates};
+use crate::lease_source::Grant;
 use crate::snapshot::Target;
 
 /// Identifies one lease: the app, the preview label (none for active traffic) and
@@ -50,6 +52,9 @@ impl LeaseValidity {
 #[derive(Debug)]
 pub struct Lease {
     addrs: Box<[SocketAddr]>,
+    /// The concurrency gate of each address, when instances are limited.
+    gates: Option<Box<[Arc<Gate>]>>,
+    ready_at_ms: u64,
     state_epoch: u64,
     expires_at_ms: u64,
     revoked: AtomicBool,
@@ -72,6 +77,8 @@ impl Lease {
         }
         Some(Lease {
             addrs: addrs.into_boxed_slice(),
+            gates: None,
+            ready_at_ms: 0,
             state_epoch,
             expires_at_ms,
             revoked: AtomicBool::new(false),
@@ -95,6 +102,17 @@ impl Lease {
     /// The address of `turn`, wrapping around the lease's addresses.
     pub fn addr_at(&self, turn: usize) -> SocketAddr {
         self.addrs[turn % self.addrs.len()]
+    }
+
+    /// The concurrency gate of the address of `turn`, when instances are limited.
+    pub fn gate_at(&self, turn: usize) -> Option<&Arc<Gate>> {
+        let gates = self.gates.as_ref()?;
+        gates.get(turn % gates.len())
+    }
+
+    /// Unix milliseconds when the instances became ready (0 when not fresh).
+    pub fn ready_at_ms(&self) -> u64 {
+        self.ready_at_ms
     }
 
     /// Every address of the lease.
@@ -125,6 +143,7 @@ impl Lease {
 pub struct LeaseCache {
     leases: moka::sync::Cache<LeaseKey, Arc<Lease>, ahash::RandomState>,
     ttl_ms: u64,
+    gates: InstanceGates,
 }
 
 impl LeaseCache {
@@ -136,7 +155,20 @@ impl LeaseCache {
                 .time_to_live(ttl)
                 .build_with_hasher(ahash::RandomState::new()),
             ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
+            gates: InstanceGates::new(0),
         }
+    }
+
+    /// The same cache, with leases that limit each instance to
+    /// `max_conns_per_instance` requests at once (0 = no limit).
+    pub fn with_instance_limit(mut self, max_conns_per_instance: usize) -> LeaseCache {
+        self.gates = InstanceGates::new(max_conns_per_instance);
+        self
+    }
+
+    /// Requests one instance serves at once (0 = no limit).
+    pub fn instance_limit(&self) -> usize {
+        self.gates.max()
     }
 
     /// The lease of `target` at `now_ms`, if one was granted for the version's
@@ -156,23 +188,20 @@ impl LeaseCache {
         Some(lease)
     }
 
-    /// Caches a lease over `addrs` for `target`, granted at `now_ms` and valid while
-    /// `validity` holds, and returns it; `None` (and nothing cached) when `addrs`
-    /// is empty.
-    pub fn insert(
-        &self,
-        target: &Target,
-        addrs: Vec<SocketAddr>,
-        validity: Arc<LeaseValidity>,
-        now_ms: u64,
-    ) -> Option<Arc<Lease>> {
+    /// Caches a lease over `grant`'s addresses for `target`, granted at `now_ms`
+    /// and valid while the grant's validity holds, and returns it; `None` (and
+    /// nothing cached) when the grant has no address.
+    pub fn insert(&self, target: &Target, grant: Grant, now_ms: u64) -> Option<Arc<Lease>> {
         let expires_at_ms = now_ms.saturating_add(self.ttl_ms);
-        let lease = Arc::new(Lease::new(
-            addrs,
+        let mut lease = Lease::new(
+            grant.addrs,
             target.state_epoch,
             expires_at_ms,
-            validity,
-        )?);
+            grant.validity,
+        )?;
+        lease.gates = self.gates.gates_for(&lease.addrs);
+        lease.ready_at_ms = grant.ready_at_ms;
+        let lease = Arc::new(lease);
         self.leases
             .insert(target.lease_key.clone(), Arc::clone(&lease));
         target.lease_memo.store(Some(Arc::clone(&lease)));
@@ -264,9 +293,13 @@ mod tests {
         assert_ne!(active.lease_key, preview.lease_key);
 
         let cache = LeaseCache::new(100, Duration::from_secs(60));
-        cache.insert(active, vec![addr(1)], LeaseValidity::new(), NOW);
+        cache.insert(active, Grant::new(vec![addr(1)], LeaseValidity::new()), NOW);
         assert!(cache.get(preview, NOW).is_none());
-        cache.insert(preview, vec![addr(2)], LeaseValidity::new(), NOW);
+        cache.insert(
+            preview,
+            Grant::new(vec![addr(2)], LeaseValidity::new()),
+            NOW,
+        );
         assert_eq!(cache.get(active, NOW).unwrap().pick(), addr(1));
         assert_eq!(cache.get(preview, NOW).unwrap().pick(), addr(2));
     }
@@ -280,7 +313,11 @@ mod tests {
         let cache = LeaseCache::new(100, Duration::from_secs(60));
         let old = handle.load();
         let old_preview = old.app("shop").unwrap().preview("pr-1").unwrap();
-        cache.insert(old_preview, vec![addr(1)], LeaseValidity::new(), NOW);
+        cache.insert(
+            old_preview,
+            Grant::new(vec![addr(1)], LeaseValidity::new()),
+            NOW,
+        );
 
         // Same label, new version: a different key.
         handle
@@ -300,7 +337,7 @@ mod tests {
         let cache = LeaseCache::new(100, Duration::from_secs(60));
         let before = handle.load();
         let active = before.app("shop").unwrap().active().unwrap();
-        cache.insert(active, vec![addr(1)], LeaseValidity::new(), NOW);
+        cache.insert(active, Grant::new(vec![addr(1)], LeaseValidity::new()), NOW);
         assert!(cache.get(active, NOW).is_some());
 
         handle
@@ -321,7 +358,7 @@ mod tests {
         let snap = handle.load();
         let active = snap.app("shop").unwrap().active().unwrap();
         let cache = LeaseCache::new(100, Duration::from_millis(20));
-        cache.insert(active, vec![addr(1)], LeaseValidity::new(), NOW);
+        cache.insert(active, Grant::new(vec![addr(1)], LeaseValidity::new()), NOW);
         assert!(cache.get(active, NOW + 19).is_some());
         assert!(cache.get(active, NOW + 20).is_none());
     }
@@ -334,7 +371,11 @@ mod tests {
         let cache = LeaseCache::new(100, Duration::from_secs(60));
         let old = handle.load_full();
         let old_active = old.app("shop").unwrap().active().unwrap();
-        cache.insert(old_active, vec![addr(1)], LeaseValidity::new(), NOW);
+        cache.insert(
+            old_active,
+            Grant::new(vec![addr(1)], LeaseValidity::new()),
+            NOW,
+        );
 
         handle.publish(&input).unwrap();
         let new = handle.load_full();
@@ -358,8 +399,8 @@ mod tests {
         let (active, preview) = (app.active().unwrap(), app.preview("pr-1").unwrap());
         let cache = LeaseCache::new(100, Duration::from_secs(60));
         let shared = LeaseValidity::new();
-        cache.insert(active, vec![addr(1)], Arc::clone(&shared), NOW);
-        cache.insert(preview, vec![addr(1)], Arc::clone(&shared), NOW);
+        cache.insert(active, Grant::new(vec![addr(1)], Arc::clone(&shared)), NOW);
+        cache.insert(preview, Grant::new(vec![addr(1)], Arc::clone(&shared)), NOW);
         assert!(cache.get(active, NOW).is_some() && cache.get(preview, NOW).is_some());
         shared.revoke();
         assert!(cache.get(active, NOW).is_none());

@@ -72,6 +72,22 @@ impl fmt::Display for LeaseError {
 pub struct Grant {
     pub addrs: Vec<SocketAddr>,
     pub validity: Arc<LeaseValidity>,
+    /// Unix milliseconds when the instance behind the grant became ready (0 when
+    /// it is not known to be fresh): a connect that fails in the first seconds is
+    /// retried, since a fresh server may not keep up with its first burst.
+    pub ready_at_ms: u64,
+}
+
+impl Grant {
+    /// A grant over `addrs`, valid while `validity` holds, for instances that are
+    /// not fresh.
+    pub fn new(addrs: Vec<SocketAddr>, validity: Arc<LeaseValidity>) -> Grant {
+        Grant {
+            addrs,
+            validity,
+            ready_at_ms: 0,
+        }
+    }
 }
 
 /// What a lease source has for a version right now.

@@ -7,6 +7,7 @@ pub mod activity;
 pub mod error_response;
 pub mod host;
 pub mod http1;
+pub mod instance_gate;
 pub mod lease;
 pub mod lease_source;
 pub mod metrics;

@@ -25,9 +25,11 @@ use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::activity::InFlightGuard;
 use crate::error_response::{accepts_json, starting_page, ErrorAnswer};
+use crate::instance_gate::Gate;
 use crate::lease::{Lease, LeaseCache};
 use crate::lease_source::{Grant, LeaseAnswer, LeaseError, LeaseSource};
 use crate::metrics::{Metrics, WakeOutcome};
@@ -55,6 +57,8 @@ pub struct ProxyOptions {
     pub wake_page: bool,
     /// Requests that neither wake a version nor count as activity.
     pub ignore: IgnoreRules,
+    /// Longest wait for a slot on a saturated instance (`proxy.queue_timeout`).
+    pub queue_timeout: Duration,
 }
 
 impl ProxyOptions {
@@ -69,6 +73,7 @@ impl ProxyOptions {
             max_waiters: config.wake.max_waiters as u64,
             wake_page: config.wake.mode == ingress_config::WakeMode::Page,
             ignore: IgnoreRules::new(&config.wake.ignore_paths, &config.wake.ignore_user_agents),
+            queue_timeout: config.proxy.queue_timeout.0,
         }
     }
 }
@@ -139,7 +144,7 @@ impl IngressProxy {
         };
         // Stamp the lease with the time it was granted, not when the request began.
         self.leases
-            .insert(target, grant.addrs, grant.validity, now_unix_millis())
+            .insert(target, grant, now_unix_millis())
             .ok_or_else(|| {
                 NoLease::Answer(lease_error_answer(&LeaseError::Failed {
                     reason: format!(
@@ -199,19 +204,7 @@ impl IngressProxy {
         let started = Instant::now();
         let waking =
             tokio::time::timeout(self.options.wake_timeout, self.lease_source.wake(target));
-        // A request without a body can watch its connection while it waits; one
-        // with a body cannot without consuming the body, so it waits out the
-        // timeout if its client leaves.
-        let outcome = if session.is_body_empty() {
-            let downstream = session.as_downstream_mut();
-            tokio::select! {
-                outcome = waking => Some(outcome),
-                _ = downstream.read_body_or_idle(true) => None,
-            }
-        } else {
-            Some(waking.await)
-        };
-        match outcome {
+        match unless_client_leaves(session, waking).await {
             None => {
                 self.metrics.count_wake(WakeOutcome::ClientGone);
                 Err(NoLease::ClientGone)
@@ -245,6 +238,86 @@ impl IngressProxy {
     }
 }
 
+/// Runs `wait` while watching the client: `None` when it hangs up first. A
+/// request without a body can watch its connection while it waits; one with a
+/// body cannot without consuming the body, so it waits `wait` out.
+async fn unless_client_leaves<F: std::future::Future>(
+    session: &mut Session,
+    wait: F,
+) -> Option<F::Output> {
+    if !session.is_body_empty() {
+        return Some(wait.await);
+    }
+    let downstream = session.as_downstream_mut();
+    tokio::select! {
+        outcome = wait => Some(outcome),
+        _ = downstream.read_body_or_idle(true) => None,
+    }
+}
+
+fn client_gone(why: &'static str) -> Box<Error> {
+    let mut error = Error::explain(ErrorType::ConnectionClosed, why);
+    error.esource = ErrorSource::Downstream;
+    error
+}
+
+impl IngressProxy {
+    /// A slot on the instance behind `gate`: at once when one is free, else after
+    /// waiting in line for at most `proxy.queue_timeout` (then 503, kept in
+    /// `ctx.answer`), unless the client hangs up first.
+    async fn take_slot(
+        &self,
+        session: &mut Session,
+        gate: Arc<Gate>,
+        ctx: &mut RequestCtx,
+    ) -> Result<OwnedSemaphorePermit> {
+        let gate = match Arc::clone(&gate).try_acquire_owned() {
+            Ok(slot) => return Ok(slot),
+            Err(_) => gate,
+        };
+        let started = Instant::now();
+        self.metrics.queue_length.inc();
+        let waited = unless_client_leaves(
+            session,
+            tokio::time::timeout(self.options.queue_timeout, gate.acquire_owned()),
+        )
+        .await;
+        self.metrics.queue_length.dec();
+        match waited {
+            Some(Ok(Ok(slot))) => {
+                self.metrics
+                    .queue_wait
+                    .observe(started.elapsed().as_secs_f64());
+                Ok(slot)
+            }
+            None => Err(client_gone(
+                "the client hung up while waiting for a slot on its instance",
+            )),
+            // The gate is never closed, so an acquire error cannot happen; treat
+            // it as a full queue all the same.
+            Some(Ok(Err(_))) | Some(Err(_)) => {
+                self.metrics.queue_rejections.inc();
+                let target = ctx.target.as_deref();
+                ctx.answer = Some(ErrorAnswer {
+                    status: 503,
+                    code: "instance_saturated",
+                    message: format!(
+                        "{}every instance is busy with {} requests (runtime.max_conns_per_instance) and none freed a slot within {}ms (proxy.queue_timeout); try again shortly",
+                        target.map_or(String::new(), |t| format!("version {} of app {}: ", t.version_id, t.app)),
+                        self.leases.instance_limit(),
+                        self.options.queue_timeout.as_millis()
+                    ),
+                    retry_after_secs: Some(1),
+                });
+                Err(Error::explain(
+                    ErrorType::HTTPStatus(503),
+                    "no slot on the instance within proxy.queue_timeout",
+                ))
+            }
+        }
+    }
+}
+
 fn lease_error_answer(error: &LeaseError) -> ErrorAnswer {
     ErrorAnswer {
         status: error.status(),
@@ -265,6 +338,21 @@ fn wants_page(request: &RequestHeader) -> bool {
         })
 }
 
+/// Connects to an instance that became ready this long ago or less are retried.
+const FRESH_WINDOW_MS: u64 = 5_000;
+/// At most this many such retries per request (about 4 s of pauses).
+const MAX_FRESH_RETRIES: u32 = 12;
+
+/// The pause before retrying a failed connect to `lease`'s instances, when they
+/// became ready within [`FRESH_WINDOW_MS`]: nothing was sent, so a retry is safe
+/// for any method. 25 ms, doubling to 500 ms.
+fn fresh_retry_pause(lease: &Lease, retries_so_far: u32, now_ms: u64) -> Option<Duration> {
+    let ready_at = lease.ready_at_ms();
+    let fresh = ready_at > 0 && now_ms.saturating_sub(ready_at) < FRESH_WINDOW_MS;
+    (fresh && retries_so_far < MAX_FRESH_RETRIES)
+        .then(|| Duration::from_millis((25u64 << retries_so_far.min(5)).min(500)))
+}
+
 /// Per-request state shared across hooks.
 #[derive(Default)]
 pub struct RequestCtx {
@@ -278,6 +366,14 @@ pub struct RequestCtx {
     failed_connects: usize,
     /// Milliseconds this request was held while its version woke.
     cold_start_ms: Option<u64>,
+    /// This request's slot on its instance (`runtime.max_conns_per_instance`),
+    /// held until the exchange ends.
+    slot: Option<OwnedSemaphorePermit>,
+    /// Connect retries on a fresh instance so far, and the pause before the next.
+    fresh_retries: u32,
+    connect_backoff: Option<Duration>,
+    /// The answer to give when proxying fails for a reason the proxy chose.
+    answer: Option<ErrorAnswer>,
 }
 
 /// The raw host of the request: the URI authority (HTTP/2, absolute-form) or the
@@ -391,12 +487,9 @@ impl ProxyHttp for IngressProxy {
                 return Ok(true);
             }
             Err(NoLease::ClientGone) => {
-                let mut error = Error::explain(
-                    ErrorType::ConnectionClosed,
+                return Err(client_gone(
                     "the client hung up while its version was waking",
-                );
-                error.esource = ErrorSource::Downstream;
-                return Err(error);
+                ));
             }
         }
         ctx.target = Some(target);
@@ -405,17 +498,27 @@ impl ProxyHttp for IngressProxy {
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         let lease = ctx
             .lease
-            .as_ref()
+            .clone()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no lease for this request"))?;
         // The first attempt takes the next round-robin turn; each retry after a
         // failed connect moves on to the lease's next address.
         let first_turn = *ctx.first_turn.get_or_insert_with(|| lease.next_turn());
-        let addr: SocketAddr = lease.addr_at(first_turn + ctx.failed_connects);
+        let turn = first_turn + ctx.failed_connects;
+        let addr: SocketAddr = lease.addr_at(turn);
+        if let Some(pause) = ctx.connect_backoff.take() {
+            tokio::time::sleep(pause).await;
+        }
+        // A retry gives its earlier slot back before it queues for the next one.
+        ctx.slot = None;
+        if let Some(gate) = lease.gate_at(turn) {
+            let gate = Arc::clone(gate);
+            ctx.slot = Some(self.take_slot(session, gate, ctx).await?);
+        }
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(self.options.connect_timeout);
         peer.options.total_connection_timeout = Some(self.options.connect_timeout);
@@ -433,10 +536,21 @@ impl ProxyHttp for IngressProxy {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        // Try each address of the lease once before giving up.
+        // Try each address of the lease once before giving up; keep trying, with
+        // a pause, an instance that only just became ready.
         ctx.failed_connects += 1;
-        let addresses = ctx.lease.as_ref().map_or(0, |lease| lease.addrs().len());
-        e.set_retry(ctx.failed_connects < addresses);
+        let Some(lease) = &ctx.lease else {
+            return e;
+        };
+        let mut retry = ctx.failed_connects < lease.addrs().len();
+        if !retry {
+            if let Some(pause) = fresh_retry_pause(lease, ctx.fresh_retries, now_unix_millis()) {
+                ctx.fresh_retries += 1;
+                ctx.connect_backoff = Some(pause);
+                retry = true;
+            }
+        }
+        e.set_retry(retry);
         e
     }
 
@@ -526,6 +640,15 @@ impl ProxyHttp for IngressProxy {
         // The connection is never reused after a failure (a body may be half
         // read), so the answer must say so: `Connection: close`.
         session.set_keepalive(None);
+        if let Some(answer) = ctx.answer.take() {
+            if let Err(write_error) = write_error(session, &answer).await {
+                log::debug!("could not send the error response: {write_error}");
+            }
+            return FailToProxy {
+                error_code: answer.status,
+                can_reuse_downstream: false,
+            };
+        }
         if status > 0 {
             let message = match &ctx.target {
                 Some(target) => format!(
@@ -561,6 +684,7 @@ impl ProxyHttp for IngressProxy {
                 .map_or(0, |response| response.status.as_u16());
             self.metrics.count_request(kind, status);
         }
+        ctx.slot = None;
         ctx.in_flight = None;
     }
 }

@@ -77,8 +77,7 @@ fn resolve_and_lease_hit_do_not_allocate() {
         let target = resolve(&snapshot, host.as_bytes(), 1).unwrap().target;
         cache.insert(
             target,
-            vec![addr],
-            ingress_proxy::lease::LeaseValidity::new(),
+            ingress_proxy::Grant::new(vec![addr], ingress_proxy::lease::LeaseValidity::new()),
             1,
         );
     }

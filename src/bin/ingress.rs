@@ -89,7 +89,8 @@ fn run(config: &Config) -> Result<(), String> {
 
     let proxy = IngressProxy::new(
         Arc::clone(&snapshots),
-        LeaseCache::new(config.proxy.lease_cache_capacity, config.proxy.lease_ttl.0),
+        LeaseCache::new(config.proxy.lease_cache_capacity, config.proxy.lease_ttl.0)
+            .with_instance_limit(config.runtime.max_conns_per_instance),
         plane.lease_source(),
         Arc::clone(&metrics),
         ProxyOptions::from_config(config),

@@ -21,6 +21,7 @@ pub struct Ingress {
     config: PathBuf,
     log: PathBuf,
     child: Option<Child>,
+    nofile: Option<(u64, u64)>,
 }
 
 impl Drop for Ingress {
@@ -45,13 +46,31 @@ impl Ingress {
     /// Starts an ingress on `dir` with the extra TOML `sections` appended to the
     /// config (for example short `[ephemeral]` intervals).
     pub fn start(dir: &Path, sections: &str) -> Ingress {
+        Ingress::start_with_proxy(dir, "", sections)
+    }
+
+    /// Like [`Ingress::start`], with `proxy_keys` (TOML lines) added to the
+    /// `[proxy]` section.
+    pub fn start_with_proxy(dir: &Path, proxy_keys: &str, sections: &str) -> Ingress {
+        Ingress::start_limited(dir, proxy_keys, sections, None)
+    }
+
+    /// Like [`Ingress::start_with_proxy`], with the descriptor limit
+    /// (`RLIMIT_NOFILE` soft, hard) set before the binary starts, as `ulimit`
+    /// would.
+    pub fn start_limited(
+        dir: &Path,
+        proxy_keys: &str,
+        sections: &str,
+        nofile: Option<(u64, u64)>,
+    ) -> Ingress {
         let proxy = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let grpc = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let data_dir = dir.join("data");
         let config = dir.join("ingress.toml");
         let text = format!(
-            "[proxy]\nlisten = \"{proxy}\"\n\n[admin]\ngrpc_listen = \"{grpc}\"\nhttp_listen = \"{http}\"\ntokens = [{{ name = \"tester\", secret = \"{TOKEN}\" }}]\n\n[store]\ndata_dir = {:?}\n\n{sections}\n",
+            "[proxy]\nlisten = \"{proxy}\"\n{proxy_keys}\n\n[admin]\ngrpc_listen = \"{grpc}\"\nhttp_listen = \"{http}\"\ntokens = [{{ name = \"tester\", secret = \"{TOKEN}\" }}]\n\n[store]\ndata_dir = {:?}\n\n{sections}\n",
             data_dir.display().to_string()
         );
         std::fs::write(&config, text).expect("write config");
@@ -63,6 +82,7 @@ impl Ingress {
             log: dir.join("ingress.log"),
             config,
             child: None,
+            nofile,
         };
         ingress.spawn();
         ingress
@@ -74,7 +94,24 @@ impl Ingress {
             .append(true)
             .open(&self.log)
             .expect("open log");
-        let child = Command::new(env!("CARGO_BIN_EXE_ingress"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ingress"));
+        if let Some((soft, hard)) = self.nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe and touches only the child.
+            unsafe {
+                command.pre_exec(move || {
+                    let limit = libc::rlimit {
+                        rlim_cur: soft,
+                        rlim_max: hard,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = command
             .arg("--config")
             .arg(&self.config)
             .stdin(Stdio::null())

@@ -231,7 +231,8 @@ impl TestProxy {
         };
         let proxy = IngressProxy::new(
             Arc::clone(&snapshots),
-            LeaseCache::new(config.proxy.lease_cache_capacity, config.proxy.lease_ttl.0),
+            LeaseCache::new(config.proxy.lease_cache_capacity, config.proxy.lease_ttl.0)
+                .with_instance_limit(config.runtime.max_conns_per_instance),
             pools as _,
             Arc::clone(&metrics),
             ProxyOptions::from_config(&config),
