@@ -106,7 +106,9 @@ fn deploy(ingress: &Ingress, command: &str, preview: bool) -> String {
 }
 
 fn version(ingress: &Ingress, id: &str) -> Value {
-    let versions = ingress.ctl(&["versions", "shop", "--output", "json"]).json();
+    let versions = ingress
+        .ctl(&["versions", "shop", "--output", "json"])
+        .json();
     versions
         .as_array()
         .and_then(|all| all.iter().find(|v| v["id"] == id))
@@ -193,6 +195,13 @@ async fn after_kill_9_and_a_restart_exactly_one_copy_of_each_sandbox_runs() {
         );
     }
     assert_eq!(get_preview(&ingress).await.status, 200);
+    assert!(
+        ingress
+            .log_text()
+            .contains("a previous run left 2 sandbox record(s)"),
+        "the restart found the records:\n{}",
+        ingress.log_text()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -256,7 +265,10 @@ async fn a_second_ingress_on_the_same_data_directory_refuses_to_start() {
     let pid = ingress.pid().expect("running");
 
     let (status, output) = ingress.run_second_on_same_data_dir();
-    assert!(!status.success(), "the second ingress ran: {status}\n{output}");
+    assert!(
+        !status.success(),
+        "the second ingress ran: {status}\n{output}"
+    );
     assert_eq!(status.code(), Some(1), "{output}");
     assert!(
         output.contains(&ingress.data_dir.display().to_string()),

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use ingress_config::Config;
 use ingress_control_api::grpc::Token;
-use ingress_control_api::serve::{self, ControlSettings};
 use ingress_control_api::runtime::{process_tree, reap_leftovers};
+use ingress_control_api::serve::{self, ControlSettings};
 use ingress_control_api::store::{DataDirLock, SqliteSandboxLedger, SqliteStore};
 use ingress_control_api::{ControlMetrics, ControlPlane, PlaneSettings};
 use ingress_proxy::time::now_unix_millis;

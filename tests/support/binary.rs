@@ -120,7 +120,10 @@ impl Ingress {
     /// and waits (at most 20 s) for it to exit, killing it if it does not.
     /// Returns its exit status and what it printed.
     pub fn run_second_on_same_data_dir(&self) -> (std::process::ExitStatus, String) {
-        let dir = self.config.parent().expect("the config is in the test directory");
+        let dir = self
+            .config
+            .parent()
+            .expect("the config is in the test directory");
         let config = dir.join("ingress-second.toml");
         let log = dir.join("ingress-second.log");
         let addr = || SocketAddr::from(([127, 0, 0, 1], free_port()));

@@ -9,8 +9,8 @@
 //!   ([`process_tree`]), output in a log file per pool; a restart stops what a
 //!   previous run left ([`reaper`]).
 
-pub mod process_tree;
 mod process_runtime;
+pub mod process_tree;
 pub mod reaper;
 mod static_runtime;
 pub mod supervisor;

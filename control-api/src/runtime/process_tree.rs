@@ -278,8 +278,15 @@ pub fn die_with_parent(parent: libc::pid_t) -> std::io::Result<()> {
     #[cfg(target_os = "linux")]
     {
         // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number.
-        if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) }
-            != 0
+        if unsafe {
+            libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            )
+        } != 0
         {
             return Err(std::io::Error::last_os_error());
         }

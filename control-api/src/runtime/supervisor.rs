@@ -290,7 +290,11 @@ impl Process {
                 log::warn!(
                     "sandbox {}: processes {:?} still run {}s after SIGKILL",
                     self.tree.marker,
-                    self.tree.members().iter().map(|p| p.pid).collect::<Vec<_>>(),
+                    self.tree
+                        .members()
+                        .iter()
+                        .map(|p| p.pid)
+                        .collect::<Vec<_>>(),
                     KILL_LIMIT.as_secs()
                 );
                 return;
@@ -441,14 +445,9 @@ mod tests {
     async fn a_dropped_process_takes_its_tree_with_it() {
         let dir = tempfile::tempdir().unwrap();
         let marker = marker();
-        let process = Process::spawn(
-            "sleep 60 & wait",
-            "v1",
-            &dir.path().join("v1.log"),
-            &marker,
-        )
-        .await
-        .unwrap();
+        let process = Process::spawn("sleep 60 & wait", "v1", &dir.path().join("v1.log"), &marker)
+            .await
+            .unwrap();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while process.tree().members().len() < 2 {
             assert!(tokio::time::Instant::now() < deadline);
@@ -463,7 +462,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("v1.log");
         let command = format!("echo \"version=$INGRESS_VERSION port=$PORT\"; {SERVER}");
-        let process = Process::spawn(&command, "v1", &log, &marker()).await.unwrap();
+        let process = Process::spawn(&command, "v1", &log, &marker())
+            .await
+            .unwrap();
         process
             .wait_ready(
                 &Readiness::Http { path: "/".into() },

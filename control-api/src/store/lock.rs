@@ -39,7 +39,12 @@ impl DataDirLock {
             .create(true)
             .truncate(false)
             .open(&path)
-            .map_err(|e| StoreError(format!("{}: cannot open the lock file: {e}", path.display())))?;
+            .map_err(|e| {
+                StoreError(format!(
+                    "{}: cannot open the lock file: {e}",
+                    path.display()
+                ))
+            })?;
         // SAFETY: flock on a descriptor this function owns.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             let error = std::io::Error::last_os_error();

@@ -144,7 +144,10 @@ mod tests {
         let mut bad = record("s:v1:1");
         bad.pid = 0;
         let error = ledger.record(&bad).unwrap_err();
-        assert!(error.contains("s:v1:1") && error.contains("CHECK"), "{error}");
+        assert!(
+            error.contains("s:v1:1") && error.contains("CHECK"),
+            "{error}"
+        );
         let mut bad = record("s:v1:2");
         bad.port = 0;
         assert!(ledger.record(&bad).is_err());
