@@ -182,7 +182,7 @@ async fn after_kill_9_and_a_restart_exactly_one_copy_of_each_sandbox_runs() {
         });
     }
     for tag in [&direct, &behind_shell] {
-        let found = wait_copies(tag, Duration::from_secs(5), |n| n != 1);
+        let found = wait_copies(tag, Duration::from_secs(2), |n| n != 1);
         assert_eq!(
             found.len(),
             1,
