@@ -25,7 +25,7 @@ use crate::model::{
 };
 use crate::names::{check_app_name, normalise_label, parse_route_host};
 use crate::pools::{Observed, PoolEvent, PoolSettings, Pools};
-use crate::runtime::{ProcessRuntime, Runtimes, StaticRuntime};
+use crate::runtime::{process_tree, ProcessRuntime, Runtimes, SandboxLedger, StaticRuntime};
 use crate::store::Store;
 
 /// The actor name of automatic changes in the audit log.
@@ -162,6 +162,10 @@ pub struct PlaneSettings {
     /// `runtime.start_timeout`.
     pub start_timeout: Duration,
     pub pools: PoolSettings,
+    /// The scope of sandbox markers (from `store.data_dir`), and where running
+    /// sandboxes are recorded (none in tests that need no restart clean-up).
+    pub sandbox_scope: String,
+    pub sandbox_ledger: Option<Arc<dyn SandboxLedger>>,
 }
 
 impl PlaneSettings {
@@ -180,6 +184,8 @@ impl PlaneSettings {
                 failure_backoff: config.wake.failure_backoff.0,
                 failure_backoff_max: config.wake.failure_backoff_max.0,
             },
+            sandbox_scope: process_tree::scope_of(&config.store.data_dir),
+            sandbox_ledger: None,
         }
     }
 }
@@ -220,10 +226,12 @@ impl ControlPlane {
         state.reindex();
         let runtimes = Runtimes {
             static_runtime: Arc::new(StaticRuntime),
-            process_runtime: Arc::new(ProcessRuntime::new(
-                &settings.log_dir,
-                settings.start_timeout,
-            )),
+            process_runtime: Arc::new(
+                ProcessRuntime::new(&settings.log_dir, settings.start_timeout).with_sandboxes(
+                    settings.sandbox_scope.clone(),
+                    settings.sandbox_ledger.clone(),
+                ),
+            ),
         };
         let (pools, events) = Pools::new(
             runtimes,

@@ -8,8 +8,9 @@ use std::sync::Arc;
 
 use ingress_config::Config;
 use ingress_control_api::grpc::Token;
+use ingress_control_api::runtime::{process_tree, reap_leftovers};
 use ingress_control_api::serve::{self, ControlSettings};
-use ingress_control_api::store::SqliteStore;
+use ingress_control_api::store::{DataDirLock, SqliteSandboxLedger, SqliteStore};
 use ingress_control_api::{ControlMetrics, ControlPlane, PlaneSettings};
 use ingress_proxy::http1::raise_descriptor_limit;
 use ingress_proxy::time::now_unix_millis;
@@ -53,6 +54,7 @@ fn main() -> ExitCode {
 
 /// Wires the store, the control plane and the proxy, and serves until a signal.
 fn run(config: &Config) -> Result<(), String> {
+<<<<<<< HEAD
     match raise_descriptor_limit() {
         Ok(limits) if limits.soft_before != limits.soft => log::info!(
             "descriptor limit raised from {} to {} (the hard limit)",
@@ -66,6 +68,11 @@ fn run(config: &Config) -> Result<(), String> {
         ),
         Err(e) => log::warn!("cannot read the descriptor limit: {e}"),
     }
+=======
+    // One ingress per data directory, decided before the store is opened and
+    // before any sandbox is started or reaped; held until the process ends.
+    let _lock = DataDirLock::acquire(&config.store.data_dir).map_err(|e| e.to_string())?;
+>>>>>>> reap
     // Pingora retries a busy port for 30 s and then fails inside its own thread,
     // leaving a process that serves nothing: check the port first and fail at once.
     std::net::TcpListener::bind(config.proxy.listen)
@@ -78,10 +85,15 @@ fn run(config: &Config) -> Result<(), String> {
             .map_err(|e| format!("cannot set up metrics: {e}"))?,
     );
     let store = SqliteStore::open(&config.store.data_dir).map_err(|e| e.to_string())?;
+    let mut settings = PlaneSettings::from_config(config);
+    let ledger =
+        Arc::new(SqliteSandboxLedger::open(&config.store.data_dir).map_err(|e| e.to_string())?);
+    reap_previous_run(config, &settings.sandbox_scope, &ledger)?;
+    settings.sandbox_ledger = Some(ledger);
     let plane = ControlPlane::open(
         Box::new(store),
         Arc::clone(&snapshots),
-        PlaneSettings::from_config(config),
+        settings,
         control_metrics,
         Arc::new(now_unix_millis),
     )
@@ -160,6 +172,32 @@ fn run(config: &Config) -> Result<(), String> {
     let stopped = control.stop();
     plane.shutdown();
     stopped
+}
+
+/// Stops what a previous run on this data directory left running (it was killed
+/// with `kill -9` or crashed), before anything starts.
+fn reap_previous_run(
+    config: &Config,
+    scope: &str,
+    ledger: &Arc<SqliteSandboxLedger>,
+) -> Result<(), String> {
+    let reaped = reap_leftovers(scope, ledger.as_ref(), config.runtime.stop_grace.0)?;
+    if !reaped.stopped.is_empty() || reaped.records > 0 {
+        log::warn!(
+            "a previous run left {} sandbox record(s) and {} process(es) behind; stopped: {:?}",
+            reaped.records,
+            reaped.stopped.len(),
+            reaped.stopped.iter().map(|p| p.pid).collect::<Vec<_>>()
+        );
+    }
+    if !reaped.survivors.is_empty() {
+        log::error!(
+            "processes {:?} of a previous run (marked {}={scope}:...) survived SIGKILL",
+            reaped.survivors.iter().map(|p| p.pid).collect::<Vec<_>>(),
+            process_tree::SANDBOX_ENV
+        );
+    }
+    Ok(())
 }
 
 #[global_allocator]

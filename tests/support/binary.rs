@@ -20,8 +20,23 @@ pub struct Ingress {
     pub data_dir: PathBuf,
     config: PathBuf,
     log: PathBuf,
+    sections: String,
     child: Option<Child>,
     nofile: Option<(u64, u64)>,
+}
+
+fn config_text(
+    proxy: SocketAddr,
+    grpc: SocketAddr,
+    http: SocketAddr,
+    data_dir: &Path,
+    proxy_keys: &str,
+    sections: &str,
+) -> String {
+    format!(
+        "[proxy]\nlisten = \"{proxy}\"\n{proxy_keys}\n\n[admin]\ngrpc_listen = \"{grpc}\"\nhttp_listen = \"{http}\"\ntokens = [{{ name = \"tester\", secret = \"{TOKEN}\" }}]\n\n[store]\ndata_dir = {:?}\n\n{sections}\n",
+        data_dir.display().to_string()
+    )
 }
 
 impl Drop for Ingress {
@@ -69,10 +84,7 @@ impl Ingress {
         let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let data_dir = dir.join("data");
         let config = dir.join("ingress.toml");
-        let text = format!(
-            "[proxy]\nlisten = \"{proxy}\"\n{proxy_keys}\n\n[admin]\ngrpc_listen = \"{grpc}\"\nhttp_listen = \"{http}\"\ntokens = [{{ name = \"tester\", secret = \"{TOKEN}\" }}]\n\n[store]\ndata_dir = {:?}\n\n{sections}\n",
-            data_dir.display().to_string()
-        );
+        let text = config_text(proxy, grpc, http, &data_dir, proxy_keys, sections);
         std::fs::write(&config, text).expect("write config");
         let mut ingress = Ingress {
             proxy,
@@ -81,6 +93,7 @@ impl Ingress {
             data_dir,
             log: dir.join("ingress.log"),
             config,
+            sections: sections.to_string(),
             child: None,
             nofile,
         };
@@ -134,6 +147,50 @@ impl Ingress {
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!("ingress did not listen within 20 s:\n{}", self.log_text());
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Runs a second ingress on this one's data directory, with ports of its own,
+    /// and waits (at most 20 s) for it to exit, killing it if it does not.
+    /// Returns its exit status and what it printed.
+    pub fn run_second_on_same_data_dir(&self) -> (std::process::ExitStatus, String) {
+        let dir = self
+            .config
+            .parent()
+            .expect("the config is in the test directory");
+        let config = dir.join("ingress-second.toml");
+        let log = dir.join("ingress-second.log");
+        let addr = || SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let text = config_text(addr(), addr(), addr(), &self.data_dir, "", &self.sections);
+        std::fs::write(&config, text).expect("write config");
+        let out = std::fs::File::create(&log).expect("create log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ingress"))
+            .arg("--config")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("log"))
+            .stderr(out)
+            .spawn()
+            .expect("start the second ingress");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                // SAFETY: plain signal to our own child's pid.
+                unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+                std::thread::sleep(Duration::from_secs(3));
+                let _ = child.kill();
+                break child.wait().expect("reap the second ingress");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        (status, std::fs::read_to_string(&log).unwrap_or_default())
     }
 
     /// What the process has logged.

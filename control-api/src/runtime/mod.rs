@@ -5,9 +5,13 @@
 //! - [`StaticRuntime`]: fixed upstream addresses; starting and stopping are
 //!   no-ops, so a static version is ready the moment it is woken.
 //! - [`ProcessRuntime`]: `sh -c CMD` on this machine with `PORT` set, readiness
-//!   probed, SIGTERM then SIGKILL, output in a log file per pool.
+//!   probed, SIGTERM then SIGKILL to its whole process tree
+//!   ([`process_tree`]), output in a log file per pool; a restart stops what a
+//!   previous run left ([`reaper`]).
 
 mod process_runtime;
+pub mod process_tree;
+pub mod reaper;
 mod static_runtime;
 pub mod supervisor;
 
@@ -21,6 +25,7 @@ use async_trait::async_trait;
 use crate::model::RuntimeSpec;
 
 pub use process_runtime::ProcessRuntime;
+pub use reaper::{reap_leftovers, SandboxLedger, SandboxRecord};
 pub use static_runtime::StaticRuntime;
 
 /// A future that resolves when an instance ends on its own, with how it ended.

@@ -1,8 +1,13 @@
 //! One supervised child process, the building block of the `process` runtime
 //! (SPEC §9): `sh -c CMD` with `PORT` and `INGRESS_VERSION` set, output appended to
 //! a log file, readiness probed with back-off, stopped with SIGTERM and then
-//! SIGKILL after a grace period. The child runs in its own process group so that
-//! stopping it also stops whatever it started.
+//! SIGKILL after a grace period. The child runs in its own process group and
+//! carries its sandbox's marker in `INGRESS_SANDBOX`, so that stopping it stops
+//! whatever it started too, even after `sh` itself is gone and even what left the
+//! group (see [`super::process_tree`]). It gets `PR_SET_PDEATHSIG(SIGKILL)`: it
+//! dies when the thread that spawned it ends (the pools' long-lived worker thread,
+//! so in practice when the ingress dies); what `sh` starts does not inherit that,
+//! which is why a restart also reaps what a previous run left (`reaper.rs`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -12,6 +17,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+
+use super::process_tree::{self, Tree, SANDBOX_ENV};
 
 /// How a started process is known to be ready.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,7 +71,15 @@ pub struct Process {
     log_path: PathBuf,
     /// `None` while it runs; its exit status once it has exited.
     exit: watch::Receiver<Option<String>>,
+    /// Everything it started, by marker and process group.
+    tree: Tree,
+    /// Set once a stop has seen the whole tree gone; a drop before that kills it.
+    reaped: bool,
 }
+
+/// After SIGKILL, how long a stop keeps killing what is left before it gives up
+/// (a process in uninterruptible sleep) and says so in the log.
+const KILL_LIMIT: Duration = Duration::from_secs(5);
 
 /// The first probe comes this soon after the start; the interval doubles up to
 /// [`PROBE_MAX`], so readiness is seen within about 5 ms of the process's own,
@@ -74,12 +89,14 @@ const PROBE_FIRST: Duration = Duration::from_millis(1);
 const PROBE_MAX: Duration = Duration::from_millis(5);
 
 impl Process {
-    /// Starts `sh -c command` on a free loopback port, with `PORT` and
-    /// `INGRESS_VERSION` set and stdout and stderr appended to `log_path`.
+    /// Starts `sh -c command` on a free loopback port, with `PORT`,
+    /// `INGRESS_VERSION` and `INGRESS_SANDBOX` (= `marker`) set and stdout and
+    /// stderr appended to `log_path`.
     pub async fn spawn(
         command: &str,
         version_id: &str,
         log_path: &Path,
+        marker: &str,
     ) -> Result<Process, StartError> {
         let port = free_port().map_err(|e| StartError::Spawn(format!("no free port: {e}")))?;
         if let Some(dir) = log_path.parent() {
@@ -94,22 +111,35 @@ impl Process {
         let log_err = log
             .try_clone()
             .map_err(|e| StartError::Spawn(format!("log file {}: {e}", log_path.display())))?;
-        let mut child = tokio::process::Command::new("sh")
+        let mut command_line = tokio::process::Command::new("sh");
+        command_line
             .arg("-c")
             .arg(command)
             .env("PORT", port.to_string())
             .env("INGRESS_VERSION", version_id)
+            .env(SANDBOX_ENV, marker)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
             .process_group(0)
-            .kill_on_drop(true)
+            .kill_on_drop(true);
+        let parent = std::process::id() as libc::pid_t;
+        // SAFETY: the closure only makes async-signal-safe calls (prctl, getppid).
+        unsafe {
+            command_line.pre_exec(move || process_tree::die_with_parent(parent));
+        }
+        let mut child = command_line
             .spawn()
             .map_err(|e| StartError::Spawn(e.to_string()))?;
         let pid = child
             .id()
             .and_then(|pid| i32::try_from(pid).ok())
             .ok_or_else(|| StartError::Spawn("the child has no process id".into()))?;
+        let tree = Tree {
+            marker: marker.to_string(),
+            pgid: pid,
+            leader_start_time: process_tree::stat(pid).map(|s| s.start_time),
+        };
         let (exited, exit) = watch::channel(None);
         tokio::spawn(async move {
             let status = match child.wait().await {
@@ -123,7 +153,14 @@ impl Process {
             pid,
             log_path: log_path.to_path_buf(),
             exit,
+            tree,
+            reaped: false,
         })
+    }
+
+    /// Its sandbox's process tree.
+    pub fn tree(&self) -> &Tree {
+        &self.tree
     }
 
     /// The address the process was told to listen on (`PORT`).
@@ -193,44 +230,93 @@ impl Process {
         }
     }
 
-    /// Stops the process group: SIGTERM, then SIGKILL if it is still running after
-    /// `grace`. Returns the exit status.
+    /// Stops the whole tree, whatever its leader did: SIGTERM to the process
+    /// group and to every marked process (also after `sh` has exited), then, if
+    /// anything of it still runs after `grace`, SIGKILL to all of it until nothing
+    /// is left. Returns the leader's exit status.
     pub async fn stop(mut self, grace: Duration) -> String {
-        if let Some(status) = self.exit_status() {
-            return status;
+        self.tree.signal(libc::SIGTERM);
+        let deadline = tokio::time::Instant::now() + grace;
+        let mut pause = Duration::from_millis(5);
+        while !self.all_gone() {
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                self.kill_all().await;
+                break;
+            }
+            let wait = pause.min(deadline - now);
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                changed = self.exit.changed() => {
+                    if changed.is_err() {
+                        // The exit watcher is gone (shutdown): poll instead.
+                        tokio::time::sleep(wait).await;
+                    }
+                }
+            }
+            pause = (pause * 2).min(Duration::from_millis(100));
         }
-        signal_group(self.pid, libc::SIGTERM);
-        if tokio::time::timeout(grace, self.exit.wait_for(Option::is_some))
-            .await
-            .is_err()
-        {
-            signal_group(self.pid, libc::SIGKILL);
-            let _ = self.exit.wait_for(Option::is_some).await;
-        }
+        self.reaped = true;
         self.exit_status().unwrap_or_else(|| "stopped".to_string())
+    }
+
+    /// The leader has exited (and was reaped) and no process of the tree lives.
+    fn all_gone(&self) -> bool {
+        self.exit_status().is_some() && self.tree.members().is_empty()
+    }
+
+    /// SIGKILL to the tree until it is gone, for at most [`KILL_LIMIT`].
+    async fn kill_all(&mut self) {
+        let deadline = tokio::time::Instant::now() + KILL_LIMIT;
+        loop {
+            self.tree.signal(libc::SIGKILL);
+            // Let the exit of the leader be collected.
+            let watcher_gone = matches!(
+                tokio::time::timeout(
+                    Duration::from_millis(20),
+                    self.exit.wait_for(Option::is_some),
+                )
+                .await,
+                Ok(Err(_))
+            );
+            if watcher_gone {
+                // The exit watcher is gone (shutdown): poll instead.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if self.all_gone() {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                log::warn!(
+                    "sandbox {}: processes {:?} still run {}s after SIGKILL",
+                    self.tree.marker,
+                    self.tree
+                        .members()
+                        .iter()
+                        .map(|p| p.pid)
+                        .collect::<Vec<_>>(),
+                    KILL_LIMIT.as_secs()
+                );
+                return;
+            }
+        }
     }
 }
 
 impl Drop for Process {
-    /// A process dropped while still running (its task was cancelled at shutdown)
-    /// takes its whole process group with it, not only `sh`.
+    /// A process dropped before a stop finished (its task was cancelled at
+    /// shutdown, or it exited on its own and its pool let it go) takes its whole
+    /// tree with it, not only `sh`.
     fn drop(&mut self) {
-        if self.exit_status().is_none() {
-            signal_group(self.pid, libc::SIGKILL);
+        if !self.reaped {
+            self.tree.signal(libc::SIGKILL);
         }
     }
 }
 
+#[cfg(test)]
 fn signal_group(pid: i32, signal: i32) {
-    // SAFETY: `kill` has no memory-safety preconditions; a negative pid addresses
-    // the process group the child leads (it was started with process_group(0)).
-    let result = unsafe { libc::kill(-pid, signal) };
-    if result != 0 {
-        log::debug!(
-            "signal {signal} to process group {pid}: {}",
-            std::io::Error::last_os_error()
-        );
-    }
+    process_tree::signal_group(pid, signal);
 }
 
 fn free_port() -> std::io::Result<u16> {
@@ -286,12 +372,99 @@ mod tests {
 
     const SERVER: &str = "exec python3 -m http.server \"$PORT\" --bind 127.0.0.1";
 
+    fn marker() -> String {
+        process_tree::new_marker(&process_tree::random_scope(), "v1")
+    }
+
+    /// Waits (at most 10 s) until no process carries `marker`.
+    async fn wait_until_none_carries(marker: &str) -> Vec<i32> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let left: Vec<i32> = process_tree::marked(|m| m == marker)
+                .iter()
+                .map(|(p, _)| p.pid)
+                .collect();
+            if left.is_empty() || tokio::time::Instant::now() >= deadline {
+                return left;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_term_ignoring_app_behind_a_shell_that_dies_of_term_is_killed() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = marker();
+        // `sh` (the group leader) dies of SIGTERM; the app ignores it.
+        let process = Process::spawn(
+            "(trap '' TERM; exec sleep 60) & wait",
+            "v1",
+            &dir.path().join("v1.log"),
+            &marker,
+        )
+        .await
+        .unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while process.tree().members().len() < 2 {
+            assert!(tokio::time::Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let status = process.stop(Duration::from_millis(300)).await;
+        assert!(status.contains("signal: 15"), "{status}");
+        assert_eq!(wait_until_none_carries(&marker).await, Vec::<i32>::new());
+    }
+
+    #[tokio::test]
+    async fn what_a_leader_left_running_when_it_exited_is_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = marker();
+        // The leader exits at once; one child stays in the group, one leaves it.
+        let process = Process::spawn(
+            "sleep 60 & setsid sleep 60 & exit 0",
+            "v1",
+            &dir.path().join("v1.log"),
+            &marker,
+        )
+        .await
+        .unwrap();
+        let error = process
+            .wait_ready(&Readiness::Tcp, Duration::from_secs(10))
+            .await
+            .unwrap_err();
+        assert!(matches!(error, StartError::Exited { .. }), "{error:?}");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while process_tree::marked(|m| m == marker).len() < 2 {
+            assert!(tokio::time::Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        process.stop(Duration::from_millis(300)).await;
+        assert_eq!(wait_until_none_carries(&marker).await, Vec::<i32>::new());
+    }
+
+    #[tokio::test]
+    async fn a_dropped_process_takes_its_tree_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = marker();
+        let process = Process::spawn("sleep 60 & wait", "v1", &dir.path().join("v1.log"), &marker)
+            .await
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while process.tree().members().len() < 2 {
+            assert!(tokio::time::Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop(process);
+        assert_eq!(wait_until_none_carries(&marker).await, Vec::<i32>::new());
+    }
+
     #[tokio::test]
     async fn starts_with_port_and_version_and_becomes_ready() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("v1.log");
         let command = format!("echo \"version=$INGRESS_VERSION port=$PORT\"; {SERVER}");
-        let process = Process::spawn(&command, "v1", &log).await.unwrap();
+        let process = Process::spawn(&command, "v1", &log, &marker())
+            .await
+            .unwrap();
         process
             .wait_ready(
                 &Readiness::Http { path: "/".into() },
@@ -318,6 +491,7 @@ mod tests {
             "echo missing dependency >&2; exit 3",
             "v1",
             &dir.path().join("v1.log"),
+            &marker(),
         )
         .await
         .unwrap();
@@ -341,7 +515,7 @@ mod tests {
     #[tokio::test]
     async fn not_ready_in_time_then_stopped() {
         let dir = tempfile::tempdir().unwrap();
-        let process = Process::spawn("sleep 30", "v1", &dir.path().join("v1.log"))
+        let process = Process::spawn("sleep 30", "v1", &dir.path().join("v1.log"), &marker())
             .await
             .unwrap();
         let error = process
@@ -356,18 +530,18 @@ mod tests {
     #[tokio::test]
     async fn a_process_ignoring_sigterm_is_killed_with_its_children_after_the_grace() {
         let dir = tempfile::tempdir().unwrap();
-        let marker = dir.path().join("child.pid");
+        let pid_file = dir.path().join("child.pid");
         // The shell ignores TERM and starts a child; both must be gone after stop.
         let command = format!(
             "trap '' TERM; sleep 60 & echo $! > {}; wait",
-            marker.display()
+            pid_file.display()
         );
-        let process = Process::spawn(&command, "v1", &dir.path().join("v1.log"))
+        let process = Process::spawn(&command, "v1", &dir.path().join("v1.log"), &marker())
             .await
             .unwrap();
         let mut child_pid = String::new();
         for _ in 0..200 {
-            child_pid = std::fs::read_to_string(&marker).unwrap_or_default();
+            child_pid = std::fs::read_to_string(&pid_file).unwrap_or_default();
             if !child_pid.trim().is_empty() {
                 break;
             }
@@ -398,7 +572,7 @@ mod tests {
     #[tokio::test]
     async fn an_exit_from_outside_is_noticed() {
         let dir = tempfile::tempdir().unwrap();
-        let process = Process::spawn(SERVER, "v1", &dir.path().join("v1.log"))
+        let process = Process::spawn(SERVER, "v1", &dir.path().join("v1.log"), &marker())
             .await
             .unwrap();
         process

@@ -69,8 +69,23 @@ CREATE TABLE schedules (
 );
 ";
 
+/// Schema version 4: the sandboxes running now (one row per start of a
+/// process, deleted once its whole process tree is gone), so that an ingress
+/// restarted after `kill -9` stops what the previous run left behind.
+const V4: &str = "
+CREATE TABLE sandboxes (
+    marker         TEXT PRIMARY KEY,  -- INGRESS_SANDBOX of its processes
+    pool           TEXT NOT NULL,
+    pid            INTEGER NOT NULL CHECK (pid > 1),
+    pgid           INTEGER NOT NULL CHECK (pgid > 1),
+    start_time     INTEGER NOT NULL CHECK (start_time >= 0),  -- /proc/PID/stat field 22
+    port           INTEGER NOT NULL CHECK (port BETWEEN 1 AND 65535),
+    started_at_ms  INTEGER NOT NULL
+);
+";
+
 /// Migration `i` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[V1, V2, V3];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;

@@ -1,15 +1,19 @@
 //! Where the control plane keeps its state. The [`Store`] trait is the seam for a
 //! shared store later (SPEC §8); [`SqliteStore`] is the embedded default.
 
+mod lock;
 mod migrations;
+mod sandboxes;
 mod sqlite;
 
 use std::fmt;
 
 use crate::model::{AuditEntry, Mutation, State};
 
+pub use lock::{DataDirLock, LOCK_FILE};
 pub use migrations::SCHEMA_VERSION;
-pub use sqlite::SqliteStore;
+pub use sandboxes::SqliteSandboxLedger;
+pub use sqlite::{SqliteStore, STORE_FILE};
 
 /// A store operation that failed; the message names the file or the record.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -522,6 +522,56 @@ mod tests {
     }
 
     #[test]
+    fn a_file_of_schema_3_is_migrated_to_the_sandboxes_table_and_keeps_its_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(STORE_FILE);
+        {
+            let connection = Connection::open(&path).unwrap();
+            // Schema 3 exactly as it shipped, frozen here.
+            connection
+                .execute_batch(
+                    "CREATE TABLE apps (name TEXT PRIMARY KEY, created_at_ms INTEGER NOT NULL, active_version TEXT);
+                     CREATE TABLE routes (key TEXT PRIMARY KEY, kind TEXT NOT NULL CHECK (kind IN ('exact', 'wildcard', 'default')), host TEXT NOT NULL, app TEXT NOT NULL);
+                     CREATE TABLE versions (id TEXT PRIMARY KEY, app TEXT NOT NULL, spec TEXT NOT NULL, env TEXT NOT NULL CHECK (env IN ('production', 'preview')), branch TEXT, label TEXT, expires_at_ms INTEGER, created_at_ms INTEGER NOT NULL, cloned_from TEXT, desired_state TEXT NOT NULL DEFAULT 'running' CHECK (desired_state IN ('running', 'stopped')), pool TEXT);
+                     CREATE INDEX versions_by_app ON versions (app);
+                     CREATE TABLE tombstones (app TEXT NOT NULL, label TEXT NOT NULL, expired_at_ms INTEGER NOT NULL, PRIMARY KEY (app, label));
+                     CREATE TABLE audit (seq INTEGER PRIMARY KEY AUTOINCREMENT, at_ms INTEGER NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL, target TEXT NOT NULL, detail TEXT NOT NULL);
+                     CREATE TABLE schedules (version TEXT PRIMARY KEY, desired_state TEXT NOT NULL CHECK (desired_state IN ('running', 'stopped')), due_at_ms INTEGER NOT NULL, reason TEXT NOT NULL CHECK (reason IN ('idle', 'superseded', 'manual', 'ttl', 'request')), actor TEXT NOT NULL, created_at_ms INTEGER NOT NULL);
+                     PRAGMA user_version = 3;",
+                )
+                .unwrap();
+            connection
+                .execute_batch(
+                    "INSERT INTO apps VALUES ('shop', 1, 'v1');
+                     INSERT INTO versions VALUES ('v1', 'shop', '{\"runtime\":\"process\",\"command\":\"exec app\",\"ready\":{\"probe\":\"http\",\"path\":\"/\"}}', 'production', NULL, NULL, NULL, 1, NULL, 'stopped', 'v1');
+                     INSERT INTO schedules VALUES ('v1', 'running', 50, 'manual', 'admin', 4);",
+                )
+                .unwrap();
+        }
+        let store = SqliteStore::open(dir.path()).unwrap();
+        assert_eq!(stored_schema_version(&path).unwrap(), Some(SCHEMA_VERSION));
+        let state = store.load().unwrap();
+        assert_eq!(state.versions["v1"].desired, DesiredState::Stopped);
+        assert_eq!(state.schedules["v1"].reason, ChangeReason::Manual);
+        // The new table works, and its checks refuse impossible rows.
+        let connection = store.connection();
+        connection
+            .execute(
+                "INSERT INTO sandboxes VALUES ('s:v1:1', 'v1', 4242, 4242, 99, 40000, 5)",
+                [],
+            )
+            .unwrap();
+        for bad in [
+            "INSERT INTO sandboxes VALUES ('s:v1:2', 'v1', 0, 4242, 99, 40000, 5)",
+            "INSERT INTO sandboxes VALUES ('s:v1:3', 'v1', 4242, 1, 99, 40000, 5)",
+            "INSERT INTO sandboxes VALUES ('s:v1:4', 'v1', 4242, 4242, 99, 70000, 5)",
+            "INSERT INTO sandboxes VALUES ('s:v1:1', 'v1', 4243, 4243, 99, 40001, 5)",
+        ] {
+            assert!(connection.execute(bad, []).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn a_file_of_schema_1_is_migrated_and_keeps_its_data() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(STORE_FILE);
