@@ -27,7 +27,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::activity::InFlightGuard;
-use crate::error_response::{accepts_json, starting_page, ErrorAnswer};
+use crate::error_response::{accepts_json, connection_header_problem, starting_page, ErrorAnswer};
 use crate::lease::{Lease, LeaseCache};
 use crate::lease_source::{Grant, LeaseAnswer, LeaseError, LeaseSource};
 use crate::metrics::{Metrics, WakeOutcome};
@@ -502,6 +502,21 @@ impl ProxyHttp for IngressProxy {
                 error_code: started.status.as_u16(),
                 can_reuse_downstream: false,
             };
+        }
+        // Pingora refuses to build the upstream request when `Connection` nominates
+        // a header the proxy must forward; say so instead of "could not be read".
+        if e.esource() == &ErrorSource::Downstream && e.etype() == &ErrorType::InvalidHTTPHeader {
+            let connection = session.req_header().headers.get_all(header::CONNECTION);
+            if let Some(answer) = connection_header_problem(connection.iter().map(|v| v.as_bytes()))
+            {
+                if let Err(write_error) = write_error(session, &answer).await {
+                    log::debug!("could not send the error response: {write_error}");
+                }
+                return FailToProxy {
+                    error_code: answer.status,
+                    can_reuse_downstream: false,
+                };
+            }
         }
         let (status, reason) = match e.etype() {
             ErrorType::HTTPStatus(code) => (*code, "the request failed"),
