@@ -242,7 +242,10 @@ async fn the_same_label_replaces_and_the_eleventh_evicts_the_nearest_to_expiry()
 async fn an_expired_preview_is_410_at_once_and_the_gc_deletes_it() {
     let dir = tempfile::tempdir().unwrap();
     // min_ttl 1s: the preview expires within the test.
-    let ingress = shop(&dir, "[ephemeral]\ngc_interval = \"200ms\"\nmin_ttl = \"1s\"\n");
+    let ingress = shop(
+        &dir,
+        "[ephemeral]\ngc_interval = \"200ms\"\nmin_ttl = \"1s\"\n",
+    );
     let upstream = Upstream::start("preview").await;
     let preview = deploy(
         &ingress,

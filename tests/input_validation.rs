@@ -47,7 +47,10 @@ fn assert_refused(output: &CtlOutput, what: &str, expected: &[&str]) {
     assert_eq!(stderr.lines().count(), 1, "{what}: {stderr}");
     assert!(stderr.starts_with("ingressctl: "), "{what}: {stderr}");
     for part in expected {
-        assert!(stderr.contains(part), "{what}: expected {part:?} in {stderr}");
+        assert!(
+            stderr.contains(part),
+            "{what}: expected {part:?} in {stderr}"
+        );
     }
 }
 
@@ -179,7 +182,10 @@ async fn a_ttl_below_the_minimum_is_refused_and_changes_nothing() {
         assert_refused(
             &output,
             ttl,
-            &[&format!("--ttl {ttl} is shorter than the minimum 1m"), allowed],
+            &[
+                &format!("--ttl {ttl} is shorter than the minimum 1m"),
+                allowed,
+            ],
         );
         let output = import(
             &ingress,
@@ -190,14 +196,24 @@ async fn a_ttl_below_the_minimum_is_refused_and_changes_nothing() {
         assert_refused(
             &output,
             ttl,
-            &[&format!("app #1 (other): --ttl {ttl} is shorter than the minimum 1m"), allowed],
+            &[
+                &format!("app #1 (other): --ttl {ttl} is shorter than the minimum 1m"),
+                allowed,
+            ],
         );
     }
     assert_eq!(observable(&ingress), before);
     // The minimum itself is a valid TTL.
     ingress
         .ctl(&[
-            "deploy", "shop", "--upstream", &addr, "--ephemeral", "pr-1", "--ttl", "1m",
+            "deploy",
+            "shop",
+            "--upstream",
+            &addr,
+            "--ephemeral",
+            "pr-1",
+            "--ttl",
+            "1m",
         ])
         .expect_ok();
 }
@@ -389,11 +405,11 @@ fn config_errors_name_the_line_and_column_or_the_key_and_exit_2() {
     let (code, stderr) = run_ingress(dir.path(), &text);
     assert_eq!(code, Some(2), "{stderr}");
     let config = dir.path().join("config.toml");
-    let prefix = format!(
-        "ingress: {}: line {line}, column 12: ",
-        config.display()
+    let prefix = format!("ingress: {}: line {line}, column 12: ", config.display());
+    assert!(
+        stderr.starts_with(&prefix),
+        "expected {prefix:?} in {stderr}"
     );
-    assert!(stderr.starts_with(&prefix), "expected {prefix:?} in {stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
 
     // An empty data_dir would put the store in the working directory.
@@ -404,8 +420,7 @@ fn config_errors_name_the_line_and_column_or_the_key_and_exit_2() {
     );
     assert_eq!(code, Some(2), "{stderr}");
     assert!(
-        stderr.starts_with("ingress: ")
-            && stderr.contains("store.data_dir: must not be empty"),
+        stderr.starts_with("ingress: ") && stderr.contains("store.data_dir: must not be empty"),
         "{stderr}"
     );
     assert_eq!(stderr.lines().count(), 1, "{stderr}");

@@ -836,7 +836,11 @@ fn deploy_upstreams(h: &Harness, addrs: Vec<SocketAddr>) -> Result<DeployOutcome
 
 /// One import record: app `name` at `name.example.com` over `upstreams`, with
 /// the given previews.
-fn import_record(name: &str, upstreams: Vec<SocketAddr>, previews: Vec<ImportPreview>) -> ImportApp {
+fn import_record(
+    name: &str,
+    upstreams: Vec<SocketAddr>,
+    previews: Vec<ImportPreview>,
+) -> ImportApp {
     ImportApp {
         app: name.into(),
         hosts: vec![format!("{name}.example.com")],
@@ -879,8 +883,11 @@ fn upstreams_must_be_connectable_unicast_and_few() {
             let e = deploy_upstreams(&h, addrs).unwrap_err();
             assert_eq!(e.kind, ErrorKind::InvalidArgument);
             assert!(
-                e.message.starts_with(&format!("--upstream {bad} {problem}"))
-                    && e.message.contains("an upstream is a unicast IP address with a port from 1 to 65535"),
+                e.message
+                    .starts_with(&format!("--upstream {bad} {problem}"))
+                    && e.message.contains(
+                        "an upstream is a unicast IP address with a port from 1 to 65535"
+                    ),
                 "{e}"
             );
         }
@@ -891,7 +898,8 @@ fn upstreams_must_be_connectable_unicast_and_few() {
             .unwrap_err();
         assert_eq!(e.kind, ErrorKind::InvalidArgument);
         assert!(
-            e.message.starts_with(&format!("app #1 (other): upstreams {bad} {problem}")),
+            e.message
+                .starts_with(&format!("app #1 (other): upstreams {bad} {problem}")),
             "{e}"
         );
         let e = h
@@ -906,8 +914,9 @@ fn upstreams_must_be_connectable_unicast_and_few() {
             )
             .unwrap_err();
         assert!(
-            e.message
-                .starts_with(&format!("app #1 (other): preview pr-1: upstreams {bad} {problem}")),
+            e.message.starts_with(&format!(
+                "app #1 (other): preview pr-1: upstreams {bad} {problem}"
+            )),
             "{e}"
         );
     }
@@ -1002,7 +1011,8 @@ fn route_hosts_that_are_ip_literals_or_empty_are_refused_and_change_nothing() {
         )
         .unwrap_err();
     assert!(
-        e.message.starts_with("app #1 (other): route host \"*.\" has nothing after"),
+        e.message
+            .starts_with("app #1 (other): route host \"*.\" has nothing after"),
         "{e}"
     );
     let e = h.plane.remove_route("admin", "").unwrap_err();
@@ -1022,7 +1032,9 @@ fn a_route_an_older_ingress_let_in_can_still_be_removed() {
     };
     {
         let mut inner = h.plane.lock();
-        let audit = h.plane.audit("admin", "route.add", "127.0.0.1", String::new());
+        let audit = h
+            .plane
+            .audit("admin", "route.add", "127.0.0.1", String::new());
         h.plane
             .commit(&mut inner, vec![Mutation::PutRoute(legacy)], audit)
             .unwrap();

@@ -153,9 +153,10 @@ mod tests {
             assert_eq!(answer.status, 400);
             assert_eq!(answer.code, "bad_connection_header");
             assert!(
-                answer.message.starts_with(
-                    "the Connection header nominates a header the proxy must forward"
-                ) && answer.message.contains(named),
+                answer
+                    .message
+                    .starts_with("the Connection header nominates a header the proxy must forward")
+                    && answer.message.contains(named),
                 "{value}: {}",
                 answer.message
             );
@@ -174,8 +175,18 @@ mod tests {
             "the Connection header names 10 headers; at most 9 are allowed"
         );
         let answer = connection_header_problem([&b"\"x-forwarded-for\""[..]]).unwrap();
-        assert!(answer.message.contains("is not a header name"), "{}", answer.message);
-        for fine in ["close", "keep-alive, upgrade", "a,b,c,d,e,f,g,h,i", "", " , "] {
+        assert!(
+            answer.message.contains("is not a header name"),
+            "{}",
+            answer.message
+        );
+        for fine in [
+            "close",
+            "keep-alive, upgrade",
+            "a,b,c,d,e,f,g,h,i",
+            "",
+            " , ",
+        ] {
             assert_eq!(connection_header_problem([fine.as_bytes()]), None, "{fine}");
         }
         assert_eq!(connection_header_problem(std::iter::empty()), None);
