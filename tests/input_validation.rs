@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::binary::{CtlOutput, Ingress, TOKEN};
-use support::{closed_addr, free_port, raw_request, Upstream};
+use support::{closed_addr, free_ports, raw_request, Upstream};
 
 /// An ingress with app `shop` at shop.example.com and an active version.
 async fn shop(dir: &tempfile::TempDir) -> (Ingress, Upstream) {
@@ -387,12 +387,9 @@ fn run_ingress(dir: &Path, config_text: &str) -> (Option<i32>, String) {
 
 /// `[proxy]` and `[admin]` sections on free loopback ports.
 fn listeners() -> String {
-    let port = || SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let [proxy, grpc, http] = free_ports().map(|port| SocketAddr::from(([127, 0, 0, 1], port)));
     format!(
-        "[proxy]\nlisten = \"{}\"\n\n[admin]\ngrpc_listen = \"{}\"\nhttp_listen = \"{}\"\n",
-        port(),
-        port(),
-        port()
+        "[proxy]\nlisten = \"{proxy}\"\n\n[admin]\ngrpc_listen = \"{grpc}\"\nhttp_listen = \"{http}\"\n"
     )
 }
 

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use super::free_port;
+use super::free_ports;
 
 /// The admin token every test config accepts.
 pub const TOKEN: &str = "test-token-0123456789abcdef";
@@ -45,9 +45,7 @@ impl Ingress {
     /// Starts an ingress on `dir` with the extra TOML `sections` appended to the
     /// config (for example short `[ephemeral]` intervals).
     pub fn start(dir: &Path, sections: &str) -> Ingress {
-        let proxy = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let grpc = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let [proxy, grpc, http] = free_ports().map(|port| SocketAddr::from(([127, 0, 0, 1], port)));
         let data_dir = dir.join("data");
         let config = dir.join("ingress.toml");
         let text = format!(
