@@ -241,7 +241,11 @@ async fn the_same_label_replaces_and_the_eleventh_evicts_the_nearest_to_expiry()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_preview_is_410_at_once_and_the_gc_deletes_it() {
     let dir = tempfile::tempdir().unwrap();
-    let ingress = shop(&dir, "[ephemeral]\ngc_interval = \"200ms\"\n");
+    // min_ttl 1s: the preview expires within the test.
+    let ingress = shop(
+        &dir,
+        "[ephemeral]\ngc_interval = \"200ms\"\nmin_ttl = \"1s\"\n",
+    );
     let upstream = Upstream::start("preview").await;
     let preview = deploy(
         &ingress,

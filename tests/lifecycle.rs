@@ -539,7 +539,10 @@ async fn a_manual_wake_overwrites_a_pending_stop_and_a_manual_stop_drains() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_and_wake_refuse_what_would_do_harm_or_nothing() {
-    let shop = Shop::start(&sections("[ephemeral]\ngc_interval = \"1h\"\n"));
+    // min_ttl 1s: the test deploys a preview that expires within the test.
+    let shop = Shop::start(&sections(
+        "[ephemeral]\ngc_interval = \"1h\"\nmin_ttl = \"1s\"\n",
+    ));
     let command = shop.command("prod", "");
     let prod = shop
         .ingress

@@ -49,18 +49,29 @@ impl Config {
         let deserializer = toml::Deserializer::new(text);
         let mut config: Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
             let path = e.path().to_string();
-            let key = if path == "." {
-                "config".to_string()
-            } else {
-                path
+            let inner = e.into_inner();
+            // A syntax error has no key; its place in the file says where to look.
+            let key = match (path.as_str(), inner.span()) {
+                (".", Some(span)) => {
+                    let (line, column) = line_column(text, span.start);
+                    format!("line {line}, column {column}")
+                }
+                (".", None) => "config".to_string(),
+                _ => path,
             };
-            error(key, e.into_inner().message().trim().to_string())
+            error(key, one_line(inner.message()))
         })?;
         config.validate(env)?;
         Ok(config)
     }
 
     fn validate(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if self.store.data_dir.to_string_lossy().trim().is_empty() {
+            return Err(error(
+                "store.data_dir",
+                "must not be empty; give the directory of the store, for example \"./data\"",
+            ));
+        }
         if self.proxy.threads == 0 || self.proxy.threads > 1024 {
             return Err(error(
                 "proxy.threads",
@@ -121,6 +132,7 @@ impl Config {
                 year,
                 "365d",
             ),
+            ("ephemeral.min_ttl", self.ephemeral.min_ttl, year, "365d"),
             (
                 "ephemeral.default_ttl",
                 self.ephemeral.default_ttl,
@@ -205,6 +217,7 @@ impl Config {
             ("proxy.read_timeout", self.proxy.read_timeout),
             ("proxy.write_timeout", self.proxy.write_timeout),
             ("proxy.lease_ttl", self.proxy.lease_ttl),
+            ("ephemeral.min_ttl", self.ephemeral.min_ttl),
             ("ephemeral.default_ttl", self.ephemeral.default_ttl),
             ("ephemeral.max_ttl", self.ephemeral.max_ttl),
             ("ephemeral.gc_interval", self.ephemeral.gc_interval),
@@ -287,6 +300,15 @@ impl Config {
                 ),
             ));
         }
+        if self.ephemeral.min_ttl > self.ephemeral.default_ttl {
+            return Err(error(
+                "ephemeral.min_ttl",
+                format!(
+                    "{} is longer than ephemeral.default_ttl ({}); it must be at most default_ttl (min_ttl <= default_ttl <= max_ttl)",
+                    self.ephemeral.min_ttl, self.ephemeral.default_ttl
+                ),
+            ));
+        }
         if self.ephemeral.default_ttl > self.ephemeral.max_ttl {
             return Err(error(
                 "ephemeral.default_ttl",
@@ -357,6 +379,29 @@ impl Config {
     }
 }
 
+/// The 1-based line and column (in characters) of byte `offset` in `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |newline| newline + 1);
+    let column = before[line_start..].chars().count() + 1;
+    (line, column)
+}
+
+/// A parser message on one line: its lines joined with "; ".
+fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -380,6 +425,7 @@ mod tests {
         assert_eq!(config.proxy.threads, 2);
         assert_eq!(config.admin.grpc_listen.to_string(), "127.0.0.1:9090");
         assert_eq!(config.admin.http_listen.to_string(), "127.0.0.1:9091");
+        assert_eq!(config.ephemeral.min_ttl.0, Duration::from_secs(60));
         assert_eq!(config.ephemeral.default_ttl.0, Duration::from_secs(86_400));
         assert_eq!(config.ephemeral.max_ttl.0, Duration::from_secs(30 * 86_400));
         assert_eq!(config.ephemeral.max_per_app, 10);
@@ -569,9 +615,61 @@ stop_grace = "10s"
     }
 
     #[test]
-    fn a_syntax_error_is_reported() {
+    fn a_syntax_error_names_its_line_and_column_on_one_line() {
         let e = error_of("[proxy\nlisten=");
-        assert!(e.starts_with("config: "), "{e}");
+        assert!(e.starts_with("line 1, column 7: "), "{e}");
+        assert_eq!(e.lines().count(), 1, "{e}");
+        let e = error_of("[proxy]\nthreads = 2\nlisten = = \"127.0.0.1:1\"\n");
+        assert!(e.starts_with("line 3, column 10: "), "{e}");
+        assert_eq!(e.lines().count(), 1, "{e}");
+        // Columns count characters, not bytes.
+        let e = error_of("# é\n[wake]\nignore_paths = [\"/é\" \"/x\"]\n");
+        assert!(e.starts_with("line 3, column 22: "), "{e}");
+    }
+
+    #[test]
+    fn a_syntax_error_in_a_file_names_the_file_line_and_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, "[proxy]\nthreads = 2\nlisten 127.0.0.1\n").unwrap();
+        let e = Config::load(&path).unwrap_err().to_string();
+        let prefix = format!("{}: line 3, column 8: ", path.display());
+        assert!(e.starts_with(&prefix), "{e}");
+        assert_eq!(e.lines().count(), 1, "{e}");
+    }
+
+    #[test]
+    fn line_and_column_of_an_offset() {
+        assert_eq!(line_column("", 0), (1, 1));
+        assert_eq!(line_column("ab\ncd", 4), (2, 2));
+        assert_eq!(line_column("ab\n", 3), (2, 1));
+        assert_eq!(line_column("é", 1), (1, 1));
+        assert_eq!(line_column("ab", 99), (1, 3));
+    }
+
+    #[test]
+    fn an_empty_data_dir_is_refused() {
+        let e = error_of("[store]\ndata_dir = \"\"");
+        assert!(e.starts_with("store.data_dir: must not be empty"), "{e}");
+        let e = error_of("[store]\ndata_dir = \"  \"");
+        assert!(e.starts_with("store.data_dir: must not be empty"), "{e}");
+    }
+
+    #[test]
+    fn min_ttl_defaults_to_a_minute_and_stays_below_default_ttl() {
+        assert_eq!(
+            parse("").unwrap().ephemeral.min_ttl.0,
+            Duration::from_secs(60)
+        );
+        let e = error_of("[ephemeral]\nmin_ttl = \"2d\"");
+        assert_eq!(
+            e,
+            "ephemeral.min_ttl: 2d is longer than ephemeral.default_ttl (1d); it must be at most default_ttl (min_ttl <= default_ttl <= max_ttl)"
+        );
+        let e = error_of("[ephemeral]\nmin_ttl = \"0s\"");
+        assert_eq!(e, "ephemeral.min_ttl: must be longer than 0s");
+        let config = parse("[ephemeral]\nmin_ttl = \"1s\"\ndefault_ttl = \"1s\"").unwrap();
+        assert_eq!(config.ephemeral.min_ttl.0, Duration::from_secs(1));
     }
 
     #[test]

@@ -142,7 +142,8 @@ pub struct TokenSettings {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreSettings {
-    /// Directory of the store file. Default `./data`.
+    /// Directory of the store file (and of process logs). Default `./data`. Must
+    /// not be empty.
     pub data_dir: PathBuf,
 }
 
@@ -158,6 +159,9 @@ impl Default for StoreSettings {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct EphemeralSettings {
+    /// Shortest TTL a deploy may ask for: a preview must outlive its deploy
+    /// (a `1ms` TTL would be expired when acknowledged). Default `1m`.
+    pub min_ttl: ConfigDuration,
     /// TTL of a preview deployed without one. Default `24h`.
     pub default_ttl: ConfigDuration,
     /// Longest TTL a deploy may ask for. Default `30d`.
@@ -174,6 +178,7 @@ pub struct EphemeralSettings {
 impl Default for EphemeralSettings {
     fn default() -> Self {
         Self {
+            min_ttl: secs(60),
             default_ttl: secs(24 * 3600),
             max_ttl: secs(30 * 86_400),
             max_per_app: 10,

@@ -593,19 +593,23 @@ impl ControlPlane {
     /// Removes the route written `host` (`shop.example.com`, `*.example.com`, or
     /// `(default)`).
     pub fn remove_route(&self, actor: &str, host: &str) -> Result<(), ControlError> {
+        let mut inner = self.lock();
         let key = if host == DEFAULT_ROUTE_KEY {
             DEFAULT_ROUTE_KEY.to_string()
         } else {
-            let (kind, canonical) =
-                parse_route_host(host).map_err(|e| refuse(ErrorKind::InvalidArgument, e))?;
-            Route {
-                kind,
-                host: canonical,
-                app: String::new(),
+            match parse_route_host(host) {
+                Ok((kind, canonical)) => Route {
+                    kind,
+                    host: canonical,
+                    app: String::new(),
+                }
+                .key(),
+                // A route the rules of an older ingress let in (an IP address) can
+                // still be removed, by its key as `route list` shows it.
+                Err(_) if inner.state.routes.contains_key(host) => host.to_string(),
+                Err(e) => return Err(refuse(ErrorKind::InvalidArgument, e)),
             }
-            .key()
         };
-        let mut inner = self.lock();
         let Some(route) = inner.state.routes.get(&key) else {
             return Err(refuse(
                 ErrorKind::NotFound,
@@ -645,12 +649,7 @@ impl ControlPlane {
         };
         let source = match &request.source {
             DeploySource::Upstreams(addrs) => {
-                if addrs.is_empty() {
-                    return Err(refuse(
-                        ErrorKind::InvalidArgument,
-                        "--upstream needs at least one address (IP:PORT)",
-                    ));
-                }
+                check_upstreams("--upstream", addrs)?;
                 None
             }
             DeploySource::Command { command, ready } => {
@@ -843,18 +842,34 @@ impl ControlPlane {
         ttl: Option<&str>,
     ) -> Result<(String, Duration), ControlError> {
         let label = normalise_label(label).map_err(|e| refuse(ErrorKind::InvalidArgument, e))?;
+        let min = self.settings.min_ttl.0;
         let max = self.settings.max_ttl.0;
+        let allowed = format!(
+            "allowed {} to {} (ephemeral.min_ttl to ephemeral.max_ttl)",
+            format_duration(min),
+            format_duration(max)
+        );
         let ttl = match ttl {
             None => self.settings.default_ttl.0,
-            Some(text) => parse_duration(text)
-                .map_err(|e| refuse(ErrorKind::InvalidArgument, format!("--ttl: {e}")))?,
+            Some(text) => parse_duration(text).map_err(|e| {
+                refuse(ErrorKind::InvalidArgument, format!("--ttl: {e}; {allowed}"))
+            })?,
         };
         if ttl.is_zero() {
             return Err(refuse(
                 ErrorKind::InvalidArgument,
+                format!("--ttl must be longer than 0s; {allowed}"),
+            ));
+        }
+        // A preview shorter-lived than this would expire before anyone could use it
+        // (a `1ms` preview is expired when the deploy is acknowledged).
+        if ttl < min {
+            return Err(refuse(
+                ErrorKind::InvalidArgument,
                 format!(
-                    "--ttl must be longer than 0s and at most {}",
-                    format_duration(max)
+                    "--ttl {} is shorter than the minimum {}; {allowed}",
+                    format_duration(ttl),
+                    format_duration(min)
                 ),
             ));
         }
@@ -862,7 +877,7 @@ impl ControlPlane {
             return Err(refuse(
                 ErrorKind::InvalidArgument,
                 format!(
-                    "--ttl {} is longer than the maximum {} (ephemeral.max_ttl)",
+                    "--ttl {} is longer than the maximum {}; {allowed}",
                     format_duration(ttl),
                     format_duration(max)
                 ),
@@ -1006,6 +1021,62 @@ impl ControlPlane {
             deleted,
             tombstones_pruned: stale.len(),
         })
+    }
+}
+
+/// Most addresses one static version may have. A version is a handful of
+/// instances; tens of thousands of addresses are a mistake (a generated list gone
+/// wrong), and every lease carries the whole list.
+pub const MAX_UPSTREAMS: usize = 64;
+
+/// Refuses a list of static upstreams that is empty, longer than
+/// [`MAX_UPSTREAMS`], or holds an address no connection can be made to. `field`
+/// names the input (`--upstream`, `upstreams`). The one check of every place
+/// addresses enter: deploys and imports.
+fn check_upstreams(field: &str, addrs: &[SocketAddr]) -> Result<(), ControlError> {
+    if addrs.is_empty() {
+        return Err(refuse(
+            ErrorKind::InvalidArgument,
+            format!("{field} needs at least one address (IP:PORT)"),
+        ));
+    }
+    if addrs.len() > MAX_UPSTREAMS {
+        return Err(refuse(
+            ErrorKind::InvalidArgument,
+            format!(
+                "{field} has {} addresses; a version has at most {MAX_UPSTREAMS}",
+                addrs.len()
+            ),
+        ));
+    }
+    for addr in addrs {
+        if let Some(problem) = unconnectable(addr) {
+            return Err(refuse(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "{field} {addr} {problem}; an upstream is a unicast IP address with a port from 1 to 65535, for example 127.0.0.1:3000"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Why no TCP connection can be made to `addr`, if so: port 0, the unspecified
+/// address (`0.0.0.0`, `::`), the IPv4 broadcast address or a multicast address
+/// (IPv4-mapped IPv6 addresses count as their IPv4 address).
+fn unconnectable(addr: &SocketAddr) -> Option<&'static str> {
+    let ip = addr.ip().to_canonical();
+    if addr.port() == 0 {
+        Some("has port 0, which no connection can be made to")
+    } else if ip.is_unspecified() {
+        Some("is the unspecified address (0.0.0.0 or ::), which names no host")
+    } else if ip == std::net::IpAddr::V4(std::net::Ipv4Addr::BROADCAST) {
+        Some("is the broadcast address")
+    } else if ip.is_multicast() {
+        Some("is a multicast address (224.0.0.0/4 or ff00::/8)")
+    } else {
+        None
     }
 }
 

@@ -319,11 +319,14 @@ fn bad_input_is_refused_with_the_rule_and_changes_nothing() {
     assert!(e.message.contains("RFC 1123"), "{e}");
     let e = h.preview("pr-1", Some("0s")).unwrap_err();
     assert_eq!(e.kind, ErrorKind::InvalidArgument);
-    assert_eq!(e.message, "--ttl must be longer than 0s and at most 30d");
+    assert_eq!(
+        e.message,
+        "--ttl must be longer than 0s; allowed 1m to 30d (ephemeral.min_ttl to ephemeral.max_ttl)"
+    );
     let e = h.preview("pr-1", Some("31d")).unwrap_err();
     assert_eq!(
         e.message,
-        "--ttl 31d is longer than the maximum 30d (ephemeral.max_ttl)"
+        "--ttl 31d is longer than the maximum 30d; allowed 1m to 30d (ephemeral.min_ttl to ephemeral.max_ttl)"
     );
     let e = h.preview("pr-1", Some("soon")).unwrap_err();
     assert!(
@@ -823,4 +826,219 @@ fn a_refused_commit_backs_the_state_out() {
     assert_eq!(h.plane.lock().state, before);
     assert_eq!(h.snapshots.load().generation(), generation);
     assert!(h.route("shop.example.com").is_ok());
+}
+
+/// A static deploy of app shop over `addrs`.
+fn deploy_upstreams(h: &Harness, addrs: Vec<SocketAddr>) -> Result<DeployOutcome, ControlError> {
+    h.plane
+        .deploy("admin", &shop_request(DeploySource::Upstreams(addrs), None))
+}
+
+/// One import record: app `name` at `name.example.com` over `upstreams`, with
+/// the given previews.
+fn import_record(
+    name: &str,
+    upstreams: Vec<SocketAddr>,
+    previews: Vec<ImportPreview>,
+) -> ImportApp {
+    ImportApp {
+        app: name.into(),
+        hosts: vec![format!("{name}.example.com")],
+        upstreams,
+        previews,
+    }
+}
+
+fn import_preview(upstreams: Vec<SocketAddr>, ttl: Option<&str>) -> ImportPreview {
+    ImportPreview {
+        label: "pr-1".into(),
+        branch: None,
+        upstreams,
+        ttl: ttl.map(str::to_string),
+    }
+}
+
+#[test]
+fn upstreams_must_be_connectable_unicast_and_few() {
+    let h = harness();
+    h.deploy(3000);
+    let before = h.plane.versions("shop", false).unwrap();
+    let generation = h.snapshots.load().generation();
+    let audit_len = h.plane.audit_log(100).unwrap().len();
+    let apps = h.plane.apps();
+
+    let cases: [(&str, &str); 7] = [
+        ("127.0.0.1:0", "has port 0"),
+        ("0.0.0.0:80", "is the unspecified address"),
+        ("[::]:80", "is the unspecified address"),
+        ("255.255.255.255:80", "is the broadcast address"),
+        ("224.0.0.1:80", "is a multicast address"),
+        ("[ff02::1]:80", "is a multicast address"),
+        ("[::ffff:239.1.2.3]:80", "is a multicast address"),
+    ];
+    for (bad, problem) in cases {
+        let bad: SocketAddr = bad.parse().unwrap();
+        // Alone, or after a good address: every address is checked.
+        for addrs in [vec![bad], vec![addr(3001), bad]] {
+            let e = deploy_upstreams(&h, addrs).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::InvalidArgument);
+            assert!(
+                e.message
+                    .starts_with(&format!("--upstream {bad} {problem}"))
+                    && e.message.contains(
+                        "an upstream is a unicast IP address with a port from 1 to 65535"
+                    ),
+                "{e}"
+            );
+        }
+        // The import refuses it too, with the same words, for the app and a preview.
+        let e = h
+            .plane
+            .import("admin", &[import_record("other", vec![bad], vec![])])
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidArgument);
+        assert!(
+            e.message
+                .starts_with(&format!("app #1 (other): upstreams {bad} {problem}")),
+            "{e}"
+        );
+        let e = h
+            .plane
+            .import(
+                "admin",
+                &[import_record(
+                    "other",
+                    vec![addr(3001)],
+                    vec![import_preview(vec![bad], None)],
+                )],
+            )
+            .unwrap_err();
+        assert!(
+            e.message.starts_with(&format!(
+                "app #1 (other): preview pr-1: upstreams {bad} {problem}"
+            )),
+            "{e}"
+        );
+    }
+    let many: Vec<SocketAddr> = (1..=65).map(addr).collect();
+    let e = deploy_upstreams(&h, many.clone()).unwrap_err();
+    assert_eq!(
+        e.message,
+        format!("--upstream has 65 addresses; a version has at most {MAX_UPSTREAMS}")
+    );
+    let e = h
+        .plane
+        .import("admin", &[import_record("other", many.clone(), vec![])])
+        .unwrap_err();
+    assert_eq!(
+        e.message,
+        "app #1 (other): upstreams has 65 addresses; a version has at most 64"
+    );
+    let e = deploy_upstreams(&h, vec![]).unwrap_err();
+    assert_eq!(e.message, "--upstream needs at least one address (IP:PORT)");
+
+    assert_eq!(h.plane.versions("shop", false).unwrap(), before);
+    assert_eq!(h.plane.apps(), apps);
+    assert_eq!(h.snapshots.load().generation(), generation);
+    assert_eq!(h.plane.audit_log(100).unwrap().len(), audit_len);
+
+    // The limit itself, and ordinary unicast addresses, are fine.
+    let mut most: Vec<SocketAddr> = many[..MAX_UPSTREAMS - 2].to_vec();
+    most.push("[::1]:8080".parse().unwrap());
+    most.push("10.1.2.3:1".parse().unwrap());
+    deploy_upstreams(&h, most).unwrap();
+}
+
+#[test]
+fn a_ttl_below_the_minimum_is_refused_on_deploy_and_import() {
+    let h = harness();
+    h.deploy(3000);
+    let before = h.plane.versions("shop", false).unwrap();
+    let audit_len = h.plane.audit_log(100).unwrap().len();
+    let allowed = "allowed 1m to 30d (ephemeral.min_ttl to ephemeral.max_ttl)";
+    for (ttl, shown) in [("1ms", "1ms"), ("59s", "59s"), ("59999ms", "59999ms")] {
+        let e = h.preview("pr-1", Some(ttl)).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidArgument);
+        assert_eq!(
+            e.message,
+            format!("--ttl {shown} is shorter than the minimum 1m; {allowed}")
+        );
+        let e = h
+            .plane
+            .import(
+                "admin",
+                &[import_record(
+                    "other",
+                    vec![addr(3001)],
+                    vec![import_preview(vec![], Some(ttl))],
+                )],
+            )
+            .unwrap_err();
+        assert_eq!(
+            e.message,
+            format!("app #1 (other): --ttl {shown} is shorter than the minimum 1m; {allowed}")
+        );
+    }
+    assert_eq!(h.plane.versions("shop", false).unwrap(), before);
+    assert_eq!(h.plane.audit_log(100).unwrap().len(), audit_len);
+    assert!(h.plane.apps().iter().all(|app| app.name != "other"));
+    // The minimum itself is allowed.
+    h.preview("pr-1", Some("1m")).unwrap();
+}
+
+#[test]
+fn route_hosts_that_are_ip_literals_or_empty_are_refused_and_change_nothing() {
+    let h = harness();
+    let routes = h.plane.routes();
+    let audit_len = h.plane.audit_log(100).unwrap().len();
+    for host in ["127.0.0.1", "[::1]", "10.0.0.1", "*.10.0.0.1"] {
+        let e = h.plane.add_route("admin", host, "shop").unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidArgument);
+        assert!(e.message.contains("IP literals are refused"), "{host}: {e}");
+    }
+    let e = h.plane.add_route("admin", "", "shop").unwrap_err();
+    assert!(e.message.starts_with("the route host is empty;"), "{e}");
+    let e = h.plane.add_route("admin", "*.", "shop").unwrap_err();
+    assert!(e.message.contains("nothing after \"*.\""), "{e}");
+    let e = h
+        .plane
+        .import(
+            "admin",
+            &[ImportApp {
+                hosts: vec!["*.".into()],
+                ..import_record("other", vec![addr(3001)], vec![])
+            }],
+        )
+        .unwrap_err();
+    assert!(
+        e.message
+            .starts_with("app #1 (other): route host \"*.\" has nothing after"),
+        "{e}"
+    );
+    let e = h.plane.remove_route("admin", "").unwrap_err();
+    assert!(e.message.starts_with("the route host is empty;"), "{e}");
+    assert_eq!(h.plane.routes(), routes);
+    assert_eq!(h.plane.audit_log(100).unwrap().len(), audit_len);
+}
+
+#[test]
+fn a_route_an_older_ingress_let_in_can_still_be_removed() {
+    let h = harness();
+    // Written as an older ingress did, straight through the store and the state.
+    let legacy = Route {
+        kind: RouteKind::Exact,
+        host: "127.0.0.1".into(),
+        app: "shop".into(),
+    };
+    {
+        let mut inner = h.plane.lock();
+        let audit = h
+            .plane
+            .audit("admin", "route.add", "127.0.0.1", String::new());
+        h.plane
+            .commit(&mut inner, vec![Mutation::PutRoute(legacy)], audit)
+            .unwrap();
+    }
+    h.plane.remove_route("admin", "127.0.0.1").unwrap();
+    assert!(h.plane.routes().iter().all(|r| r.host != "127.0.0.1"));
 }

@@ -11,8 +11,8 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 
 use super::{
-    check_branch, check_preview_host, new_version_id, refuse, ttl_ms, ControlError, ControlPlane,
-    ErrorKind,
+    check_branch, check_preview_host, check_upstreams, new_version_id, refuse, ttl_ms,
+    ControlError, ControlPlane, ErrorKind,
 };
 use crate::model::{
     App, DesiredState, Environment, Mutation, Route, RouteKind, RuntimeSpec, Version,
@@ -108,11 +108,14 @@ impl ControlPlane {
                     ),
                 ));
             }
-            if record.upstreams.is_empty() {
-                return Err(bad(
-                    "upstreams needs at least one address (IP:PORT)".to_string()
-                ));
-            }
+            // The same rules as a deploy, named after the record.
+            let in_record = |e: ControlError| {
+                refuse(
+                    e.kind,
+                    format!("app #{} ({}): {}", index + 1, record.app, e.message),
+                )
+            };
+            check_upstreams("upstreams", &record.upstreams).map_err(in_record)?;
             if record.previews.len() > self.settings.max_per_app {
                 return Err(bad(format!(
                     "{} previews; an app keeps at most {} (ephemeral.max_per_app)",
@@ -161,13 +164,6 @@ impl ControlPlane {
                 cloned_from: None,
                 desired: DesiredState::Running,
             }));
-            // The same rules as a preview deploy, named after the record.
-            let in_record = |e: ControlError| {
-                refuse(
-                    e.kind,
-                    format!("app #{} ({}): {}", index + 1, record.app, e.message),
-                )
-            };
             let mut labels = HashSet::new();
             for preview in &record.previews {
                 let (label, ttl) = self
@@ -181,6 +177,10 @@ impl ControlPlane {
                 }
                 if let Some(branch) = &preview.branch {
                     check_branch(branch).map_err(in_record)?;
+                }
+                if !preview.upstreams.is_empty() {
+                    check_upstreams(&format!("preview {label}: upstreams"), &preview.upstreams)
+                        .map_err(in_record)?;
                 }
                 let id = fresh_id();
                 let upstreams = if preview.upstreams.is_empty() {

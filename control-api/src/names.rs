@@ -50,28 +50,63 @@ pub fn check_app_name(name: &str) -> Result<(), String> {
     }
 }
 
+/// What a route host may be, for error messages.
+pub const ROUTE_HOST_RULE: &str =
+    "write a DNS host name (shop.example.com) or one wildcard label in front of one (*.example.com)";
+
 /// Parses a route host as an admin writes it: `shop.example.com` (exact) or
 /// `*.example.com` (wildcard, one label). Returns its kind and canonical host (the
 /// suffix for a wildcard).
+///
+/// IP literals are refused, IPv4 and IPv6 alike: a route is a DNS name, and its
+/// previews are `label.host`, which an IP address cannot have.
 pub fn parse_route_host(raw: &str) -> Result<(RouteKind, String), String> {
+    if raw.is_empty() {
+        return Err(format!("the route host is empty; {ROUTE_HOST_RULE}"));
+    }
     let (kind, host) = match raw.strip_prefix("*.") {
         Some(suffix) => (RouteKind::Wildcard, suffix),
         None => (RouteKind::Exact, raw),
     };
-    if host.contains('*') {
+    if kind == RouteKind::Wildcard && host.is_empty() {
         return Err(format!(
-            "route host {raw:?} is invalid; write an exact host (shop.example.com) or one wildcard label in front (*.example.com)"
+            "route host {raw:?} has nothing after \"*.\"; a wildcard names the domain whose labels it covers: {ROUTE_HOST_RULE}"
         ));
     }
-    if host.contains(':') || host.starts_with('[') {
+    if host.contains('*') {
+        return Err(format!("route host {raw:?} is invalid; {ROUTE_HOST_RULE}"));
+    }
+    if host.starts_with('[') || host.parse::<std::net::IpAddr>().is_ok() {
         return Err(format!(
-            "route host {raw:?} is invalid; a route is a host name without port or IP literal"
+            "route host {raw:?} is an IP address; routes are DNS host names (previews are label.host), so IP literals are refused: {ROUTE_HOST_RULE}"
+        ));
+    }
+    if host.contains(':') {
+        return Err(format!(
+            "route host {raw:?} has a port; a route matches every port: {ROUTE_HOST_RULE}"
         ));
     }
     let mut buf: HostBuf = [0; MAX_HOST_LEN + 2];
     let canonical = normalise_host(host.as_bytes(), &mut buf)
-        .map_err(|e| format!("route host {raw:?} is invalid: {e}"))?;
+        .map_err(|e| format!("route host {raw:?} is invalid: {e}; {ROUTE_HOST_RULE}"))?;
+    if ends_in_a_number(canonical) {
+        return Err(format!(
+            "route host {raw:?} ends in a number, so browsers read it as an IPv4 address; routes are DNS host names (previews are label.host), so IP literals are refused: {ROUTE_HOST_RULE}"
+        ));
+    }
     Ok((kind, canonical.to_string()))
+}
+
+/// True when the last label of `host` is a number (decimal, or hex after `0x`):
+/// the WHATWG URL standard's "ends in a number", which makes browsers parse the
+/// whole host as an IPv4 address (`127.1`, `10.0.0.1`, `0x7f.1`).
+fn ends_in_a_number(host: &str) -> bool {
+    let last = host.rsplit('.').next().unwrap_or(host);
+    let decimal = !last.is_empty() && last.bytes().all(|b| b.is_ascii_digit());
+    let hex = last
+        .strip_prefix("0x")
+        .is_some_and(|digits| digits.bytes().all(|b| b.is_ascii_hexdigit()));
+    decimal || hex
 }
 
 #[cfg(test)]
@@ -121,6 +156,43 @@ mod tests {
             "",
         ] {
             assert!(parse_route_host(bad).is_err(), "{bad}");
+        }
+        // Hosts that look like DNS names but are not IP literals stay allowed.
+        for good in ["1.example.com", "example.1a", "0xg.example", "x-0x1.com"] {
+            assert!(parse_route_host(good).is_ok(), "{good}");
+        }
+    }
+
+    #[test]
+    fn ip_literals_are_refused_alike() {
+        for ip in [
+            "127.0.0.1",
+            "[::1]",
+            "::1",
+            "[::1]:80",
+            "10.1",
+            "0x7f.1",
+            "*.10.0.0.1",
+            "127.0.0.1.",
+        ] {
+            let error = parse_route_host(ip).unwrap_err();
+            assert!(
+                error.contains("IP literals are refused") && error.contains("*.example.com"),
+                "{ip}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_empty_host_or_wildcard_names_the_real_cause() {
+        let error = parse_route_host("").unwrap_err();
+        assert!(error.starts_with("the route host is empty;"), "{error}");
+        let error = parse_route_host("*.").unwrap_err();
+        assert!(error.contains("nothing after \"*.\""), "{error}");
+        for bad in ["", "*.", ".", "*..", "*"] {
+            let error = parse_route_host(bad).unwrap_err();
+            assert!(!error.contains("Host header"), "{bad:?}: {error}");
+            assert!(error.contains("shop.example.com"), "{bad:?}: {error}");
         }
     }
 

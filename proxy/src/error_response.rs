@@ -36,6 +36,69 @@ pub fn accepts_json(accept: Option<&[u8]>) -> bool {
     accept.is_some_and(|value| value.windows(4).any(|w| w.eq_ignore_ascii_case(b"json")))
 }
 
+/// Headers the proxy sets or must pass on itself, so that a client cannot have
+/// them dropped as hop-by-hop by naming them in `Connection`. Pingora refuses
+/// such a request when it builds the upstream request (`InvalidHTTPHeader`).
+const FORWARDED_HEADERS: [&str; 4] = [
+    "host",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+];
+
+/// Most header names a `Connection` header may list before Pingora refuses it.
+const MAX_CONNECTION_NAMES: usize = 9;
+
+/// Why the proxy cannot forward a request with these `Connection` header values,
+/// as a 400 answer naming the cause; `None` when they are acceptable (the
+/// refusal then had another cause). Checks what Pingora refuses: a nominated
+/// forwarded header or pseudo-header, more than nine names, and a name that is
+/// not an HTTP token.
+pub fn connection_header_problem<'a>(
+    values: impl IntoIterator<Item = &'a [u8]>,
+) -> Option<ErrorAnswer> {
+    let answer = |message: String| ErrorAnswer {
+        status: 400,
+        code: "bad_connection_header",
+        message,
+        retry_after_secs: None,
+    };
+    let mut count = 0;
+    for token in values
+        .into_iter()
+        .flat_map(|value| value.split(|&byte| byte == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|token| !token.is_empty())
+    {
+        count += 1;
+        let text = String::from_utf8_lossy(token);
+        let protected = token.starts_with(b":")
+            || FORWARDED_HEADERS
+                .iter()
+                .any(|name| name.as_bytes().eq_ignore_ascii_case(token));
+        if protected {
+            return Some(answer(format!(
+                "the Connection header nominates a header the proxy must forward ({text}); remove it from Connection"
+            )));
+        }
+        if !token.iter().all(|&byte| is_token_byte(byte)) {
+            return Some(answer(format!(
+                "the Connection header holds {text:?}, which is not a header name; list header names separated by commas"
+            )));
+        }
+    }
+    (count > MAX_CONNECTION_NAMES).then(|| {
+        answer(format!(
+            "the Connection header names {count} headers; at most {MAX_CONNECTION_NAMES} are allowed"
+        ))
+    })
+}
+
+/// A byte of an HTTP token (RFC 9110 §5.6.2).
+fn is_token_byte(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte)
+}
+
 impl ErrorAnswer {
     /// The body and its content type, in the form the client asked for.
     pub fn body(&self, json: bool) -> (&'static str, Bytes) {
@@ -75,6 +138,58 @@ mod tests {
         )));
         assert!(!accepts_json(Some(b"text/html")));
         assert!(!accepts_json(None));
+    }
+
+    #[test]
+    fn connection_nominations_of_forwarded_headers_name_the_header() {
+        for (value, named) in [
+            ("Host", "(Host)"),
+            ("close, X-Forwarded-For", "(X-Forwarded-For)"),
+            ("x-forwarded-host", "(x-forwarded-host)"),
+            ("X-FORWARDED-PROTO", "(X-FORWARDED-PROTO)"),
+            (":authority", "(:authority)"),
+        ] {
+            let answer = connection_header_problem([value.as_bytes()]).unwrap();
+            assert_eq!(answer.status, 400);
+            assert_eq!(answer.code, "bad_connection_header");
+            assert!(
+                answer
+                    .message
+                    .starts_with("the Connection header nominates a header the proxy must forward")
+                    && answer.message.contains(named),
+                "{value}: {}",
+                answer.message
+            );
+        }
+        // Split over two Connection headers.
+        let answer = connection_header_problem([&b"keep-alive"[..], b"host"]).unwrap();
+        assert!(answer.message.contains("(host)"), "{}", answer.message);
+    }
+
+    #[test]
+    fn other_connection_problems_and_acceptable_values() {
+        let many = "a,b,c,d,e,f,g,h,i,j";
+        let answer = connection_header_problem([many.as_bytes()]).unwrap();
+        assert_eq!(
+            answer.message,
+            "the Connection header names 10 headers; at most 9 are allowed"
+        );
+        let answer = connection_header_problem([&b"\"x-forwarded-for\""[..]]).unwrap();
+        assert!(
+            answer.message.contains("is not a header name"),
+            "{}",
+            answer.message
+        );
+        for fine in [
+            "close",
+            "keep-alive, upgrade",
+            "a,b,c,d,e,f,g,h,i",
+            "",
+            " , ",
+        ] {
+            assert_eq!(connection_header_problem([fine.as_bytes()]), None, "{fine}");
+        }
+        assert_eq!(connection_header_problem(std::iter::empty()), None);
     }
 
     #[test]

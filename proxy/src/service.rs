@@ -28,7 +28,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::activity::InFlightGuard;
-use crate::error_response::{accepts_json, starting_page, ErrorAnswer};
+use crate::error_response::{accepts_json, connection_header_problem, starting_page, ErrorAnswer};
 use crate::instance_gate::Gate;
 use crate::lease::{Lease, LeaseCache};
 use crate::lease_source::{Grant, LeaseAnswer, LeaseError, LeaseSource};
@@ -622,6 +622,30 @@ impl ProxyHttp for IngressProxy {
                 can_reuse_downstream: false,
             };
         }
+        // The connection is never reused after a failure (a body may be half
+        // read), so the answer must say so: `Connection: close`.
+        session.set_keepalive(None);
+        // An answer the proxy chose itself (a full queue), or, when Pingora
+        // refused to build the upstream request because `Connection` nominates a
+        // header the proxy must forward, one that says so instead of "could not
+        // be read".
+        let chosen = ctx.answer.take().or_else(|| {
+            let nominations = e.esource() == &ErrorSource::Downstream
+                && e.etype() == &ErrorType::InvalidHTTPHeader;
+            let connection = session.req_header().headers.get_all(header::CONNECTION);
+            nominations
+                .then(|| connection_header_problem(connection.iter().map(|v| v.as_bytes())))
+                .flatten()
+        });
+        if let Some(answer) = chosen {
+            if let Err(write_error) = write_error(session, &answer).await {
+                log::debug!("could not send the error response: {write_error}");
+            }
+            return FailToProxy {
+                error_code: answer.status,
+                can_reuse_downstream: false,
+            };
+        }
         let (status, reason) = match e.etype() {
             ErrorType::HTTPStatus(code) => (*code, "the request failed"),
             _ => match e.esource() {
@@ -637,18 +661,6 @@ impl ProxyHttp for IngressProxy {
                 }
             },
         };
-        // The connection is never reused after a failure (a body may be half
-        // read), so the answer must say so: `Connection: close`.
-        session.set_keepalive(None);
-        if let Some(answer) = ctx.answer.take() {
-            if let Err(write_error) = write_error(session, &answer).await {
-                log::debug!("could not send the error response: {write_error}");
-            }
-            return FailToProxy {
-                error_code: answer.status,
-                can_reuse_downstream: false,
-            };
-        }
         if status > 0 {
             let message = match &ctx.target {
                 Some(target) => format!(

@@ -54,7 +54,6 @@ fn main() -> ExitCode {
 
 /// Wires the store, the control plane and the proxy, and serves until a signal.
 fn run(config: &Config) -> Result<(), String> {
-<<<<<<< HEAD
     match raise_descriptor_limit() {
         Ok(limits) if limits.soft_before != limits.soft => log::info!(
             "descriptor limit raised from {} to {} (the hard limit)",
@@ -68,11 +67,9 @@ fn run(config: &Config) -> Result<(), String> {
         ),
         Err(e) => log::warn!("cannot read the descriptor limit: {e}"),
     }
-=======
     // One ingress per data directory, decided before the store is opened and
     // before any sandbox is started or reaped; held until the process ends.
     let _lock = DataDirLock::acquire(&config.store.data_dir).map_err(|e| e.to_string())?;
->>>>>>> reap
     // Pingora retries a busy port for 30 s and then fails inside its own thread,
     // leaving a process that serves nothing: check the port first and fail at once.
     std::net::TcpListener::bind(config.proxy.listen)

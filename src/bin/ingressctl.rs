@@ -272,11 +272,73 @@ async fn main() -> ExitCode {
     }
 }
 
+/// Refuses a server URL ingressctl cannot talk to as asked. `https://` above all:
+/// the admin API does not speak TLS yet, and talking plaintext to an `https://`
+/// URL would send the bearer token unencrypted while the user believes otherwise.
+fn check_server(server: &str) -> Result<(), String> {
+    let scheme = server.split_once("://").map(|(scheme, _)| scheme);
+    match scheme.map(str::to_ascii_lowercase).as_deref() {
+        Some("http") => Ok(()),
+        Some("https") => Err(format!(
+            "--server {server}: the ingress admin API does not speak TLS yet, so ingressctl refuses https:// rather than send the token unencrypted; use http://HOST:PORT over a trusted network (for example an SSH tunnel)"
+        )),
+        _ => Err(format!(
+            "--server {server:?} is not an http:// URL; write http://HOST:PORT, for example http://127.0.0.1:9090"
+        )),
+    }
+}
+
+/// Why the admin API at `server` could not be used, from a connection or call
+/// failure: refused, timed out, or a server that answered but does not speak
+/// gRPC (such as the proxy port or the admin HTTP port). One line.
+fn cannot_reach(server: &str, error: &(dyn std::error::Error + 'static)) -> String {
+    let prefix = format!("cannot reach the ingress admin API at {server}");
+    let mut connecting = false;
+    let mut source = Some(error);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => {
+                    return format!("{prefix}: connection refused")
+                }
+                std::io::ErrorKind::TimedOut => return format!("{prefix}: connection timed out"),
+                _ => {}
+            }
+        }
+        if cause.downcast_ref::<tonic::TimeoutExpired>().is_some() {
+            return format!("{prefix}: no answer in time");
+        }
+        connecting |= cause.downcast_ref::<tonic::ConnectError>().is_some();
+        if cause.source().is_none() && connecting {
+            // A connect that failed for another reason: its innermost cause.
+            return format!("{prefix}: {cause}");
+        }
+        source = cause.source();
+    }
+    format!("{prefix}: it answered, but not as gRPC")
+}
+
+/// The one line to print for a failed call: the server's own message when the
+/// admin API answered, otherwise why it could not be reached.
+fn call_error(server: &str, status: tonic::Status) -> String {
+    use std::error::Error;
+    // A status the server sent has no local cause; one made from a transport
+    // failure does. An HTTP answer without a gRPC status is not the admin API.
+    let message = status.message();
+    let not_grpc = message.starts_with("grpc-status header missing")
+        || message.starts_with("protocol error: missing grpc-status");
+    if status.source().is_none() && !not_grpc {
+        return message.to_string();
+    }
+    cannot_reach(server, &status)
+}
+
 async fn connect(
     server: &str,
     token: Option<String>,
     timeout: std::time::Duration,
 ) -> Result<Client, String> {
+    check_server(server)?;
     let endpoint = Channel::from_shared(server.to_string())
         .map_err(|_| format!("--server {server:?} is not a URL; write http://HOST:PORT"))?
         .connect_timeout(std::time::Duration::from_secs(5))
@@ -284,7 +346,7 @@ async fn connect(
     let channel = endpoint
         .connect()
         .await
-        .map_err(|e| format!("cannot reach the ingress at {server}: {e}"))?;
+        .map_err(|e| cannot_reach(server, &e))?;
     let header = match token.filter(|token| !token.is_empty()) {
         Some(token) => Some(
             MetadataValue::try_from(format!("Bearer {token}"))
@@ -303,10 +365,6 @@ async fn connect(
     Ok(AdminClient::with_interceptor(channel, interceptor))
 }
 
-fn refused(status: tonic::Status) -> String {
-    status.message().to_string()
-}
-
 async fn run(cli: Cli) -> Result<(), String> {
     // An import of a million labels takes minutes; every other call, seconds.
     let timeout = match cli.command {
@@ -314,6 +372,8 @@ async fn run(cli: Cli) -> Result<(), String> {
         _ => std::time::Duration::from_secs(60),
     };
     let mut client = connect(&cli.server, cli.token, timeout).await?;
+    let server = cli.server;
+    let refused = |status: tonic::Status| call_error(&server, status);
     let output = cli.output;
     match cli.command {
         Command::App { command } => match command {

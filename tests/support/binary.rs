@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use super::free_port;
+use super::free_ports;
 
 /// The admin token every test config accepts.
 pub const TOKEN: &str = "test-token-0123456789abcdef";
@@ -79,9 +79,7 @@ impl Ingress {
         sections: &str,
         nofile: Option<(u64, u64)>,
     ) -> Ingress {
-        let proxy = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let grpc = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let [proxy, grpc, http] = free_ports().map(|port| SocketAddr::from(([127, 0, 0, 1], port)));
         let data_dir = dir.join("data");
         let config = dir.join("ingress.toml");
         let text = config_text(proxy, grpc, http, &data_dir, proxy_keys, sections);
@@ -164,8 +162,8 @@ impl Ingress {
             .expect("the config is in the test directory");
         let config = dir.join("ingress-second.toml");
         let log = dir.join("ingress-second.log");
-        let addr = || SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let text = config_text(addr(), addr(), addr(), &self.data_dir, "", &self.sections);
+        let [proxy, grpc, http] = free_ports().map(|port| SocketAddr::from(([127, 0, 0, 1], port)));
+        let text = config_text(proxy, grpc, http, &self.data_dir, "", &self.sections);
         std::fs::write(&config, text).expect("write config");
         let out = std::fs::File::create(&log).expect("create log");
         let mut child = Command::new(env!("CARGO_BIN_EXE_ingress"))
