@@ -204,6 +204,7 @@ impl Config {
                 year,
                 "365d",
             ),
+            ("proxy.body_timeout", self.proxy.body_timeout, year, "365d"),
         ] {
             if value.0 > max {
                 return Err(error(
@@ -228,6 +229,7 @@ impl Config {
             ("proxy.queue_timeout", self.proxy.queue_timeout),
             ("proxy.header_timeout", self.proxy.header_timeout),
             ("proxy.keepalive_timeout", self.proxy.keepalive_timeout),
+            ("proxy.body_timeout", self.proxy.body_timeout),
         ] {
             if value.0.is_zero() {
                 return Err(error(key, "must be longer than 0s"));

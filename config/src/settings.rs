@@ -76,6 +76,13 @@ pub struct ProxySettings {
     /// How long an idle keep-alive client connection is kept open waiting for its
     /// next request. Default `75s` (nginx's `keepalive_timeout`).
     pub keepalive_timeout: ConfigDuration,
+    /// Longest pause between two reads of a request body. Default `60s` (nginx's
+    /// `client_body_timeout`).
+    pub body_timeout: ConfigDuration,
+    /// Serve plain HTTP/1.1 requests with the project's own fast path and upstream
+    /// pool; everything else (and everything when false) goes through
+    /// `pingora-proxy`. Default true.
+    pub fast_path: bool,
 }
 
 impl Default for ProxySettings {
@@ -98,6 +105,8 @@ impl Default for ProxySettings {
             queue_timeout: secs(10),
             header_timeout: secs(60),
             keepalive_timeout: secs(75),
+            body_timeout: secs(60),
+            fast_path: true,
         }
     }
 }

@@ -52,6 +52,10 @@ pub struct ConnOptions {
     pub header_timeout: Duration,
     /// An idle keep-alive connection is closed after this.
     pub keepalive_timeout: Duration,
+    /// Longest pause between two reads of a request body.
+    pub body_timeout: Duration,
+    /// Serve the strict subset with the fast path (`proxy.fast_path`).
+    pub fast_path: bool,
 }
 
 impl ConnOptions {
@@ -65,6 +69,8 @@ impl ConnOptions {
             },
             header_timeout: config.proxy.header_timeout.0,
             keepalive_timeout: config.proxy.keepalive_timeout.0,
+            body_timeout: config.proxy.body_timeout.0,
+            fast_path: config.proxy.fast_path,
         }
     }
 }
@@ -220,6 +226,10 @@ impl ServerApp for Http1App {
                 session.set_keepalive(None);
             } else {
                 session.set_keepalive(Some(self.options.keepalive_timeout.as_secs().max(1)));
+            }
+            if head.body != BodyFraming::None {
+                // Pingora's read timeout applies per read: the body's idle limit.
+                session.set_read_timeout(Some(self.options.body_timeout));
             }
             session.set_pipelined_prefix(prefix);
             let reused = self.proxy.process_new_http(session, &shutdown).await?;
