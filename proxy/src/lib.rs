@@ -5,6 +5,7 @@
 
 pub mod activity;
 pub mod error_response;
+pub mod fast_path;
 pub mod host;
 pub mod http1;
 pub mod instance_gate;

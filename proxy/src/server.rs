@@ -11,6 +11,7 @@ use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch}
 use pingora_core::services::listening::Service;
 use tokio::sync::watch;
 
+use crate::fast_path::FastPath;
 use crate::http1::limits::descriptor_limit;
 use crate::http1::{derived_max_connections, ConnOptions, ConnectionLimiter, Http1App};
 use crate::service::IngressProxy;
@@ -133,8 +134,21 @@ impl ProxyServer {
             metrics.connections_open.clone(),
             metrics.connections_refused.clone(),
         );
+        let fast = options.conn.fast_path.then(|| {
+            FastPath::new(
+                proxy.clone(),
+                options.upstream_keepalive_pool_size,
+                options.conn.body_timeout,
+            )
+        });
         let proxy = Arc::new(pingora_proxy::http_proxy(&server.configuration, proxy));
-        let app = Http1App::new(proxy, Arc::clone(&limiter), metrics, options.conn.clone());
+        let app = Http1App::new(
+            proxy,
+            fast,
+            Arc::clone(&limiter),
+            metrics,
+            options.conn.clone(),
+        );
         let mut service = Service::new("ingress proxy".to_string(), app);
         service.add_tcp(&options.listen.to_string());
         server.add_service(service);

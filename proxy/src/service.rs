@@ -80,12 +80,13 @@ impl ProxyOptions {
 
 /// The ingress proxy: routes by host from the current snapshot to a version's
 /// instances, waking the version first when it sleeps.
+#[derive(Clone)]
 pub struct IngressProxy {
-    snapshots: Arc<SnapshotHandle>,
-    leases: LeaseCache,
-    lease_source: Arc<dyn LeaseSource>,
-    metrics: Arc<Metrics>,
-    options: ProxyOptions,
+    pub(crate) snapshots: Arc<SnapshotHandle>,
+    pub(crate) leases: Arc<LeaseCache>,
+    pub(crate) lease_source: Arc<dyn LeaseSource>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) options: ProxyOptions,
 }
 
 /// How the lease step of a request ended when it did not produce a lease.
@@ -110,7 +111,7 @@ impl IngressProxy {
     ) -> IngressProxy {
         IngressProxy {
             snapshots,
-            leases,
+            leases: Arc::new(leases),
             lease_source,
             metrics,
             options,
@@ -421,6 +422,32 @@ async fn write_starting_page(session: &mut Session, target: &Target) -> Result<(
     session.write_response_body(Some(body), true).await
 }
 
+/// The answer to a failed exchange with an upstream: `reason` for the version of
+/// `target`, coded `upstream_timeout` (504) or `upstream_error`.
+pub(crate) fn upstream_error_answer(
+    target: Option<&Target>,
+    status: u16,
+    reason: &str,
+) -> ErrorAnswer {
+    let message = match target {
+        Some(target) => format!(
+            "version {} of app {}: {reason}",
+            target.version_id, target.app
+        ),
+        None => reason.to_string(),
+    };
+    ErrorAnswer {
+        status,
+        code: if status == 504 {
+            "upstream_timeout"
+        } else {
+            "upstream_error"
+        },
+        message,
+        retry_after_secs: None,
+    }
+}
+
 fn describe_upstream_error(error: &Error) -> (u16, &'static str) {
     match error.etype() {
         ErrorType::ConnectTimedout => (504, "the connection to the upstream timed out"),
@@ -662,23 +689,7 @@ impl ProxyHttp for IngressProxy {
             },
         };
         if status > 0 {
-            let message = match &ctx.target {
-                Some(target) => format!(
-                    "version {} of app {}: {reason}",
-                    target.version_id, target.app
-                ),
-                None => reason.to_string(),
-            };
-            let answer = ErrorAnswer {
-                status,
-                code: if status == 504 {
-                    "upstream_timeout"
-                } else {
-                    "upstream_error"
-                },
-                message,
-                retry_after_secs: None,
-            };
+            let answer = upstream_error_answer(ctx.target.as_deref(), status, reason);
             if let Err(write_error) = write_error(session, &answer).await {
                 log::debug!("could not send the error response: {write_error}");
             }

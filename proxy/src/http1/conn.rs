@@ -30,18 +30,16 @@ use pingora_proxy::HttpProxy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
+use super::answer::{linger, write_answer};
 use super::head::{self, BodyFraming, HeadLimits, Parsed, Refusal};
 use super::limits::ConnectionLimiter;
 use crate::error_response::ErrorAnswer;
+use crate::fast_path::{Buffers, FastPath, Outcome};
 use crate::metrics::Metrics;
 use crate::service::IngressProxy;
 
 /// The first allocation of a connection's head buffer; it grows as needed.
 const INITIAL_BUFFER: usize = 1024;
-/// After a refusal, how long and how much of the client's unread input is
-/// drained before closing, so the answer is not lost to a TCP reset.
-const LINGER_TIME: Duration = Duration::from_secs(1);
-const LINGER_BYTES: usize = 64 * 1024;
 
 /// Timeouts and limits of the connection loop.
 #[derive(Debug, Clone)]
@@ -78,6 +76,8 @@ impl ConnOptions {
 /// The HTTP/1 server application: the loop above in front of `pingora-proxy`.
 pub struct Http1App {
     proxy: Arc<HttpProxy<IngressProxy>>,
+    /// Serves the strict subset itself when `proxy.fast_path` is on.
+    fast: Option<FastPath>,
     limiter: Arc<ConnectionLimiter>,
     metrics: Arc<Metrics>,
     options: ConnOptions,
@@ -98,12 +98,14 @@ impl Http1App {
     /// The loop in front of `proxy`, admitting connections through `limiter`.
     pub fn new(
         proxy: Arc<HttpProxy<IngressProxy>>,
+        fast: Option<FastPath>,
         limiter: Arc<ConnectionLimiter>,
         metrics: Arc<Metrics>,
         options: ConnOptions,
     ) -> Http1App {
         Http1App {
             proxy,
+            fast,
             limiter,
             metrics,
             options,
@@ -195,6 +197,13 @@ impl ServerApp for Http1App {
         let mut stream = stream;
         let mut buf = BytesMut::with_capacity(INITIAL_BUFFER);
         let mut first_request = true;
+        let mut fast_buffers = Buffers::default();
+        let client_ip = stream.get_socket_digest().and_then(|digest| {
+            digest
+                .peer_addr()
+                .and_then(|addr| addr.as_inet())
+                .map(|a| a.ip())
+        });
         loop {
             let head = match self
                 .next_head(&mut stream, &mut buf, first_request, &mut shutdown)
@@ -209,6 +218,32 @@ impl ServerApp for Http1App {
                 }
             };
             first_request = false;
+            if let Some(fast) = &self.fast {
+                let shutting_down = *shutdown.borrow();
+                match fast
+                    .serve(
+                        &mut stream,
+                        &mut buf,
+                        &head,
+                        client_ip,
+                        shutting_down,
+                        &mut fast_buffers,
+                    )
+                    .await
+                {
+                    Outcome::Delegate => {}
+                    Outcome::KeepAlive => continue,
+                    Outcome::Close => {
+                        if !buf.is_empty() {
+                            // Unread pipelined input would turn the close into a
+                            // reset that can destroy the last answer.
+                            let _ = stream.shutdown().await;
+                            linger(&mut stream).await;
+                        }
+                        return None;
+                    }
+                }
+            }
             // Hand over this request's bytes only: the head, and what was read of
             // a Content-Length body. A chunked body's end is unknown here, so all
             // of it goes; Pingora closes the connection if it read past the end.
@@ -256,35 +291,10 @@ async fn refuse(mut stream: Stream, refusal: &Refusal) {
         message: refusal.message.clone(),
         retry_after_secs: None,
     };
-    let (content_type, body) = answer.body(refusal.accepts_json);
-    let reason = http::StatusCode::from_u16(refusal.status)
-        .ok()
-        .and_then(|status| status.canonical_reason())
-        .unwrap_or("Error");
-    let date = pingora_core::protocols::http::date::get_cached_date();
-    let mut response = format!(
-        "HTTP/1.1 {} {reason}\r\nDate: {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
-        refusal.status,
-        date.to_str().unwrap_or_default(),
-        body.len()
-    )
-    .into_bytes();
-    response.extend_from_slice(&body);
-    let written = async {
-        stream.write_all(&response).await?;
-        stream.flush().await?;
-        stream.shutdown().await
-    };
-    if tokio::time::timeout(LINGER_TIME, written).await.is_err() {
-        return;
-    }
-    let mut drained = 0usize;
-    let mut sink = [0u8; 4096];
-    let deadline = Instant::now() + LINGER_TIME;
-    while drained < LINGER_BYTES {
-        match tokio::time::timeout_at(deadline, stream.read(&mut sink)).await {
-            Ok(Ok(n)) if n > 0 => drained += n,
-            _ => break,
-        }
+    if write_answer(&mut stream, &answer, refusal.accepts_json)
+        .await
+        .is_ok()
+    {
+        linger(&mut stream).await;
     }
 }

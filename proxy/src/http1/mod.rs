@@ -2,6 +2,7 @@
 //! `pingora-proxy` ([`conn`]), the checks every request head passes before it is
 //! proxied ([`head`]), and the limit on open connections ([`limits`]).
 
+pub mod answer;
 pub mod conn;
 pub mod head;
 pub mod limits;
