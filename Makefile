@@ -15,6 +15,11 @@ test: deps
 	# Benches as a smoke check only: they must build and run; no timing is asserted.
 	$(CARGO) bench --bench resolve --bench control_plane --bench cold_start -- --quick --noplot
 	$(CARGO) test --workspace
+	# The end-to-end tests (the root package's tests/*.rs only, not the unit tests)
+	# again with proxy.fast_path = false: plain HTTP/1.1 requests take the fast
+	# path by default, and the delegated path through pingora-proxy must keep
+	# passing the same suite. About a minute more.
+	INGRESS_TEST_FAST_PATH=off $(CARGO) test -p ingress --test '*'
 
 deps:
 	@command -v $(CARGO) >/dev/null 2>&1 || { echo "cargo is missing: install Rust (rustup) first" >&2; exit 1; }

@@ -9,7 +9,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use support::binary::Ingress;
+use support::binary::{shop, Ingress};
+use support::raw::{keepalive_get, send_raw};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -75,50 +76,6 @@ impl RecordingUpstream {
     fn take(&self) -> String {
         String::from_utf8_lossy(&std::mem::take(&mut *self.received.lock().unwrap())).into_owned()
     }
-}
-
-/// What the ingress answered to raw bytes: status, lower-cased head, and
-/// whether it closed the connection after the answer.
-struct Answer {
-    status: u16,
-    head: String,
-    body: String,
-}
-
-/// Sends `request` as it is and reads until the ingress closes the connection.
-async fn send_raw(addr: SocketAddr, request: &[u8]) -> Answer {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
-    stream.write_all(request).await.expect("write");
-    let mut bytes = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut bytes))
-        .await
-        .expect("the ingress closes the connection after a refusal")
-        .expect("read");
-    let text = String::from_utf8_lossy(&bytes).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
-    Answer {
-        status,
-        head: head.to_ascii_lowercase(),
-        body: body.to_string(),
-    }
-}
-
-/// An ingress whose app `shop` on `shop.example.com` is served by `upstream`.
-fn shop(dir: &std::path::Path, upstream: SocketAddr, proxy_keys: &str) -> Ingress {
-    let ingress = Ingress::start_with_proxy(dir, proxy_keys, "");
-    ingress.ctl(&["app", "create", "shop"]).expect_ok();
-    ingress
-        .ctl(&["route", "add", "shop.example.com", "--app", "shop"])
-        .expect_ok();
-    ingress
-        .ctl(&["deploy", "shop", "--upstream", &upstream.to_string()])
-        .expect_ok();
-    ingress
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -274,41 +231,6 @@ fn raise_own_descriptor_limit(to: u64) {
         current.rlim_cur = current.rlim_max;
         // SAFETY: as above.
         unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &current) };
-    }
-}
-
-/// One keep-alive GET of `/` on `stream`; the status, or 0 when the connection
-/// ended before an answer.
-async fn keepalive_get(stream: &mut TcpStream) -> u16 {
-    let request = b"GET / HTTP/1.1\r\nHost: shop.example.com\r\n\r\n";
-    if stream.write_all(request).await.is_err() {
-        return 0;
-    }
-    let mut bytes = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await;
-        let Ok(Ok(n)) = read else { return 0 };
-        if n == 0 {
-            return 0;
-        }
-        bytes.extend_from_slice(&buf[..n]);
-        let text = String::from_utf8_lossy(&bytes).to_ascii_lowercase();
-        let Some((head, body)) = text.split_once("\r\n\r\n") else {
-            continue;
-        };
-        let length = head
-            .lines()
-            .find_map(|line| line.strip_prefix("content-length:"))
-            .and_then(|value| value.trim().parse::<usize>().ok())
-            .unwrap_or(0);
-        if body.len() >= length {
-            return head
-                .split_whitespace()
-                .nth(1)
-                .and_then(|code| code.parse().ok())
-                .unwrap_or(0);
-        }
     }
 }
 

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use super::free_ports;
+use super::{fast_path_off, free_ports};
 
 /// The admin token every test config accepts.
 pub const TOKEN: &str = "test-token-0123456789abcdef";
@@ -33,8 +33,14 @@ fn config_text(
     proxy_keys: &str,
     sections: &str,
 ) -> String {
+    // INGRESS_TEST_FAST_PATH=off: the fast path off unless the test chose.
+    let fast_path = if fast_path_off() && !proxy_keys.contains("fast_path") {
+        "fast_path = false\n"
+    } else {
+        ""
+    };
     format!(
-        "[proxy]\nlisten = \"{proxy}\"\n{proxy_keys}\n\n[admin]\ngrpc_listen = \"{grpc}\"\nhttp_listen = \"{http}\"\ntokens = [{{ name = \"tester\", secret = \"{TOKEN}\" }}]\n\n[store]\ndata_dir = {:?}\n\n{sections}\n",
+        "[proxy]\nlisten = \"{proxy}\"\n{fast_path}{proxy_keys}\n\n[admin]\ngrpc_listen = \"{grpc}\"\nhttp_listen = \"{http}\"\ntokens = [{{ name = \"tester\", secret = \"{TOKEN}\" }}]\n\n[store]\ndata_dir = {:?}\n\n{sections}\n",
         data_dir.display().to_string()
     )
 }
@@ -249,6 +255,20 @@ impl Ingress {
         }
         CtlOutput(command.output().expect("run ingressctl"))
     }
+}
+
+/// An ingress whose app `shop` on `shop.example.com` is served by `upstream`,
+/// with `proxy_keys` (TOML lines) added to its `[proxy]` section.
+pub fn shop(dir: &Path, upstream: SocketAddr, proxy_keys: &str) -> Ingress {
+    let ingress = Ingress::start_with_proxy(dir, proxy_keys, "");
+    ingress.ctl(&["app", "create", "shop"]).expect_ok();
+    ingress
+        .ctl(&["route", "add", "shop.example.com", "--app", "shop"])
+        .expect_ok();
+    ingress
+        .ctl(&["deploy", "shop", "--upstream", &upstream.to_string()])
+        .expect_ok();
+    ingress
 }
 
 /// What one `ingressctl` run printed.

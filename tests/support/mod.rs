@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod binary;
+pub mod raw;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -26,6 +27,14 @@ use ingress_proxy::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+/// True when `INGRESS_TEST_FAST_PATH=off`: every proxy the tests start (in
+/// process or as the `ingress` binary) then runs with `proxy.fast_path = false`
+/// unless the test sets it itself, so the whole suite runs through both request
+/// paths (`make test` runs the end-to-end tests in both modes).
+pub fn fast_path_off() -> bool {
+    std::env::var("INGRESS_TEST_FAST_PATH").is_ok_and(|value| value == "off")
+}
 
 /// A port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> u16 {
@@ -212,6 +221,9 @@ impl TestProxy {
         // process, and the end-to-end tests through the `ingress` binary cover the
         // default; here, work stealing.
         config.proxy.work_stealing = true;
+        if fast_path_off() {
+            config.proxy.fast_path = false;
+        }
         adjust(&mut config);
         config.proxy.listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let metrics = Arc::new(Metrics::new().expect("metrics"));
