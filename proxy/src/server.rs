@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora_core::server::configuration::ServerConf;
@@ -12,6 +13,7 @@ use pingora_core::services::listening::Service;
 use tokio::sync::watch;
 
 use crate::fast_path::FastPath;
+use crate::http1::drain::Drain;
 use crate::http1::limits::descriptor_limit;
 use crate::http1::{derived_max_connections, ConnOptions, ConnectionLimiter, Http1App};
 use crate::service::IngressProxy;
@@ -66,6 +68,19 @@ impl ShutdownTrigger {
 struct ShutdownWatch {
     trigger: watch::Receiver<bool>,
     os_signals: bool,
+    drain: Arc<Drain>,
+}
+
+/// How long a graceful stop waits for requests in progress.
+const DRAIN_LIMIT: Duration = Duration::from_secs(5);
+
+impl ShutdownWatch {
+    /// Drains client connections, then lets Pingora stop.
+    async fn drained(&self) -> ShutdownSignal {
+        self.drain.start();
+        self.drain.settled(DRAIN_LIMIT).await;
+        ShutdownSignal::GracefulTerminate
+    }
 }
 
 #[async_trait]
@@ -78,7 +93,7 @@ impl ShutdownSignalWatch for ShutdownWatch {
         };
         if !self.os_signals {
             triggered.await;
-            return ShutdownSignal::GracefulTerminate;
+            return self.drained().await;
         }
         use tokio::signal::unix::{signal, SignalKind};
         let (Ok(mut term), Ok(mut int)) = (
@@ -87,13 +102,13 @@ impl ShutdownSignalWatch for ShutdownWatch {
         ) else {
             log::error!("cannot watch SIGTERM/SIGINT; stop the ingress through its trigger");
             triggered.await;
-            return ShutdownSignal::GracefulTerminate;
+            return self.drained().await;
         };
         tokio::select! {
-            _ = triggered => ShutdownSignal::GracefulTerminate,
+            _ = triggered => self.drained().await,
             _ = term.recv() => {
-                log::info!("SIGTERM received: stopping after in-flight requests");
-                ShutdownSignal::GracefulTerminate
+                log::info!("SIGTERM received: stopping after in-flight requests (at most {}s)", DRAIN_LIMIT.as_secs());
+                self.drained().await
             }
             _ = int.recv() => {
                 log::info!("SIGINT received: stopping");
@@ -129,6 +144,7 @@ impl ProxyServer {
         let mut server = Server::new_with_opt_and_conf(None, conf);
         server.bootstrap();
         let metrics = Arc::clone(proxy.metrics());
+        let drain = Drain::new();
         let limiter = ConnectionLimiter::new(
             options.max_connections,
             metrics.connections_open.clone(),
@@ -146,6 +162,7 @@ impl ProxyServer {
             proxy,
             fast,
             Arc::clone(&limiter),
+            Arc::clone(&drain),
             metrics,
             options.conn.clone(),
         );
@@ -156,6 +173,7 @@ impl ProxyServer {
         let watch = ShutdownWatch {
             trigger: receiver,
             os_signals,
+            drain,
         };
         (
             ProxyServer {

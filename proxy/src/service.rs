@@ -469,6 +469,11 @@ impl ProxyHttp for IngressProxy {
         RequestCtx::default()
     }
 
+    /// No downstream modules: Pingora's default adds a compression module that is
+    /// disabled (level 0) yet still costs an allocation and filter calls per
+    /// request.
+    fn init_downstream_modules(&self, _modules: &mut pingora_core::modules::http::HttpModules) {}
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let request = session.req_header();
         let now_ms = now_unix_millis();

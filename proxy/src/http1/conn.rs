@@ -28,9 +28,11 @@ use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::answer::{linger, write_answer};
+use super::drain::Drain;
 use super::head::{self, BodyFraming, HeadLimits, Parsed, Refusal};
 use super::limits::ConnectionLimiter;
 use crate::error_response::ErrorAnswer;
@@ -79,6 +81,7 @@ pub struct Http1App {
     /// Serves the strict subset itself when `proxy.fast_path` is on.
     fast: Option<FastPath>,
     limiter: Arc<ConnectionLimiter>,
+    drain: Arc<Drain>,
     metrics: Arc<Metrics>,
     options: ConnOptions,
 }
@@ -100,6 +103,7 @@ impl Http1App {
         proxy: Arc<HttpProxy<IngressProxy>>,
         fast: Option<FastPath>,
         limiter: Arc<ConnectionLimiter>,
+        drain: Arc<Drain>,
         metrics: Arc<Metrics>,
         options: ConnOptions,
     ) -> Http1App {
@@ -107,6 +111,7 @@ impl Http1App {
             proxy,
             fast,
             limiter,
+            drain,
             metrics,
             options,
         }
@@ -119,6 +124,7 @@ impl Http1App {
         buf: &mut BytesMut,
         first_request: bool,
         shutdown: &mut ShutdownWatch,
+        draining: &mut watch::Receiver<bool>,
     ) -> Next {
         let limits = &self.options.head;
         // A connection's first request has header_timeout from the accept; a
@@ -141,7 +147,7 @@ impl Http1App {
                     Parsed::Refused(refusal) => return Next::Refuse(refusal),
                     Parsed::Partial => {}
                 }
-            } else if *shutdown.borrow() {
+            } else if *shutdown.borrow() || *draining.borrow() {
                 return Next::Close;
             }
             // Grow only as far as the head may go; `parse` refuses at the limit.
@@ -162,6 +168,7 @@ impl Http1App {
             let outcome = tokio::select! {
                 outcome = tokio::time::timeout_at(deadline, read) => outcome,
                 _ = shutdown.changed(), if idle => return Next::Close,
+                _ = draining.changed(), if idle => return Next::Close,
             };
             match outcome {
                 Ok(Ok(0)) | Ok(Err(_)) => return Next::Close,
@@ -193,6 +200,10 @@ impl ServerApp for Http1App {
         // Past proxy.max_connections the connection is closed at once (dropped),
         // so the ones already open keep their descriptors and keep working.
         let _admitted = self.limiter.try_enter()?;
+        if self.drain.is_draining() {
+            return None;
+        }
+        let mut draining = self.drain.subscribe();
         let mut shutdown = shutdown.clone();
         let mut stream = stream;
         let mut buf = BytesMut::with_capacity(INITIAL_BUFFER);
@@ -206,7 +217,13 @@ impl ServerApp for Http1App {
         });
         loop {
             let head = match self
-                .next_head(&mut stream, &mut buf, first_request, &mut shutdown)
+                .next_head(
+                    &mut stream,
+                    &mut buf,
+                    first_request,
+                    &mut shutdown,
+                    &mut draining,
+                )
                 .await
             {
                 Next::Request(head) => head,
@@ -218,8 +235,9 @@ impl ServerApp for Http1App {
                 }
             };
             first_request = false;
+            let _busy = self.drain.enter();
+            let shutting_down = *shutdown.borrow() || self.drain.is_draining();
             if let Some(fast) = &self.fast {
-                let shutting_down = *shutdown.borrow();
                 match fast
                     .serve(
                         &mut stream,
@@ -257,7 +275,7 @@ impl ServerApp for Http1App {
             };
             let prefix = buf.split_to(request_bytes);
             let mut session = ServerSession::new_http1(stream);
-            if *shutdown.borrow() {
+            if shutting_down {
                 session.set_keepalive(None);
             } else {
                 session.set_keepalive(Some(self.options.keepalive_timeout.as_secs().max(1)));

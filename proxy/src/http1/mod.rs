@@ -4,6 +4,7 @@
 
 pub mod answer;
 pub mod conn;
+pub mod drain;
 pub mod head;
 pub mod limits;
 
