@@ -159,7 +159,7 @@ def upstream_connections(pid, upstream_port):
     pids = set(process_tree(pid))
     try:
         out = subprocess.run(
-            ["ss", "-tnpH", "state", "established", f"( dport = :{upstream_port} )"],
+            ["ss", "-tnp", "state", "established", f"( dport = :{upstream_port} )"],
             capture_output=True, text=True, timeout=10,
         )
     except (OSError, subprocess.TimeoutExpired):
@@ -482,12 +482,24 @@ def run_wrk(port, host, seconds, connections, during=None, samples=2):
     }
 
 
-def measure(targets, rounds, seconds, connections, host, upstream_port):
+def count_lines(path, needle):
+    """Lines of the file at `path` that contain `needle` (0 if it is missing)."""
+    try:
+        with open(path, errors="replace") as f:
+            return sum(1 for line in f if needle in line)
+    except OSError:
+        return 0
+
+
+def measure(targets, rounds, seconds, connections, host, upstream_port, log_counters=None):
     """Runs wrk against every target in turn, `rounds` times; returns the
     per-target list of results. Each target is (name, port, process): the
     process's tree is charged the CPU of its rounds, and for a proxy (every
     target but "upstream") its established connections to the upstream port
-    are sampled twice mid-round."""
+    are sampled twice mid-round. `log_counters` maps a target name to a function
+    counting lines of interest in its log; each round records how many were added
+    while it ran ("log_lines")."""
+    log_counters = log_counters or {}
     results = {name: [] for name, _, _ in targets}
     for name, port, _ in targets:  # warm-up: connections, pools, leases, wakes
         run_wrk(port, host, 1, connections)
@@ -498,9 +510,13 @@ def measure(targets, rounds, seconds, connections, host, upstream_port):
             during = None
             if name != "upstream":
                 during = lambda: upstream_connections(process.pid, upstream_port)  # noqa: E731
+            counter = log_counters.get(name)
+            lines_before = counter() if counter else 0
             before = cpu_ticks(process.pid)
             result = run_wrk(port, host, seconds, connections, during=during)
             user, system = cpu_spent(before, cpu_ticks(process.pid))
+            if counter:
+                result["log_lines"] = counter() - lines_before
             served = max(result["requests"], 1)
             result["us_user"] = 1e6 * user / served
             result["us_sys"] = 1e6 * system / served
@@ -513,6 +529,7 @@ def measure(targets, rounds, seconds, connections, host, upstream_port):
                 f"p99 {result['p99']:.2f} ms  errors {result['errors']}  "
                 f"CPU/req {result['us_user']:.1f} µs user {result['us_sys']:.1f} µs sys"
                 + (f"  upstream conns {counts}" if during else "")
+                + (f"  log lines {result['log_lines']}" if counter else "")
             )
     return results
 
@@ -620,11 +637,15 @@ def compare(args, workdir):
         status, _, body = http_get(f"http://{LOOPBACK}:{port}/", host=host)
         if status != 200 or body.decode(errors="replace") != BODY:
             raise SystemExit(f"{name} answered {status} {body[:80]!r}, not the upstream's body")
-    results = measure(targets, args.rounds, args.seconds, args.connections, host, upstream_port)
+    log_path = os.path.join(workdir, "ingress.log")  # the ingress's stdout and stderr
+    results = measure(
+        targets, args.rounds, args.seconds, args.connections, host, upstream_port,
+        log_counters={"ingress": lambda: count_lines(log_path, REUSE_FAILURE)},
+    )
     ingress_conns = [r["conns"] for r in results["ingress"] if r.get("conns") is not None]
-    log_path = os.path.join(workdir, "ingress.log")
-    with open(log_path, errors="replace") as f:
-        reuse_failures = sum(1 for line in f if REUSE_FAILURE in line)
+    reuse_failures = count_lines(log_path, REUSE_FAILURE)
+    per_round = [r["log_lines"] for r in results["ingress"]]
+    per_1k = [1000 * r["log_lines"] / max(r["requests"], 1) for r in results["ingress"]]
     report = [
         f"Machine: {machine()}",
         f"Load: wrk -t1 -c{args.connections} -d{args.seconds}s, {args.rounds} rounds in alternation; "
@@ -641,7 +662,8 @@ def compare(args, workdir):
         f"- ingress upstream connections during load: "
         f"{max(ingress_conns) if ingress_conns else 'unknown (ss failed)'} (max seen; "
         f"per round {ingress_conns}); \"{REUSE_FAILURE}\" log lines: {reuse_failures} "
-        f"(cloudflare/pingora#998)",
+        f"(cloudflare/pingora#998), of which per measured round {per_round}, "
+        f"{statistics.median(per_1k):.1f} per 1,000 requests (median of rounds)",
     ]
     print("\n".join(report))
 
