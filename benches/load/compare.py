@@ -1,8 +1,18 @@
 #!/usr/bin/env python3
-"""Load comparison: the upstream directly, nginx, HAProxy and `ingress` in front of
-one upstream (nginx returning a small fixed body), measured in alternation with
-wrk, on loopback only. Run it through `benches/load/run.sh`, which installs what
+"""Load comparison: the upstream directly, nginx, HAProxy, Caddy and `ingress` in
+front of one upstream (nginx returning a small fixed body), measured in alternation
+with wrk, on loopback only. Run it through `benches/load/run.sh`, which installs what
 it needs and builds the release binaries.
+
+Beside requests/s and latency, each target's row has the CPU time its processes
+spent per request (user and system, µs, from /proc/PID/stat over the process and
+its children, median of rounds) and the most established connections its processes
+held to the upstream, sampled mid-round with `ss`. After the run it counts the
+ingress log's "failed to acquire reusable stream" lines (cloudflare/pingora#998);
+the log is `ingress.log` in the work directory (kept with --keep).
+
+Binaries are taken from $CARGO_TARGET_DIR/release when CARGO_TARGET_DIR is set,
+from target/release otherwise.
 
 Every process this script starts is stopped when it ends (also on Ctrl-C and on
 errors); every load loop is bounded by a request duration and a round count.
@@ -23,7 +33,12 @@ import time
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-RELEASE = os.path.join(ROOT, "target", "release")
+RELEASE = os.path.join(
+    os.path.join(ROOT, os.environ["CARGO_TARGET_DIR"])  # absolute stays absolute
+    if os.environ.get("CARGO_TARGET_DIR")
+    else os.path.join(ROOT, "target"),
+    "release",
+)
 TOKEN = "load-test-token-0123456789abcdef"
 BODY = "hello from upstream\n"  # 20 bytes, as in the baseline notes
 HOST_SUFFIX = "example.test"
@@ -89,6 +104,74 @@ def http_get(url, host=None, timeout=5):
         return response.status, dict(response.headers), response.read()
 
 
+# ------------------------------------------------------------------ processes
+
+CLOCK_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def process_tree(pid):
+    """`pid` and its descendants (nginx's workers), from /proc/PID/task/*/children."""
+    pids, queue = [], [pid]
+    while queue and len(pids) < 256:  # bounded: a proxy here has a handful
+        current = queue.pop()
+        pids.append(current)
+        try:
+            tasks = os.listdir(f"/proc/{current}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{current}/task/{task}/children") as f:
+                    queue.extend(int(child) for child in f.read().split())
+            except OSError:
+                pass
+    return pids
+
+
+def cpu_ticks(pid):
+    """{pid: (utime, stime)} in clock ticks for `pid` and its descendants; the
+    per-process figures already cover all of a process's threads."""
+    ticks = {}
+    for member in process_tree(pid):
+        try:
+            with open(f"/proc/{member}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited between listing and reading
+        ticks[member] = (int(fields[11]), int(fields[12]))
+    return ticks
+
+
+def cpu_spent(before, after):
+    """User and system seconds spent between two `cpu_ticks` snapshots
+    (a process that appeared meanwhile counts from zero)."""
+    user = sum(u - before.get(p, (0, 0))[0] for p, (u, _) in after.items())
+    system = sum(s - before.get(p, (0, 0))[1] for p, (_, s) in after.items())
+    return user / CLOCK_TICK, system / CLOCK_TICK
+
+
+SS_PID = re.compile(r"pid=(\d+),")
+
+
+def upstream_connections(pid, upstream_port):
+    """Established TCP connections held by `pid` or its descendants to the
+    upstream port, from `ss -tnp` (None when ss is missing or fails)."""
+    pids = set(process_tree(pid))
+    try:
+        out = subprocess.run(
+            ["ss", "-tnp", "state", "established", f"( dport = :{upstream_port} )"],
+            capture_output=True, text=True, timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    return sum(
+        1 for line in out.stdout.splitlines()
+        if any(int(p) in pids for p in SS_PID.findall(line))
+    )
+
+
 # ------------------------------------------------------------------ servers
 
 
@@ -110,8 +193,9 @@ http {{
   }}
 }}
 """)
-    start(["nginx", "-c", conf, "-p", workdir], "upstream", workdir)
+    process = start(["nginx", "-c", conf, "-p", workdir], "upstream", workdir)
     wait_for_port(port, "the upstream nginx")
+    return process
 
 
 def start_nginx_proxy(workdir, port, upstream_port, workers):
@@ -139,8 +223,9 @@ http {{
   }}
 }}
 """)
-    start(["nginx", "-c", conf, "-p", workdir], "nginx-proxy", workdir)
+    process = start(["nginx", "-c", conf, "-p", workdir], "nginx-proxy", workdir)
     wait_for_port(port, "the nginx proxy")
+    return process
 
 
 def start_haproxy(workdir, port, upstream_port, threads):
@@ -163,8 +248,51 @@ frontend fe
 backend app
   server s1 {LOOPBACK}:{upstream_port}
 """)
-    start(["haproxy", "-f", conf, "-db"], "haproxy", workdir)
+    process = start(["haproxy", "-f", conf, "-db"], "haproxy", workdir)
     wait_for_port(port, "haproxy")
+    return process
+
+
+def start_caddy(workdir, port, upstream_port, threads):
+    """Caddy's reverse_proxy with admin, automatic HTTPS and access logs off and an
+    upstream keep-alive pool of 128, like nginx's. The site address has no host:
+    `http://127.0.0.1:PORT` would add a Host matcher, and requests for the preview
+    host would get Caddy's empty 200 instead of being proxied; `bind` keeps it on
+    loopback. GOMAXPROCS caps its Go scheduler at `threads` threads."""
+    conf = os.path.join(workdir, "Caddyfile")
+    with open(conf, "w") as f:
+        f.write(f"""{{
+\tadmin off
+\tauto_https off
+\tlog {{
+\t\tlevel ERROR
+\t}}
+}}
+http://:{port} {{
+\tbind {LOOPBACK}
+\treverse_proxy {LOOPBACK}:{upstream_port} {{
+\t\ttransport http {{
+\t\t\tkeepalive 120s
+\t\t\tkeepalive_idle_conns 128
+\t\t\tkeepalive_idle_conns_per_host 128
+\t\t}}
+\t}}
+}}
+""")
+    home = os.path.join(workdir, "caddy-home")  # its autosave and data stay in here
+    os.makedirs(home, exist_ok=True)
+    env = dict(
+        os.environ,
+        GOMAXPROCS=str(threads),
+        HOME=home,
+        XDG_CONFIG_HOME=os.path.join(home, "config"),
+        XDG_DATA_HOME=os.path.join(home, "data"),
+    )
+    process = start(
+        ["caddy", "run", "--config", conf, "--adapter", "caddyfile"], "caddy", workdir, env=env
+    )
+    wait_for_port(port, "caddy")
+    return process
 
 
 class Ingress:
@@ -294,6 +422,7 @@ def request_host(apps, labels):
 
 
 WRK_RATE = re.compile(r"Requests/sec:\s+([\d.]+)")
+WRK_REQUESTS = re.compile(r"(\d+) requests in ")
 
 
 def parse_latency(text, percentile):
@@ -304,7 +433,9 @@ def parse_latency(text, percentile):
     return value * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def run_wrk(port, host, seconds, connections):
+def run_wrk(port, host, seconds, connections, during=None, samples=2):
+    """One wrk run. `during`, if given, is called `samples` times spread over the
+    run (e.g. to count connections); its results are returned as "samples"."""
     args = [
         "wrk",
         "-t1",
@@ -315,11 +446,24 @@ def run_wrk(port, host, seconds, connections):
         f"Host: {host}",
         f"http://{LOOPBACK}:{port}/",
     ]
-    result = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 30)
-    if result.returncode != 0:
-        raise SystemExit(f"wrk failed: {result.stderr.strip()}")
-    text = result.stdout
+    wrk = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sampled = []
+    try:
+        if during is not None:
+            started = time.monotonic()
+            for i in range(samples):
+                time.sleep(max(0.0, started + seconds * (i + 1) / (samples + 1) - time.monotonic()))
+                sampled.append(during())
+        stdout, stderr = wrk.communicate(timeout=seconds + 30)
+    finally:
+        if wrk.poll() is None:
+            wrk.kill()
+            wrk.wait(timeout=5)
+    if wrk.returncode != 0:
+        raise SystemExit(f"wrk failed: {stderr.strip()}")
+    text = stdout
     rate = float(WRK_RATE.search(text).group(1))
+    requests = WRK_REQUESTS.search(text)
     errors = 0
     for match in re.finditer(r"Non-2xx or 3xx responses:\s+(\d+)", text):
         errors += int(match.group(1))
@@ -333,23 +477,59 @@ def run_wrk(port, host, seconds, connections):
         "p50": parse_latency(text, 50),
         "p99": parse_latency(text, 99),
         "errors": errors,
+        "requests": int(requests.group(1)) if requests else 0,
+        "samples": sampled,
     }
 
 
-def measure(targets, rounds, seconds, connections, host):
+def count_lines(path, needle):
+    """Lines of the file at `path` that contain `needle` (0 if it is missing)."""
+    try:
+        with open(path, errors="replace") as f:
+            return sum(1 for line in f if needle in line)
+    except OSError:
+        return 0
+
+
+def measure(targets, rounds, seconds, connections, host, upstream_port, log_counters=None):
     """Runs wrk against every target in turn, `rounds` times; returns the
-    per-target list of results."""
-    results = {name: [] for name, _ in targets}
-    for name, port in targets:  # warm-up: connections, pools, leases, wakes
+    per-target list of results. Each target is (name, port, process): the
+    process's tree is charged the CPU of its rounds, and for a proxy (every
+    target but "upstream") its established connections to the upstream port
+    are sampled twice mid-round. `log_counters` maps a target name to a function
+    counting lines of interest in its log; each round records how many were added
+    while it ran ("log_lines")."""
+    log_counters = log_counters or {}
+    results = {name: [] for name, _, _ in targets}
+    for name, port, _ in targets:  # warm-up: connections, pools, leases, wakes
         run_wrk(port, host, 1, connections)
     for round_number in range(rounds):
-        for name, port in targets:
-            result = run_wrk(port, host, seconds, connections)
+        for name, port, process in targets:
+            if process.poll() is not None:
+                raise SystemExit(f"{name} exited (status {process.returncode}); see its log")
+            during = None
+            if name != "upstream":
+                during = lambda: upstream_connections(process.pid, upstream_port)  # noqa: E731
+            counter = log_counters.get(name)
+            lines_before = counter() if counter else 0
+            before = cpu_ticks(process.pid)
+            result = run_wrk(port, host, seconds, connections, during=during)
+            user, system = cpu_spent(before, cpu_ticks(process.pid))
+            if counter:
+                result["log_lines"] = counter() - lines_before
+            served = max(result["requests"], 1)
+            result["us_user"] = 1e6 * user / served
+            result["us_sys"] = 1e6 * system / served
+            counts = [c for c in result["samples"] if c is not None]
+            result["conns"] = max(counts) if counts else None
             results[name].append(result)
             log(
                 f"round {round_number + 1}/{rounds} {name:10} "
                 f"{result['rps']:9.0f} req/s  p50 {result['p50']:.2f} ms  "
-                f"p99 {result['p99']:.2f} ms  errors {result['errors']}"
+                f"p99 {result['p99']:.2f} ms  errors {result['errors']}  "
+                f"CPU/req {result['us_user']:.1f} µs user {result['us_sys']:.1f} µs sys"
+                + (f"  upstream conns {counts}" if during else "")
+                + (f"  log lines {result['log_lines']}" if counter else "")
             )
     return results
 
@@ -359,17 +539,29 @@ def median(results, key):
 
 
 def table(results):
-    lines = [
-        "| target | requests/s (median) | range | p50 ms | p99 ms | errors |",
-        "|---|---|---|---|---|---|",
-    ]
+    """The Markdown table; the CPU and upstream-connection columns appear when
+    the results carry them (`measure` fills them, the --publish mode does not)."""
+    cpu = any("us_user" in r for rounds in results.values() for r in rounds)
+    header = "| target | requests/s (median) | range | p50 ms | p99 ms | errors |"
+    rule = "|---|---|---|---|---|---|"
+    if cpu:
+        header += " µs user/req | µs sys/req | upstream conns (max) |"
+        rule += "---|---|---|"
+    lines = [header, rule]
     for name, rounds in results.items():
         rates = [r["rps"] for r in rounds]
-        lines.append(
+        line = (
             f"| {name} | {median(rounds, 'rps'):.0f} | {min(rates):.0f}–{max(rates):.0f} "
             f"| {median(rounds, 'p50'):.2f} | {median(rounds, 'p99'):.2f} "
             f"| {sum(r['errors'] for r in rounds)} |"
         )
+        if cpu:
+            conns = [r["conns"] for r in rounds if r.get("conns") is not None]
+            line += (
+                f" {median(rounds, 'us_user'):.1f} | {median(rounds, 'us_sys'):.1f} "
+                f"| {max(conns) if conns else '—'} |"
+            )
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -378,7 +570,7 @@ def ratios(results):
     ingress = results.get("ingress")
     if not ingress:
         return ""
-    for other in ("nginx", "haproxy"):
+    for other in ("nginx", "haproxy", "caddy"):
         if other in results:
             rate = median(ingress, "rps") / median(results[other], "rps")
             p99 = median(ingress, "p99") / median(results[other], "p99")
@@ -400,23 +592,31 @@ def machine():
     except OSError:
         pass
     versions = []
-    for command in (["nginx", "-v"], ["haproxy", "-v"], ["wrk", "-v"]):
-        out = subprocess.run(command, capture_output=True, text=True)
+    for command in (["nginx", "-v"], ["haproxy", "-v"], ["caddy", "version"], ["wrk", "-v"]):
+        if shutil.which(command[0]) is None:
+            continue
+        out = subprocess.run(command, capture_output=True, text=True, timeout=30)
         first = (out.stdout + out.stderr).strip().splitlines()
-        versions.append(first[0] if first else command[0])
+        version = first[0] if first else command[0]
+        versions.append(f"Caddy {version}" if command[0] == "caddy" else version)
     return f"{os.cpu_count()} CPUs ({cpu}); " + "; ".join(versions)
 
 
 # ------------------------------------------------------------------ modes
 
 
+REUSE_FAILURE = "failed to acquire reusable stream"  # pingora-core's error! (pingora#998)
+
+
 def compare(args, workdir):
     upstream_port = free_port()
-    start_upstream(workdir, upstream_port)
+    upstream = start_upstream(workdir, upstream_port)
     nginx_port = free_port()
-    start_nginx_proxy(workdir, nginx_port, upstream_port, args.nginx_workers)
+    nginx = start_nginx_proxy(workdir, nginx_port, upstream_port, args.nginx_workers)
     haproxy_port = free_port()
-    start_haproxy(workdir, haproxy_port, upstream_port, args.haproxy_threads)
+    haproxy = start_haproxy(workdir, haproxy_port, upstream_port, args.haproxy_threads)
+    caddy_port = free_port()
+    caddy = start_caddy(workdir, caddy_port, upstream_port, args.caddy_threads)
     extra = proxy_extra(args)
     ingress = Ingress(workdir, args.threads, proxy_extra=extra)
     ingress.start()
@@ -425,22 +625,45 @@ def compare(args, workdir):
     status, headers, _ = http_get(f"http://{LOOPBACK}:{ingress.port}/", host=host)
     log(f"ingress answers {status} for {host} (version {headers.get('x-ingress-version')})")
     targets = [
-        ("upstream", upstream_port),
-        ("nginx", nginx_port),
-        ("haproxy", haproxy_port),
-        ("ingress", ingress.port),
+        ("upstream", upstream_port, upstream),
+        ("nginx", nginx_port, nginx),
+        ("haproxy", haproxy_port, haproxy),
+        ("caddy", caddy_port, caddy),
+        ("ingress", ingress.port, ingress.process),
     ]
-    results = measure(targets, args.rounds, args.seconds, args.connections, host)
+    # Every target must really proxy: a proxy answering on its own (Caddy with a
+    # site that does not match the Host, say) would be measured as very fast.
+    for name, port, _ in targets:
+        status, _, body = http_get(f"http://{LOOPBACK}:{port}/", host=host)
+        if status != 200 or body.decode(errors="replace") != BODY:
+            raise SystemExit(f"{name} answered {status} {body[:80]!r}, not the upstream's body")
+    log_path = os.path.join(workdir, "ingress.log")  # the ingress's stdout and stderr
+    results = measure(
+        targets, args.rounds, args.seconds, args.connections, host, upstream_port,
+        log_counters={"ingress": lambda: count_lines(log_path, REUSE_FAILURE)},
+    )
+    ingress_conns = [r["conns"] for r in results["ingress"] if r.get("conns") is not None]
+    reuse_failures = count_lines(log_path, REUSE_FAILURE)
+    per_round = [r["log_lines"] for r in results["ingress"]]
+    per_1k = [1000 * r["log_lines"] / max(r["requests"], 1) for r in results["ingress"]]
     report = [
         f"Machine: {machine()}",
         f"Load: wrk -t1 -c{args.connections} -d{args.seconds}s, {args.rounds} rounds in alternation; "
         f"ingress with {args.apps} apps and {args.labels} preview labels per app "
         f"(threads {args.threads}), request host {host}; nginx {args.nginx_workers} workers, "
-        f"HAProxy {args.haproxy_threads} threads.",
+        f"HAProxy {args.haproxy_threads} threads, Caddy GOMAXPROCS={args.caddy_threads}. "
+        f"CPU per request: user and system time of the target's processes over the round "
+        f"divided by the requests wrk completed, median of rounds; upstream conns: "
+        f"established connections to the upstream held by the target, sampled twice a round.",
         "",
         table(results),
         "",
         ratios(results),
+        f"- ingress upstream connections during load: "
+        f"{max(ingress_conns) if ingress_conns else 'unknown (ss failed)'} (max seen; "
+        f"per round {ingress_conns}); \"{REUSE_FAILURE}\" log lines: {reuse_failures} "
+        f"(cloudflare/pingora#998), of which per measured round {per_round}, "
+        f"{statistics.median(per_1k):.1f} per 1,000 requests (median of rounds)",
     ]
     print("\n".join(report))
 
@@ -593,7 +816,8 @@ def publish(args, workdir):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--seconds", type=int, default=6)
+    parser.add_argument("--seconds", "--duration", type=int, default=6,
+                        help="seconds of load per round and target")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--apps", type=int, default=10000)
     parser.add_argument("--labels", type=int, default=10)
@@ -603,6 +827,7 @@ def main():
     )
     parser.add_argument("--nginx-workers", type=int, default=2)
     parser.add_argument("--haproxy-threads", type=int, default=2)
+    parser.add_argument("--caddy-threads", type=int, default=2, help="Caddy's GOMAXPROCS")
     parser.add_argument("--scale", action="store_true",
                         help="throughput and memory at each of --scale-counts routes")
     parser.add_argument("--scale-counts", default="10,10000,100000")
@@ -613,11 +838,13 @@ def main():
     args = parser.parse_args()
     if not 1 <= args.rounds <= 50 or not 1 <= args.seconds <= 120:
         parser.error("--rounds must be 1..50 and --seconds 1..120")
-    for tool in ("wrk", "nginx", "haproxy"):
+    tools = ("wrk", "nginx") if args.scale or args.publish else ("wrk", "nginx", "haproxy", "caddy")
+    for tool in tools:
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is not installed; run benches/load/run.sh")
     workdir = tempfile.mkdtemp(prefix="ingress-load-")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGHUP, lambda *_: sys.exit(129))
     try:
         if args.scale:
             scale(args, workdir)

@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
-# The load comparison: installs wrk, nginx and HAProxy (apt) and cmake if missing,
-# builds the release binaries, then runs compare.py (see its --help), which
-# prints a Markdown table. Loopback only; every process it starts is stopped.
+# The load comparison: installs wrk, nginx, HAProxy and Caddy (apt) and cmake if
+# missing, builds the release binaries, then runs compare.py (see its --help), which
+# prints a Markdown table: requests/s, latency, CPU µs (user and system) per request
+# and upstream connections for each target, the ingress/nginx, ingress/haproxy and
+# ingress/caddy ratios, and the cloudflare/pingora#998 check (the ingress's upstream
+# connections under load, its "failed to acquire reusable stream" log lines).
+# Loopback only; every process it starts is stopped, also on errors and Ctrl-C.
+# Set CARGO_TARGET_DIR to build into (and run the binaries from) another target dir.
 #
-#   benches/load/run.sh                 # ingress vs nginx vs HAProxy, 10,000 apps
+#   benches/load/run.sh                 # ingress vs nginx vs HAProxy vs Caddy, 10,000 apps
+#   benches/load/run.sh --rounds 2 --duration 3   # a quick check that it all works
 #   benches/load/run.sh --scale         # throughput and RSS at 10 / 10,000 / 100,000 routes (x10 labels)
 #   benches/load/run.sh --publish       # p99 while a change is published every 10 ms
 set -euo pipefail
@@ -12,6 +18,8 @@ missing=()
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
+command -v caddy >/dev/null 2>&1 || missing+=(caddy)
+command -v ss >/dev/null 2>&1 || missing+=(iproute2)
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 if [ "${#missing[@]}" -gt 0 ]; then
