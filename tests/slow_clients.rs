@@ -231,12 +231,8 @@ async fn pipelined_requests_in_one_write_are_all_answered_in_order() {
     assert_eq!(keepalive_get(&mut stream).await, 200);
 }
 
-// Ignored until SIGTERM drains: the Pingora server runs with
-// `grace_period_seconds: Some(0)` (proxy/src/server.rs), so right after SIGTERM
-// it shuts the service runtime down, and tokio's `shutdown_timeout` drops every
-// task at once: the request in flight is cut without an answer (the README and
-// ARCHITECTURE say in-flight requests get up to 5 s). Run it with `--ignored`.
-#[ignore = "SIGTERM cuts requests in flight: grace_period_seconds is 0 (proxy/src/server.rs)"]
+// SIGTERM drains first (proxy/src/http1/drain.rs): Pingora alone would cancel
+// the request in flight when it shuts its runtimes down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_closes_an_idle_connection_at_once_and_finishes_a_busy_one() {
     let upstream = support::Upstream::start("a").await;

@@ -144,7 +144,7 @@ impl ProxyServer {
         let mut server = Server::new_with_opt_and_conf(None, conf);
         server.bootstrap();
         let metrics = Arc::clone(proxy.metrics());
-        let drain = Drain::new();
+        let drain = Arc::clone(proxy.drain());
         let limiter = ConnectionLimiter::new(
             options.max_connections,
             metrics.connections_open.clone(),

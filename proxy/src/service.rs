@@ -29,6 +29,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use crate::activity::InFlightGuard;
 use crate::error_response::{accepts_json, connection_header_problem, starting_page, ErrorAnswer};
+use crate::http1::drain::Drain;
 use crate::instance_gate::Gate;
 use crate::lease::{Lease, LeaseCache};
 use crate::lease_source::{Grant, LeaseAnswer, LeaseError, LeaseSource};
@@ -87,6 +88,8 @@ pub struct IngressProxy {
     pub(crate) lease_source: Arc<dyn LeaseSource>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) options: ProxyOptions,
+    /// Set once a graceful stop began: answers say `Connection: close`.
+    pub(crate) drain: Arc<Drain>,
 }
 
 /// How the lease step of a request ended when it did not produce a lease.
@@ -115,7 +118,13 @@ impl IngressProxy {
             lease_source,
             metrics,
             options,
+            drain: Drain::new(),
         }
+    }
+
+    /// The drain state of a graceful stop, shared with the connection loop.
+    pub fn drain(&self) -> &Arc<Drain> {
+        &self.drain
     }
 
     /// The metrics this proxy reports to.
@@ -627,10 +636,14 @@ impl ProxyHttp for IngressProxy {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if self.drain.is_draining() {
+            // A stop began while this request was in progress: close after it.
+            session.set_keepalive(None);
+        }
         if let Some(target) = &ctx.target {
             upstream_response.insert_header("x-ingress-version", target.version_header.clone())?;
         }

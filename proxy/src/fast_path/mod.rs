@@ -143,6 +143,21 @@ impl FastPath {
         let Some(plan) = self.plan(buf, head, client_ip, shutting_down, &mut bufs.request) else {
             return Outcome::Delegate;
         };
+        let write_limit = self.proxy.options.write_timeout;
+        // The whole body, before anything goes upstream (at most request::MAX_BODY)
+        // and before a slot is taken: a slow body never holds an instance's slot.
+        if buf.len() < plan.request_len {
+            match self.read_body(stream, buf, plan.request_len).await {
+                Ok(()) => {}
+                Err(answer) => {
+                    if let Some(answer) = answer {
+                        let bytes = answer_bytes(&answer, plan.accepts_json);
+                        let _ = write_all(stream, &bytes, write_limit).await;
+                    }
+                    return Outcome::Close;
+                }
+            }
+        }
         let slot = match plan.lease.gate_at(plan.turn) {
             Some(gate) => match Arc::clone(gate).try_acquire_owned() {
                 Ok(slot) => Some(slot),
@@ -153,19 +168,6 @@ impl FastPath {
         };
         let now_ms = now_unix_millis();
         let in_flight = (!plan.ignored).then(|| plan.target.activity.enter(now_ms));
-
-        // The whole body, before anything goes upstream (at most request::MAX_BODY).
-        if buf.len() < plan.request_len {
-            match self.read_body(stream, buf, plan.request_len).await {
-                Ok(()) => {}
-                Err(answer) => {
-                    if let Some(answer) = answer {
-                        let _ = write_all(stream, &answer_bytes(&answer, plan.accepts_json)).await;
-                    }
-                    return Outcome::Close;
-                }
-            }
-        }
         let upstream_started = Instant::now();
         let mut conn = match pool::take(plan.addr) {
             Some(conn) => conn,
@@ -193,7 +195,7 @@ impl FastPath {
                         .min(self.proxy.options.upstream_idle_timeout);
                     pool::give_back(plan.addr, conn, idle_for, self.pool_cap);
                 }
-                let next = if plan.client_keep_alive {
+                let next = if plan.client_keep_alive && !self.proxy.drain.is_draining() {
                     Outcome::KeepAlive
                 } else {
                     Outcome::Close
@@ -319,13 +321,12 @@ impl FastPath {
         upstream_started: Instant,
     ) -> Result<(u16, bool, Option<Duration>), u16> {
         let version_header = plan.target.version_header.as_bytes();
-        let keep_alive = plan.client_keep_alive;
         let mut retried = false;
         let head = loop {
             bufs.upstream.clear();
             bufs.client.clear();
             match self
-                .send_and_read_head(conn, plan, keep_alive, version_header, bufs)
+                .send_and_read_head(conn, plan, version_header, bufs)
                 .await
             {
                 Ok(head) => break head,
@@ -363,7 +364,6 @@ impl FastPath {
         &self,
         conn: &mut Conn,
         plan: &Plan,
-        keep_alive: bool,
         version_header: &[u8],
         bufs: &mut Buffers,
     ) -> Result<ResponseHead, (Failure, bool)> {
@@ -389,6 +389,9 @@ impl FastPath {
                 Ok(_) => return Err((Failure::Closed, any)),
                 Err(_) => return Err((Failure::Timeout, any)),
             }
+            // Decided when the answer starts: a stop that began while the
+            // upstream worked closes the connection after this answer.
+            let keep_alive = plan.client_keep_alive && !self.proxy.drain.is_draining();
             loop {
                 match response::parse(
                     &bufs.upstream,
@@ -426,10 +429,11 @@ impl FastPath {
         bufs: &mut Buffers,
     ) -> Result<bool, ()> {
         let read_timeout = self.proxy.options.read_timeout;
+        let write_limit = self.proxy.options.write_timeout;
         bufs.upstream.advance(head.len);
         match head.framing {
             Framing::None => {
-                write_all(client, &bufs.client).await?;
+                write_all(client, &bufs.client, write_limit).await?;
                 Ok(bufs.upstream.is_empty())
             }
             Framing::Length(length) => {
@@ -440,7 +444,7 @@ impl FastPath {
                 bufs.client.extend_from_slice(&bufs.upstream[..first]);
                 bufs.upstream.advance(first);
                 left -= first as u64;
-                write_all(client, &bufs.client).await?;
+                write_all(client, &bufs.client, write_limit).await?;
                 let extra = !bufs.upstream.is_empty();
                 while left > 0 {
                     bufs.upstream.clear();
@@ -448,7 +452,7 @@ impl FastPath {
                     let take = usize::try_from(left)
                         .unwrap_or(usize::MAX)
                         .min(bufs.upstream.len());
-                    write_all(client, &bufs.upstream[..take]).await?;
+                    write_all(client, &bufs.upstream[..take], write_limit).await?;
                     left -= take as u64;
                     if take < bufs.upstream.len() {
                         return Ok(false);
@@ -461,12 +465,12 @@ impl FastPath {
                 let taken = chunked.feed(&bufs.upstream).map_err(drop)?;
                 bufs.client.extend_from_slice(&bufs.upstream[..taken]);
                 let mut extra = taken < bufs.upstream.len();
-                write_all(client, &bufs.client).await?;
+                write_all(client, &bufs.client, write_limit).await?;
                 while !chunked.is_done() {
                     bufs.upstream.clear();
                     read_more(conn, &mut bufs.upstream, read_timeout).await?;
                     let taken = chunked.feed(&bufs.upstream).map_err(drop)?;
-                    write_all(client, &bufs.upstream[..taken]).await?;
+                    write_all(client, &bufs.upstream[..taken], write_limit).await?;
                     extra = taken < bufs.upstream.len();
                 }
                 Ok(!extra)
@@ -476,7 +480,7 @@ impl FastPath {
                 if !bufs.upstream.is_empty() {
                     push_chunk(&mut bufs.client, &bufs.upstream);
                 }
-                write_all(client, &bufs.client).await?;
+                write_all(client, &bufs.client, write_limit).await?;
                 loop {
                     bufs.upstream.clear();
                     if read_some(conn, &mut bufs.upstream, read_timeout).await? == 0 {
@@ -484,9 +488,9 @@ impl FastPath {
                     }
                     bufs.client.clear();
                     push_chunk(&mut bufs.client, &bufs.upstream);
-                    write_all(client, &bufs.client).await?;
+                    write_all(client, &bufs.client, write_limit).await?;
                 }
-                write_all(client, b"0\r\n\r\n").await?;
+                write_all(client, b"0\r\n\r\n", write_limit).await?;
                 Ok(false)
             }
         }
@@ -503,16 +507,24 @@ impl FastPath {
             Failure::Invalid(_) => (502, "the upstream sent an invalid response"),
         };
         let answer = upstream_error_answer(Some(&plan.target), status, reason);
-        let _ = write_all(client, &answer_bytes(&answer, plan.accepts_json)).await;
+        let write_limit = self.proxy.options.write_timeout;
+        let _ = write_all(client, &answer_bytes(&answer, plan.accepts_json), write_limit).await;
         status
     }
 }
 
 /// Writes all of `bytes` to the client and flushes (Pingora's stream buffers
-/// writes).
-async fn write_all(client: &mut Stream, bytes: &[u8]) -> Result<(), ()> {
-    client.write_all(bytes).await.map_err(|_| ())?;
-    client.flush().await.map_err(|_| ())
+/// writes), within `limit`: a client that stops reading never holds a slot,
+/// an in-flight count or an upstream connection for longer.
+async fn write_all(client: &mut Stream, bytes: &[u8], limit: Duration) -> Result<(), ()> {
+    let write = async {
+        client.write_all(bytes).await?;
+        client.flush().await
+    };
+    match tokio::time::timeout(limit, write).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(()),
+    }
 }
 
 /// Reads more of the body from the upstream: the bytes read, 0 at its end;

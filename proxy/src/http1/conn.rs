@@ -54,6 +54,8 @@ pub struct ConnOptions {
     pub keepalive_timeout: Duration,
     /// Longest pause between two reads of a request body.
     pub body_timeout: Duration,
+    /// Longest a write to the client may take (`proxy.write_timeout`).
+    pub write_timeout: Duration,
     /// Serve the strict subset with the fast path (`proxy.fast_path`).
     pub fast_path: bool,
 }
@@ -70,6 +72,7 @@ impl ConnOptions {
             header_timeout: config.proxy.header_timeout.0,
             keepalive_timeout: config.proxy.keepalive_timeout.0,
             body_timeout: config.proxy.body_timeout.0,
+            write_timeout: config.proxy.write_timeout.0,
             fast_path: config.proxy.fast_path,
         }
     }
@@ -136,8 +139,15 @@ impl Http1App {
                 self.options.keepalive_timeout
             };
         let mut started = first_request;
+        // The head can only have become complete (or malformed) when a line
+        // ended: reparsing after every read would cost O(n²) for a trickled head.
+        let mut fresh_line = !buf.is_empty();
         loop {
-            if !buf.is_empty() {
+            if !buf.is_empty() && !fresh_line {
+                if let Parsed::Refused(refusal) = head::check_partial(buf, limits) {
+                    return Next::Refuse(refusal);
+                }
+            } else if !buf.is_empty() {
                 if !started {
                     started = true;
                     deadline = Instant::now() + self.options.header_timeout;
@@ -161,6 +171,7 @@ impl Http1App {
             }
             let spare = buf.capacity() - buf.len();
             let idle = buf.is_empty();
+            let before = buf.len();
             let read = async {
                 let mut limited = (&mut *buf).limit(spare.min(room));
                 stream.read_buf(&mut limited).await
@@ -172,7 +183,7 @@ impl Http1App {
             };
             match outcome {
                 Ok(Ok(0)) | Ok(Err(_)) => return Next::Close,
-                Ok(Ok(_)) => {}
+                Ok(Ok(_)) => fresh_line = memchr::memchr(b'\n', &buf[before..]).is_some(),
                 Err(_elapsed) if idle => return Next::Close,
                 Err(_elapsed) => {
                     return Next::Refuse(Refusal {
@@ -216,6 +227,10 @@ impl ServerApp for Http1App {
                 .map(|a| a.ip())
         });
         loop {
+            if buf.is_empty() && buf.capacity() > INITIAL_BUFFER * 4 {
+                // Do not keep a large head's or body's buffer for an idle connection.
+                buf = BytesMut::with_capacity(INITIAL_BUFFER);
+            }
             let head = match self
                 .next_head(
                     &mut stream,
@@ -284,14 +299,12 @@ impl ServerApp for Http1App {
                 // Pingora's read timeout applies per read: the body's idle limit.
                 session.set_read_timeout(Some(self.options.body_timeout));
             }
+            // A client that stops reading must not hold a slot or an upstream.
+            session.set_write_timeout(Some(self.options.write_timeout));
             session.set_pipelined_prefix(prefix);
             let reused = self.proxy.process_new_http(session, &shutdown).await?;
             let (returned, _settings) = reused.consume();
             stream = returned;
-            if buf.capacity() > INITIAL_BUFFER * 4 && buf.is_empty() {
-                // Do not keep a large head's buffer for an idle connection.
-                buf = BytesMut::with_capacity(INITIAL_BUFFER);
-            }
         }
     }
 

@@ -163,6 +163,12 @@ fn describe(error: httparse::Error) -> &'static str {
     }
 }
 
+/// The limits of a head that is not complete yet (no line ended since the last
+/// parse): `Partial`, or the refusal of a head that can only end up over one.
+pub fn check_partial(buf: &[u8], limits: &HeadLimits) -> Parsed {
+    partial(buf, limits)
+}
+
 /// A partial head is refused as soon as it can only end up over a limit.
 fn partial(buf: &[u8], limits: &HeadLimits) -> Parsed {
     if first_line_too_long(buf, limits) {
@@ -217,6 +223,7 @@ fn check(request: &httparse::Request<'_, '_>, len: usize, limits: &HeadLimits) -
     let mut content_lengths = 0usize;
     let mut transfer_encoding: Option<&[u8]> = None;
     let mut transfer_encodings = 0usize;
+    let mut underscored = None;
     for header in request.headers.iter() {
         let name = header.name.as_bytes();
         if name.eq_ignore_ascii_case(b"host") {
@@ -230,6 +237,9 @@ fn check(request: &httparse::Request<'_, '_>, len: usize, limits: &HeadLimits) -
         } else if name.eq_ignore_ascii_case(b"accept") {
             accepts_json |= crate::error_response::accepts_json(Some(header.value));
         }
+        if name.contains(&b'_') && is_protected_with_underscores(name) {
+            underscored = Some(header.name);
+        }
     }
     let refused = |status, code, message: String| {
         Parsed::Refused(Refusal {
@@ -240,6 +250,13 @@ fn check(request: &httparse::Request<'_, '_>, len: usize, limits: &HeadLimits) -
         })
     };
 
+    if let Some(name) = underscored {
+        return refused(
+            400,
+            "invalid_header_name",
+            format!("the header name {name:?} spells a framing or forwarding header with underscores, which some servers read as that header; use hyphens"),
+        );
+    }
     if method.is_empty()
         || !method
             .bytes()
@@ -352,6 +369,29 @@ fn check(request: &httparse::Request<'_, '_>, len: usize, limits: &HeadLimits) -
     })
 }
 
+/// Servers in the CGI tradition map `X_Forwarded_For` and `X-Forwarded-For` to the
+/// same variable, so a client could spoof what the ingress sets (nginx drops
+/// underscored names by default). Refused for the fields that matter.
+fn is_protected_with_underscores(name: &[u8]) -> bool {
+    const PROTECTED: [&[u8]; 8] = [
+        b"host",
+        b"content-length",
+        b"transfer-encoding",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"x-real-ip",
+        b"forwarded",
+    ];
+    PROTECTED.iter().any(|protected| {
+        protected.len() == name.len()
+            && protected
+                .iter()
+                .zip(name)
+                .all(|(p, n)| p.eq_ignore_ascii_case(n) || (*p == b'-' && *n == b'_'))
+    })
+}
+
 /// What is wrong with the request target, if anything.
 fn target_problem(method: &str, target: &str) -> Option<String> {
     if let Some(byte) = target.bytes().find(|b| *b <= b' ' || *b == 0x7f) {
@@ -438,6 +478,7 @@ mod tests {
             200
         );
         assert_eq!(status(b"GET / HTTP/1.0\r\n\r\n"), 200);
+        assert_eq!(status(b"GET / HTTP/1.1\r\nHost: x\r\nX_Custom: 1\r\n\r\n"), 200);
     }
 
     #[test]
@@ -455,6 +496,8 @@ mod tests {
             (b"GET / HTTP/1.1\r\n\r\n", 400),
             (b"GET / HTTP/1.1\r\nHost : x\r\n\r\n", 400),
             (b"GET / HTTP/1.1\r\nHost: x\r\nA: b\r\n c\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nHost: x\r\nX_Forwarded_For: 1.2.3.4\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nHost: x\r\nContent_Length: 5\r\n\r\n", 400),
         ] {
             assert_eq!(status(raw), expected, "{}", String::from_utf8_lossy(raw));
         }
