@@ -110,15 +110,7 @@ async fn send_raw(addr: SocketAddr, request: &[u8]) -> Answer {
 
 /// An ingress whose app `shop` on `shop.example.com` is served by `upstream`.
 fn shop(dir: &std::path::Path, upstream: SocketAddr, proxy_keys: &str) -> Ingress {
-    let ingress = Ingress::start_with_proxy(dir, proxy_keys, "");
-    ingress.ctl(&["app", "create", "shop"]).expect_ok();
-    ingress
-        .ctl(&["route", "add", "shop.example.com", "--app", "shop"])
-        .expect_ok();
-    ingress
-        .ctl(&["deploy", "shop", "--upstream", &upstream.to_string()])
-        .expect_ok();
-    ingress
+    Ingress::shop(dir, upstream, proxy_keys)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

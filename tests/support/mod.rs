@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod binary;
+pub mod raw;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
