@@ -41,6 +41,8 @@ struct Case {
     fast_stricter: Option<&'static str>,
     /// A further expectation on both paths.
     check: Option<Check>,
+    /// Why the trailers of a chunked answer may differ between the paths.
+    trailers_may_differ: Option<&'static str>,
 }
 
 fn case(name: &'static str, request: &str, statuses: &'static [u16], max_upstream: usize) -> Case {
@@ -66,12 +68,18 @@ fn case_bytes(
         max_upstream,
         fast_stricter: None,
         check: None,
+        trailers_may_differ: None,
     }
 }
 
 impl Case {
     fn check(mut self, check: Check) -> Case {
         self.check = Some(check);
+        self
+    }
+
+    fn trailers_may_differ(mut self, why: &'static str) -> Case {
+        self.trailers_may_differ = Some(why);
         self
     }
 
@@ -100,6 +108,7 @@ fn response_case(name: &'static str, method: &'static str, path: &str) -> Case {
         max_upstream: 2,
         fast_stricter: None,
         check: None,
+        trailers_may_differ: None,
     }
 }
 
@@ -216,13 +225,14 @@ fn corpus() -> Vec<Case> {
             0,
         ),
         // --- Routing.
-        // Absolute-form is outside the fast path's subset: both paths route by
-        // the URI's authority (RFC 9112 §3.2.2), so `other.example.com` has no
-        // route and the shop's upstream sees nothing.
+        // Absolute-form is outside the fast path's subset, so both ingresses
+        // hand it to Pingora, which refuses a Host that differs from the URI's
+        // authority (a bare 400 with `Connection: close`): the shop's upstream
+        // sees nothing.
         case(
             "absolute-form, other Host",
             &format!("GET http://other.example.com/x HTTP/1.1\r\n{host}\r\n"),
-            &[404],
+            &[400],
             0,
         ),
         case(
@@ -353,15 +363,85 @@ fn corpus() -> Vec<Case> {
                 .then_some(())
                 .ok_or_else(|| format!("forwarding fields {got:?}, expected {expected:?}"))
         }),
+        // --- More requests the fast path serves itself (HTTP/1.1, origin-form).
+        case(
+            "GET with a body that looks like a request",
+            &format!("GET /getbody HTTP/1.1\r\n{host}Content-Length: {}\r\n\r\n{SMUGGLED}", SMUGGLED.len()),
+            &[200],
+            1,
+        )
+        .check(|seen| body_reached(seen, SMUGGLED.as_bytes())),
+        case(
+            "Content-Length with leading zeros",
+            &format!("POST /zeros HTTP/1.1\r\n{host}Content-Length: 005\r\n\r\nhello{}", get("/after-zeros")),
+            &[200, 200],
+            2,
+        ),
+        case(
+            "hop-by-hop request fields",
+            &format!("GET /hop HTTP/1.1\r\n{host}Connection: keep-alive\r\nKeep-Alive: 300\r\nTE: trailers\r\nProxy-Connection: keep-alive\r\nTrailer: x-t\r\nX-Keep: 1\r\n\r\n"),
+            &[200],
+            1,
+        ),
+        case(
+            "Connection: close, x-custom",
+            &format!("GET /close-custom HTTP/1.1\r\n{host}Connection: close, x-custom\r\nX-Custom: 1\r\n\r\n"),
+            &[200],
+            1,
+        )
+        .check(|seen| match seen.upstream.iter().find(|r| r.header("x-custom").is_some()) {
+            Some(request) => Err(format!("x-custom reached the upstream: {request:?}")),
+            None => Ok(()),
+        }),
+        // A chunked body goes to Pingora with everything read behind it; Pingora
+        // closes the connection after the answer rather than find the end of the
+        // body in the stream, so the pipelined GET is never read (the client
+        // retries it on a new connection, RFC 9112 §9.3.2). Same on both paths.
+        case(
+            "chunked POST, then a pipelined GET",
+            &format!("POST /chunked2 HTTP/1.1\r\n{host}Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n{}", get("/after-chunked")),
+            &[200],
+            2,
+        ),
+        case(
+            "Expect: 100-continue",
+            &format!("POST /expect HTTP/1.1\r\n{host}Expect: 100-continue\r\nContent-Length: 5\r\n\r\nhello"),
+            &[200],
+            1,
+        ),
         // --- Responses, each followed by a GET on the same connection.
         response_case("204", "GET", "/r/204"),
         response_case("304 with Content-Length", "GET", "/r/304"),
         response_case("HEAD with Content-Length", "HEAD", "/head-len"),
-        response_case("chunked with a trailer", "GET", "/r/chunked"),
+        response_case("chunked with a trailer", "GET", "/r/chunked")
+            .trailers_may_differ(
+                "the fast path passes chunked bodies through with their trailers; Pingora re-frames them and drops trailers (RFC 9110 §6.5.1 allows both)",
+            )
+            .check(|seen| match seen.conversation.answers.first() {
+                Some(answer) if answer.body == b"hello world" => Ok(()),
+                other => Err(format!("the chunked body arrived as {other:?}")),
+            }),
         response_case("upstream Connection: close", "GET", "/r/conn-close"),
         // A close-delimited body can only end the client's connection when it is
         // passed through as it is; re-framed as chunked the connection lives on.
         response_case("close-delimited", "GET", "/r/until-close"),
+        // RFC 9110 §7.6.1: a field the upstream nominates in `Connection` is
+        // hop-by-hop and must not be forwarded. (Known to fail on both paths:
+        // see the report of issue 11, item 7.)
+        // Odd upstream answers: whatever comes after an answer's end on an
+        // upstream connection must never be taken as the next request's answer.
+        response_case("upstream nominates X-Up in Connection", "GET", "/r/nominate").check(
+            |seen| match seen.conversation.answers.first() {
+                Some(answer) if answer.header("x-up").is_none() => Ok(()),
+                other => Err(format!("x-up reached the client: {other:?}")),
+            },
+        ),
+        response_case("204 followed by stray bytes", "GET", "/r/204-stray").check(next_is_own),
+        response_case("Content-Length shorter than the body", "GET", "/r/extra").check(next_is_own),
+        response_case("response CL+TE", "GET", "/r/clte").check(next_is_own),
+        response_case("response two Content-Lengths", "GET", "/r/two-cl").check(next_is_own),
+        response_case("100 Continue, then 200", "GET", "/r/100"),
+        response_case("HTTP/1.0 response, no keep-alive", "GET", "/r/http10"),
         // The upstream closes an idle pooled connection between two requests.
         case("idle pooled connection closed", "", &[200, 200], 2)
             .steps(vec![
@@ -369,6 +449,19 @@ fn corpus() -> Vec<Case> {
                 Step::new(get("/after-idle").as_bytes(), &["GET"]).after(Duration::from_millis(300)),
             ]),
     ]
+}
+
+/// The GET that follows a scripted answer got its own answer.
+fn next_is_own(seen: &Observed) -> Result<(), String> {
+    match seen.conversation.answers.get(1) {
+        None => Ok(()),
+        Some(answer) if answer.body.starts_with(b"GET /next ") => Ok(()),
+        Some(answer) => Err(format!(
+            "the next request got another answer: {} {:?}",
+            answer.status,
+            String::from_utf8_lossy(&answer.body)
+        )),
+    }
 }
 
 /// The first request reached the upstream with exactly `body`.
@@ -396,7 +489,9 @@ fn without_version_ids(text: &str) -> String {
                 .iter()
                 .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
             && (at == 0 || !bytes[at - 1].is_ascii_alphanumeric())
-            && bytes.get(at + 13).is_none_or(|b| !b.is_ascii_alphanumeric());
+            && bytes
+                .get(at + 13)
+                .is_none_or(|b| !b.is_ascii_alphanumeric());
         if id {
             out.push_str("vID");
             at += 13;
@@ -465,10 +560,17 @@ enum Verdict {
 }
 
 fn compare(case: &Case, fast: &Observed, pingora: &Observed) -> Verdict {
-    let (fast_client, pingora_client) = (
-        client_summary(&fast.conversation),
-        client_summary(&pingora.conversation),
-    );
+    let summary = |conversation: &Conversation| {
+        let mut conversation = conversation.clone();
+        if case.trailers_may_differ.is_some() {
+            for answer in &mut conversation.answers {
+                answer.trailers.clear();
+            }
+        }
+        client_summary(&conversation)
+    };
+    let (fast_client, pingora_client) =
+        (summary(&fast.conversation), summary(&pingora.conversation));
     let (fast_up, pingora_up) = (
         upstream_summary(&fast.upstream),
         upstream_summary(&pingora.upstream),
@@ -512,8 +614,10 @@ fn own_problems(case: &Case, path: &str, seen: &Observed, stricter: bool) -> Vec
     let statuses: Vec<u16> = seen.conversation.answers.iter().map(|a| a.status).collect();
     if !case.statuses.is_empty() && statuses != case.statuses && !stricter {
         problems.push(format!(
-            "{}: {path}: statuses {statuses:?}, expected {:?}",
-            case.name, case.statuses
+            "{}: {path}: statuses {statuses:?}, expected {:?}: {:?}",
+            case.name,
+            case.statuses,
+            client_summary(&seen.conversation)
         ));
     }
     if seen.upstream.len() > case.max_upstream {
@@ -588,7 +692,12 @@ async fn odd_requests_fare_the_same_on_the_fast_path_and_the_pingora_path() {
     );
     // Both serve a plain request before the corpus (the lease is in place).
     for (ingress, upstream) in [(&fast, &fast_upstream), (&pingora, &pingora_upstream)] {
-        let warm = run(ingress, upstream, &case("warm-up", &get("/warm"), &[200], 1)).await;
+        let warm = run(
+            ingress,
+            upstream,
+            &case("warm-up", &get("/warm"), &[200], 1),
+        )
+        .await;
         assert_eq!(
             warm.conversation.answers.first().map(|a| a.status),
             Some(200),
@@ -610,6 +719,9 @@ async fn odd_requests_fare_the_same_on_the_fast_path_and_the_pingora_path() {
         problems.extend(own_problems(&case, "fast", &on_fast, stricter));
         problems.extend(own_problems(&case, "pingora", &on_pingora, false));
         let label = match &verdict {
+            Verdict::Same if case.trailers_may_differ.is_some() => {
+                "same but trailers (documented)".to_string()
+            }
             Verdict::Same => "same".to_string(),
             Verdict::FastStricter => format!("fast stricter: {}", case.fast_stricter.unwrap_or("")),
             Verdict::Differs(detail) => {

@@ -312,6 +312,12 @@ struct Scripted {
 /// - `/r/conn-close`: a length and `Connection: close`, then it closes;
 /// - `/r/idle-close`: a keep-alive answer, then the connection is closed
 ///   100 ms later (an idle pooled connection going away);
+/// - `/r/nominate`: `Connection: x-up` with `X-Up: secret`;
+/// - `/r/204-stray`, `/r/extra`: a 204, or a length shorter than the body,
+///   followed by a stray second answer on the connection;
+/// - `/r/clte`, `/r/two-cl`: a length with chunked, two lengths;
+/// - `/r/100`: 100 Continue, then 200; `/r/http10`: an HTTP/1.0 answer, then
+///   the connection closes;
 /// - anything else: 200 with `Content-Length` and the body `METHOD TARGET
 ///   body=BODY` (a HEAD answer has the length of that body, without it).
 ///
@@ -455,6 +461,31 @@ fn script(request: &Received, seq: usize) -> Scripted {
         "/r/chunked" => keep(format!(
             "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTrailer: x-sum\r\nTransfer-Encoding: chunked\r\nx-upstream-seq: {seq}\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\nx-sum: 11\r\n\r\n"
         )),
+        "/r/nominate" => keep(format!(
+            "HTTP/1.1 200 OK\r\nConnection: x-up\r\nX-Up: secret\r\nContent-Length: 2\r\nx-upstream-seq: {seq}\r\n\r\nok"
+        )),
+        "/r/204-stray" => keep(format!(
+            "HTTP/1.1 204 No Content\r\nx-upstream-seq: {seq}\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstray"
+        )),
+        "/r/extra" => keep(format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nx-upstream-seq: {seq}\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstray"
+        )),
+        "/r/clte" => keep(format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\nx-upstream-seq: {seq}\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+        )),
+        "/r/two-cl" => keep(format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 7\r\nx-upstream-seq: {seq}\r\n\r\nokstray"
+        )),
+        "/r/100" => keep(format!(
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\nx-upstream-seq: {seq}\r\n\r\nok"
+        )),
+        "/r/http10" => Scripted {
+            bytes: format!(
+                "HTTP/1.0 200 OK\r\nContent-Length: 2\r\nx-upstream-seq: {seq}\r\n\r\nok"
+            )
+            .into_bytes(),
+            close_after: Some(Duration::ZERO),
+        },
         "/r/until-close" => Scripted {
             bytes: format!(
                 "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nx-upstream-seq: {seq}\r\n\r\nclose-delimited body"
