@@ -141,9 +141,12 @@ pub async fn converse(addr: SocketAddr, steps: &[Step]) -> Conversation {
     out
 }
 
+/// Header or trailer fields: lower-cased names, trimmed values, in order.
+pub type Fields = Vec<(String, String)>;
+
 /// Splits a head (`\r\n` or bare `\n` lines) into its first line and fields;
 /// `None` until the blank line arrived. Returns the bytes of the head too.
-fn split_head(buf: &[u8]) -> Option<(String, Vec<(String, String)>, usize)> {
+fn split_head(buf: &[u8]) -> Option<(String, Fields, usize)> {
     let mut at = 0;
     let mut lines = Vec::new();
     loop {
@@ -180,7 +183,7 @@ fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
 
 /// A chunked body at the start of `buf`: (data, trailers, bytes used), `None`
 /// while incomplete or when malformed.
-fn decode_chunked(buf: &[u8]) -> Option<(Vec<u8>, Vec<(String, String)>, usize)> {
+fn decode_chunked(buf: &[u8]) -> Option<(Vec<u8>, Fields, usize)> {
     let mut at = 0;
     let mut data = Vec::new();
     loop {
