@@ -238,6 +238,20 @@ impl Ingress {
         }
     }
 
+    /// Starts an ingress (with `proxy_keys` in `[proxy]`) whose app `shop` on
+    /// `shop.example.com` is a static deploy of `upstream`.
+    pub fn shop(dir: &Path, upstream: SocketAddr, proxy_keys: &str) -> Ingress {
+        let ingress = Ingress::start_with_proxy(dir, proxy_keys, "");
+        ingress.ctl(&["app", "create", "shop"]).expect_ok();
+        ingress
+            .ctl(&["route", "add", "shop.example.com", "--app", "shop"])
+            .expect_ok();
+        ingress
+            .ctl(&["deploy", "shop", "--upstream", &upstream.to_string()])
+            .expect_ok();
+        ingress
+    }
+
     /// Runs `ingressctl ARGS` against this ingress with the test token.
     pub fn ctl(&self, args: &[&str]) -> CtlOutput {
         self.ctl_with_token(Some(TOKEN), args)

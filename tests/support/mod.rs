@@ -5,6 +5,7 @@
 
 pub mod binary;
 pub mod raw;
+pub mod scripted;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -508,7 +508,12 @@ impl FastPath {
         };
         let answer = upstream_error_answer(Some(&plan.target), status, reason);
         let write_limit = self.proxy.options.write_timeout;
-        let _ = write_all(client, &answer_bytes(&answer, plan.accepts_json), write_limit).await;
+        let _ = write_all(
+            client,
+            &answer_bytes(&answer, plan.accepts_json),
+            write_limit,
+        )
+        .await;
         status
     }
 }

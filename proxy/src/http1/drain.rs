@@ -81,7 +81,10 @@ mod tests {
         assert_eq!(drain.busy(), 1);
         let started = Instant::now();
         drain.settled(Duration::from_secs(5)).await;
-        assert!(started.elapsed() >= Duration::from_secs(5), "waited out the limit");
+        assert!(
+            started.elapsed() >= Duration::from_secs(5),
+            "waited out the limit"
+        );
         drop(busy);
         let started = Instant::now();
         drain.settled(Duration::from_secs(5)).await;

@@ -478,7 +478,10 @@ mod tests {
             200
         );
         assert_eq!(status(b"GET / HTTP/1.0\r\n\r\n"), 200);
-        assert_eq!(status(b"GET / HTTP/1.1\r\nHost: x\r\nX_Custom: 1\r\n\r\n"), 200);
+        assert_eq!(
+            status(b"GET / HTTP/1.1\r\nHost: x\r\nX_Custom: 1\r\n\r\n"),
+            200
+        );
     }
 
     #[test]
