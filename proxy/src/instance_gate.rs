@@ -25,11 +25,19 @@ pub type Gate = Semaphore;
 /// The gates of every instance that has a cached lease.
 pub struct InstanceGates {
     max: usize,
-    gates: Mutex<HashMap<SocketAddr, Weak<Gate>>>,
+    gates: Mutex<Registry>,
+}
+
+#[derive(Default)]
+struct Registry {
+    gates: HashMap<SocketAddr, Weak<Gate>>,
+    /// The map is swept when it grows past this, which then doubles what was
+    /// left, so sweeps cost O(1) per insert over time.
+    sweep_at: usize,
 }
 
 /// Forgotten gates (no lease holds them any more) are swept once the map holds
-/// more than this many entries.
+/// more than this many entries (or twice what the last sweep kept).
 const SWEEP_AT: usize = 1024;
 
 impl InstanceGates {
@@ -37,7 +45,10 @@ impl InstanceGates {
     pub fn new(max: usize) -> InstanceGates {
         InstanceGates {
             max,
-            gates: Mutex::new(HashMap::new()),
+            gates: Mutex::new(Registry {
+                gates: HashMap::new(),
+                sweep_at: SWEEP_AT,
+            }),
         }
     }
 
@@ -54,13 +65,15 @@ impl InstanceGates {
         }
         // A poisoned lock only means another thread panicked mid-insert; the map
         // of weak pointers is still usable.
-        let mut gates = self
+        let mut registry = self
             .gates
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if gates.len() > SWEEP_AT {
-            gates.retain(|_, gate| gate.strong_count() > 0);
+        if registry.gates.len() > registry.sweep_at {
+            registry.gates.retain(|_, gate| gate.strong_count() > 0);
+            registry.sweep_at = (registry.gates.len() * 2).max(SWEEP_AT);
         }
+        let gates = &mut registry.gates;
         let found = addrs
             .iter()
             .map(|addr| {

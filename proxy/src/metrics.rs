@@ -40,6 +40,8 @@ pub struct Metrics {
     pub queue_wait: Histogram,
     /// Requests that waited `proxy.queue_timeout` for a slot and got 503.
     pub queue_rejections: IntCounter,
+    /// Requests the fast path served itself (the rest went through pingora-proxy).
+    pub fast_path_requests: IntCounter,
 }
 
 /// How a request for a sleeping version ended, for `ingress_wake_requests_total`.
@@ -184,8 +186,14 @@ impl Metrics {
             "Requests that waited proxy.queue_timeout for an instance slot and got 503.",
         )?;
         registry.register(Box::new(queue_rejections.clone()))?;
+        let fast_path_requests = IntCounter::new(
+            "ingress_fast_path_requests_total",
+            "Requests served by the fast path rather than pingora-proxy.",
+        )?;
+        registry.register(Box::new(fast_path_requests.clone()))?;
         Ok(Metrics {
             registry,
+            fast_path_requests,
             connections_open,
             connections_refused,
             refusals,

@@ -286,13 +286,15 @@ impl IngressProxy {
             Err(_) => gate,
         };
         let started = Instant::now();
-        self.metrics.queue_length.inc();
-        let waited = unless_client_leaves(
-            session,
-            tokio::time::timeout(self.options.queue_timeout, gate.acquire_owned()),
-        )
-        .await;
-        self.metrics.queue_length.dec();
+        let waited = {
+            // A guard, so the gauge is right even if this future is dropped.
+            let _queued = GaugeGuard::inc(&self.metrics.queue_length);
+            unless_client_leaves(
+                session,
+                tokio::time::timeout(self.options.queue_timeout, gate.acquire_owned()),
+            )
+            .await
+        };
         match waited {
             Some(Ok(Ok(slot))) => {
                 self.metrics
@@ -328,6 +330,22 @@ impl IngressProxy {
     }
 }
 
+/// Holds a gauge one higher for as long as it lives.
+struct GaugeGuard<'a>(&'a prometheus::IntGauge);
+
+impl<'a> GaugeGuard<'a> {
+    fn inc(gauge: &'a prometheus::IntGauge) -> GaugeGuard<'a> {
+        gauge.inc();
+        GaugeGuard(gauge)
+    }
+}
+
+impl Drop for GaugeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 fn lease_error_answer(error: &LeaseError) -> ErrorAnswer {
     ErrorAnswer {
         status: error.status(),
@@ -346,6 +364,28 @@ fn wants_page(request: &RequestHeader) -> bool {
                 .windows(9)
                 .any(|w| w.eq_ignore_ascii_case(b"text/html"))
         })
+}
+
+/// Removes the fields the upstream names in its `Connection` header: they are
+/// hop-by-hop (RFC 9110 §7.6.1), and Pingora passes them on. Allocates only
+/// when such a nomination exists.
+fn remove_nominated_fields(response: &mut ResponseHeader) {
+    let nominated: Vec<String> = response
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|token| {
+            !token.is_empty()
+                && !token.eq_ignore_ascii_case(b"close")
+                && !token.eq_ignore_ascii_case(b"keep-alive")
+        })
+        .map(|token| String::from_utf8_lossy(token).into_owned())
+        .collect();
+    for name in nominated {
+        response.remove_header(name.as_str());
+    }
 }
 
 /// Connects to an instance that became ready this long ago or less are retried.
@@ -551,11 +591,11 @@ impl ProxyHttp for IngressProxy {
         let first_turn = *ctx.first_turn.get_or_insert_with(|| lease.next_turn());
         let turn = first_turn + ctx.failed_connects;
         let addr: SocketAddr = lease.addr_at(turn);
+        // A retry gives its earlier slot back before it pauses and queues again.
+        ctx.slot = None;
         if let Some(pause) = ctx.connect_backoff.take() {
             tokio::time::sleep(pause).await;
         }
-        // A retry gives its earlier slot back before it queues for the next one.
-        ctx.slot = None;
         if let Some(gate) = lease.gate_at(turn) {
             let gate = Arc::clone(gate);
             ctx.slot = Some(self.take_slot(session, gate, ctx).await?);
@@ -644,6 +684,7 @@ impl ProxyHttp for IngressProxy {
             // A stop began while this request was in progress: close after it.
             session.set_keepalive(None);
         }
+        remove_nominated_fields(upstream_response);
         if let Some(target) = &ctx.target {
             upstream_response.insert_header("x-ingress-version", target.version_header.clone())?;
         }

@@ -271,18 +271,10 @@ impl Ingress {
     }
 }
 
-/// An ingress whose app `shop` on `shop.example.com` is served by `upstream`,
-/// with `proxy_keys` (TOML lines) added to its `[proxy]` section.
+/// An ingress whose app `shop` on `shop.example.com` is served by `upstream`
+/// (see [`Ingress::shop`]).
 pub fn shop(dir: &Path, upstream: SocketAddr, proxy_keys: &str) -> Ingress {
-    let ingress = Ingress::start_with_proxy(dir, proxy_keys, "");
-    ingress.ctl(&["app", "create", "shop"]).expect_ok();
-    ingress
-        .ctl(&["route", "add", "shop.example.com", "--app", "shop"])
-        .expect_ok();
-    ingress
-        .ctl(&["deploy", "shop", "--upstream", &upstream.to_string()])
-        .expect_ok();
-    ingress
+    Ingress::shop(dir, upstream, proxy_keys)
 }
 
 /// What one `ingressctl` run printed.

@@ -39,8 +39,10 @@ use response::{BadResponse, Chunked, Framing, ParsedResponse, ResponseHead};
 /// than the upstream's own `Keep-Alive: timeout`, so the upstream does not close
 /// one just as it is reused.
 const IDLE_MARGIN: Duration = Duration::from_secs(1);
-/// The read size for response bodies.
+/// The read size for response bodies, and for response heads (small, so an idle
+/// connection keeps little).
 const READ_CHUNK: usize = 16 * 1024;
+const HEAD_CHUNK: usize = 4 * 1024;
 
 /// How the fast path ended a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,7 +69,7 @@ pub struct Buffers {
 impl Buffers {
     /// Lets go of large buffers before the connection goes idle.
     pub fn trim(&mut self) {
-        const KEEP: usize = 16 * 1024;
+        const KEEP: usize = 4 * 1024;
         if self.request.capacity() > KEEP {
             self.request = Vec::new();
         }
@@ -206,6 +208,7 @@ impl FastPath {
             Err(status) => (status, Outcome::Close),
         };
         self.proxy.metrics.count_request(plan.kind, status);
+        self.proxy.metrics.fast_path_requests.inc();
         drop((slot, in_flight));
         bufs.trim();
         next
@@ -377,7 +380,7 @@ impl FastPath {
         }
         loop {
             if bufs.upstream.capacity() - bufs.upstream.len() < 1024 {
-                bufs.upstream.reserve(READ_CHUNK);
+                bufs.upstream.reserve(HEAD_CHUNK);
             }
             let any = !bufs.upstream.is_empty();
             let read = tokio::time::timeout(

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 /// Header fields an upstream response may carry, at most (more is a 502).
 const MAX_RESPONSE_HEADERS: usize = 100;
+/// Fields an upstream response may name in `Connection`, at most.
+const MAX_NOMINATED: usize = 8;
 
 /// How the response body is framed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +89,10 @@ pub fn parse(
     let mut lengths = 0;
     let mut chunked = false;
     let mut codings = 0;
+    // Fields the upstream names in `Connection` are hop-by-hop too (RFC 9110
+    // §7.6.1); kept as slices of the head.
+    let mut nominated: [&[u8]; MAX_NOMINATED] = [b""; MAX_NOMINATED];
+    let mut nominations = 0;
     for header in response.headers.iter() {
         let name = header.name.as_bytes();
         if name.eq_ignore_ascii_case(b"content-length") {
@@ -103,9 +109,15 @@ pub fn parse(
                 let token = token.trim_ascii();
                 if token.eq_ignore_ascii_case(b"close") {
                     keep_alive = false;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") && version == 0 {
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
                     // An HTTP/1.0 keep-alive is not worth the ambiguity.
-                    keep_alive = false;
+                    keep_alive &= version == 1;
+                } else if !token.is_empty() {
+                    if nominations == MAX_NOMINATED {
+                        return ParsedResponse::Bad(BadResponse::Invalid);
+                    }
+                    nominated[nominations] = token;
+                    nominations += 1;
                 }
             }
         } else if name.eq_ignore_ascii_case(b"keep-alive") {
@@ -151,6 +163,9 @@ pub fn parse(
     for header in response.headers.iter() {
         let name = header.name.as_bytes();
         let dropped = is_hop_by_hop(name)
+            || nominated[..nominations]
+                .iter()
+                .any(|n| n.eq_ignore_ascii_case(name))
             || name.eq_ignore_ascii_case(b"date")
             // A bodyless answer keeps its length (HEAD and 304 describe the
             // resource); otherwise the framing is written below.
@@ -349,6 +364,16 @@ impl Chunked {
     fn end_line(&mut self) -> Result<(), MalformedChunk> {
         let line = std::mem::take(&mut self.line);
         self.state = match self.state {
+            // At least one hex digit (httparse takes an empty line as 0), and
+            // no control bytes in an extension.
+            ChunkState::Size
+                if !line.first().is_some_and(u8::is_ascii_hexdigit)
+                    || line[..line.len() - 2]
+                        .iter()
+                        .any(|b| b.is_ascii_control() && *b != b'\t') =>
+            {
+                return Err(MalformedChunk)
+            }
             ChunkState::Size => match httparse::parse_chunk_size(&line) {
                 Ok(httparse::Status::Complete((_, 0))) => ChunkState::Trailer,
                 Ok(httparse::Status::Complete((_, size))) => ChunkState::Data(size),
@@ -359,7 +384,7 @@ impl Chunked {
             ChunkState::Trailer if line == b"\r\n" => ChunkState::Done,
             ChunkState::Trailer => {
                 self.trailer_bytes += line.len();
-                if self.trailer_bytes > MAX_TRAILERS || !line.ends_with(b"\r\n") {
+                if self.trailer_bytes > MAX_TRAILERS || !is_field_line(&line) {
                     return Err(MalformedChunk);
                 }
                 ChunkState::Trailer
@@ -370,6 +395,23 @@ impl Chunked {
         self.line.clear();
         Ok(())
     }
+}
+
+/// `name: value\r\n` with a token name and no control bytes but HTAB in the
+/// value: a trailer that no reader can mistake for anything else.
+fn is_field_line(line: &[u8]) -> bool {
+    let Some(body) = line.strip_suffix(b"\r\n") else {
+        return false;
+    };
+    let Some(colon) = memchr::memchr(b':', body) else {
+        return false;
+    };
+    let (name, value) = (&body[..colon], &body[colon + 1..]);
+    !name.is_empty()
+        && name
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b))
+        && value.iter().all(|b| !b.is_ascii_control() || *b == b'\t')
 }
 
 #[cfg(test)]
@@ -386,18 +428,24 @@ mod tests {
     fn a_length_response_is_rewritten_for_the_client() {
         let raw = b"HTTP/1.1 200 OK\r\nServer: up\r\nDate: old\r\nKeep-Alive: timeout=5\r\nConnection: keep-alive\r\nContent-Length: 5\r\n\r\nhello";
         let (parsed, out) = head(raw, false);
-        let ParsedResponse::Complete(head) = parsed else {
+        let ParsedResponse::Complete(parsed) = parsed else {
             panic!("{parsed:?}");
         };
-        assert_eq!(head.len, raw.len() - 5);
-        assert_eq!(head.framing, Framing::Length(5));
-        assert!(head.keep_alive);
-        assert_eq!(head.idle_hint, Some(Duration::from_secs(5)));
+        assert_eq!(parsed.len, raw.len() - 5);
+        assert_eq!(parsed.framing, Framing::Length(5));
+        assert!(parsed.keep_alive);
+        assert_eq!(parsed.idle_hint, Some(Duration::from_secs(5)));
         assert!(out.starts_with("HTTP/1.1 200 OK\r\nServer: up\r\nDate: "));
         assert!(out.ends_with(
             "\r\nContent-Length: 5\r\nConnection: keep-alive\r\nx-ingress-version: v1\r\n\r\n"
         ));
         assert!(!out.contains("old") && !out.contains("timeout=5"));
+
+        let raw = b"HTTP/1.1 200 OK\r\nConnection: x-up, keep-alive\r\nX-Up: secret\r\nX-Kept: 1\r\nContent-Length: 0\r\n\r\n";
+        let (parsed, out) = head(raw, false);
+        assert!(matches!(parsed, ParsedResponse::Complete(_)));
+        assert!(!out.to_ascii_lowercase().contains("x-up"), "{out}");
+        assert!(out.contains("X-Kept: 1"));
     }
 
     #[test]
@@ -492,6 +540,11 @@ mod tests {
             &b"zz\r\nhello\r\n"[..],
             b"5\r\nhelloXX0\r\n\r\n",
             b"5\r\nhello\r\n0\r\nno-crlf\n",
+            b"5\r\nhello\r\n\r\n",
+            b";ext\r\n",
+            b"5;a\x01b\r\nhello\r\n",
+            b"0\r\nX: a\r\r\n\r\n",
+            b"0\r\nHTTP/1.1 200 OK\r\n\r\n",
         ] {
             assert!(Chunked::default().feed(bad).is_err(), "{bad:?}");
         }

@@ -224,10 +224,12 @@ fn check(request: &httparse::Request<'_, '_>, len: usize, limits: &HeadLimits) -
     let mut transfer_encoding: Option<&[u8]> = None;
     let mut transfer_encodings = 0usize;
     let mut underscored = None;
+    let mut host: Option<&[u8]> = None;
     for header in request.headers.iter() {
         let name = header.name.as_bytes();
         if name.eq_ignore_ascii_case(b"host") {
             hosts += 1;
+            host = Some(header.value);
         } else if name.eq_ignore_ascii_case(b"content-length") {
             content_lengths += 1;
             content_length = Some(header.value);
@@ -297,6 +299,19 @@ fn check(request: &httparse::Request<'_, '_>, len: usize, limits: &HeadLimits) -
             "missing_host",
             "an HTTP/1.1 request needs a Host header".to_string(),
         );
+    }
+    if let (Some(authority), Some(host)) = (absolute_authority(target), host) {
+        if !authority.eq_ignore_ascii_case(host.trim_ascii()) {
+            return refused(
+                400,
+                "host_mismatch",
+                format!(
+                    "the absolute-form target names {:?} but the Host header says {:?}; send the same host in both",
+                    String::from_utf8_lossy(authority),
+                    String::from_utf8_lossy(host.trim_ascii())
+                ),
+            );
+        }
     }
     let body = match (content_length, transfer_encoding) {
         (Some(_), Some(_)) => {
@@ -392,6 +407,23 @@ fn is_protected_with_underscores(name: &[u8]) -> bool {
     })
 }
 
+/// The authority of an absolute-form target (`http://HOST[:PORT]/...`).
+fn absolute_authority(target: &str) -> Option<&[u8]> {
+    let bytes = target.as_bytes();
+    let rest = if bytes.len() >= 7 && bytes[..7].eq_ignore_ascii_case(b"http://") {
+        &bytes[7..]
+    } else if bytes.len() >= 8 && bytes[..8].eq_ignore_ascii_case(b"https://") {
+        &bytes[8..]
+    } else {
+        return None;
+    };
+    let end = rest
+        .iter()
+        .position(|b| matches!(b, b'/' | b'?' | b'#'))
+        .unwrap_or(rest.len());
+    Some(&rest[..end])
+}
+
 /// What is wrong with the request target, if anything.
 fn target_problem(method: &str, target: &str) -> Option<String> {
     if let Some(byte) = target.bytes().find(|b| *b <= b' ' || *b == 0x7f) {
@@ -473,9 +505,11 @@ mod tests {
         ));
         assert_eq!(status(b"GET / HTTP/1.1\r\nHost: x\r\n"), 0);
         assert_eq!(status(b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n"), 200);
+        assert_eq!(status(b"GET http://X/x HTTP/1.1\r\nHost: x\r\n\r\n"), 200);
         assert_eq!(
             status(b"GET http://other/x HTTP/1.1\r\nHost: x\r\n\r\n"),
-            200
+            400,
+            "an absolute-form target naming another host"
         );
         assert_eq!(status(b"GET / HTTP/1.0\r\n\r\n"), 200);
         assert_eq!(
