@@ -393,13 +393,17 @@ const FRESH_WINDOW_MS: u64 = 5_000;
 /// At most this many such retries per request (about 4 s of pauses).
 const MAX_FRESH_RETRIES: u32 = 12;
 
+/// True while `lease`'s instances became ready less than [`FRESH_WINDOW_MS`] ago.
+pub(crate) fn is_fresh(lease: &Lease, now_ms: u64) -> bool {
+    let ready_at = lease.ready_at_ms();
+    ready_at > 0 && now_ms.saturating_sub(ready_at) < FRESH_WINDOW_MS
+}
+
 /// The pause before retrying a failed connect to `lease`'s instances, when they
 /// became ready within [`FRESH_WINDOW_MS`]: nothing was sent, so a retry is safe
 /// for any method. 25 ms, doubling to 500 ms.
 fn fresh_retry_pause(lease: &Lease, retries_so_far: u32, now_ms: u64) -> Option<Duration> {
-    let ready_at = lease.ready_at_ms();
-    let fresh = ready_at > 0 && now_ms.saturating_sub(ready_at) < FRESH_WINDOW_MS;
-    (fresh && retries_so_far < MAX_FRESH_RETRIES)
+    (is_fresh(lease, now_ms) && retries_so_far < MAX_FRESH_RETRIES)
         .then(|| Duration::from_millis((25u64 << retries_so_far.min(5)).min(500)))
 }
 

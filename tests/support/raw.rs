@@ -34,14 +34,22 @@ impl Answer {
 /// Sends `request` as it is and reads until the ingress closes the connection
 /// (at most 10 s).
 pub async fn send_raw(addr: SocketAddr, request: &[u8]) -> Answer {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
-    stream.write_all(request).await.expect("write");
-    let mut bytes = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut bytes))
+    send_raw_within(addr, request, Duration::from_secs(10))
         .await
-        .expect("the ingress closes the connection after a refusal")
-        .expect("read");
-    Answer::parse(&String::from_utf8_lossy(&bytes))
+        .expect("the ingress closes the connection after its answer")
+}
+
+/// Like [`send_raw`], waiting at most `wait`; `None` when the ingress neither
+/// answered nor closed by then.
+pub async fn send_raw_within(addr: SocketAddr, request: &[u8], wait: Duration) -> Option<Answer> {
+    let exchange = async {
+        let mut stream = TcpStream::connect(addr).await.ok()?;
+        stream.write_all(request).await.ok()?;
+        let mut bytes = Vec::new();
+        stream.read_to_end(&mut bytes).await.ok()?;
+        Some(Answer::parse(&String::from_utf8_lossy(&bytes)))
+    };
+    tokio::time::timeout(wait, exchange).await.ok().flatten()
 }
 
 /// Reads one response with a `Content-Length` body (or none) from `stream`,

@@ -29,7 +29,7 @@ use crate::http1::head::Head;
 use crate::lease::Lease;
 use crate::lease_source::LeaseAnswer;
 use crate::resolve::resolve;
-use crate::service::{upstream_error_answer, IngressProxy};
+use crate::service::{is_fresh, upstream_error_answer, IngressProxy};
 use crate::snapshot::Target;
 use crate::time::now_unix_millis;
 use pool::Conn;
@@ -245,6 +245,11 @@ impl FastPath {
                 _ => return None,
             },
         };
+        // A fresh instance (ready seconds ago) may still drop connects; the
+        // Pingora path retries those with a back-off, so it serves them.
+        if is_fresh(&lease, now_ms) {
+            return None;
+        }
         let turn = lease.next_turn();
         let addr = lease.addr_at(turn);
         let ignored = self
