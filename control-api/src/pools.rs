@@ -472,10 +472,13 @@ impl Shared {
                     Ok(instance) => {
                         self.metrics.count_start(true);
                         let ready_at_ms = (self.clock)();
+                        // Only a process that just started may drop its first
+                        // connects; static upstreams were serving all along.
+                        let fresh = matches!(pool.spec, RuntimeSpec::Process { .. });
                         let grant = Grant {
                             addrs: instance.addrs(),
                             validity: LeaseValidity::new(),
-                            ready_at_ms,
+                            ready_at_ms: if fresh { ready_at_ms } else { 0 },
                         };
                         let exited = instance.exited();
                         pool.failures = 0;

@@ -395,8 +395,13 @@ const MAX_FRESH_RETRIES: u32 = 12;
 
 /// True while `lease`'s instances became ready less than [`FRESH_WINDOW_MS`] ago.
 pub(crate) fn is_fresh(lease: &Lease, now_ms: u64) -> bool {
-    let ready_at = lease.ready_at_ms();
-    ready_at > 0 && now_ms.saturating_sub(ready_at) < FRESH_WINDOW_MS
+    grant_is_fresh(lease.ready_at_ms(), now_ms)
+}
+
+/// True while an instance that became ready at `ready_at_ms` (0: not fresh) is
+/// in its first [`FRESH_WINDOW_MS`].
+pub(crate) fn grant_is_fresh(ready_at_ms: u64, now_ms: u64) -> bool {
+    ready_at_ms > 0 && now_ms.saturating_sub(ready_at_ms) < FRESH_WINDOW_MS
 }
 
 /// The pause before retrying a failed connect to `lease`'s instances, when they
@@ -688,7 +693,10 @@ impl ProxyHttp for IngressProxy {
             // A stop began while this request was in progress: close after it.
             session.set_keepalive(None);
         }
-        remove_nominated_fields(upstream_response);
+        // A 101 names `Upgrade` in `Connection`, and the client needs it.
+        if upstream_response.status != 101 {
+            remove_nominated_fields(upstream_response);
+        }
         if let Some(target) = &ctx.target {
             upstream_response.insert_header("x-ingress-version", target.version_header.clone())?;
         }

@@ -29,7 +29,7 @@ use crate::http1::head::Head;
 use crate::lease::Lease;
 use crate::lease_source::LeaseAnswer;
 use crate::resolve::resolve;
-use crate::service::{is_fresh, upstream_error_answer, IngressProxy};
+use crate::service::{grant_is_fresh, is_fresh, upstream_error_answer, IngressProxy};
 use crate::snapshot::Target;
 use crate::time::now_unix_millis;
 use pool::Conn;
@@ -96,6 +96,8 @@ struct Plan {
     target: Arc<Target>,
     kind: crate::resolve::ResolutionKind,
     lease: Arc<Lease>,
+    /// The lease came from the cache.
+    lease_hit: bool,
     /// This request's round-robin turn, and its address.
     turn: usize,
     addr: SocketAddr,
@@ -180,6 +182,12 @@ impl FastPath {
                 None => return Outcome::Delegate,
             },
         };
+        let metrics = &self.proxy.metrics;
+        if plan.lease_hit {
+            metrics.lease_hits.inc();
+        } else {
+            metrics.lease_misses.inc();
+        }
         bufs.request
             .extend_from_slice(&buf[head.len..plan.request_len]);
         buf.advance(plan.request_len);
@@ -231,15 +239,15 @@ impl FastPath {
             let resolved = resolve(&snapshot, request.host, now_ms).ok()?;
             (resolved.kind, Arc::clone(resolved.target))
         };
-        let lease = match self.proxy.leases.get(&target, now_ms) {
-            Some(lease) => {
-                self.proxy.metrics.lease_hits.inc();
-                lease
-            }
+        // Lease hits and misses are counted once the request is served here, so
+        // a request handed on is not counted twice.
+        let (lease, lease_hit) = match self.proxy.leases.get(&target, now_ms) {
+            Some(lease) => (lease, true),
             None => match self.proxy.lease_source.lease(&target) {
-                Ok(LeaseAnswer::Ready(grant)) => {
-                    self.proxy.metrics.lease_misses.inc();
-                    self.proxy.leases.insert(&target, grant, now_ms)?
+                // A fresh instance is left to the Pingora path (below), which
+                // then takes the lease and counts the miss.
+                Ok(LeaseAnswer::Ready(grant)) if !grant_is_fresh(grant.ready_at_ms, now_ms) => {
+                    (self.proxy.leases.insert(&target, grant, now_ms)?, false)
                 }
                 // Asleep, failed or unknown: the Pingora path wakes or answers.
                 _ => return None,
@@ -259,6 +267,7 @@ impl FastPath {
             .ignores(request.path, request.user_agent);
         let request_len = head.len + usize::try_from(request.body).ok()?;
         Some(Plan {
+            lease_hit,
             turn,
             addr,
             ignored,

@@ -35,6 +35,7 @@ use super::answer::{linger, write_answer};
 use super::drain::Drain;
 use super::head::{self, BodyFraming, HeadLimits, Parsed, Refusal};
 use super::limits::ConnectionLimiter;
+use super::rebind;
 use crate::error_response::ErrorAnswer;
 use crate::fast_path::{Buffers, FastPath, Outcome};
 use crate::metrics::Metrics;
@@ -216,7 +217,7 @@ impl ServerApp for Http1App {
         }
         let mut draining = self.drain.subscribe();
         let mut shutdown = shutdown.clone();
-        let mut stream = stream;
+        let mut stream = rebind::to_this_thread(stream);
         let mut buf = BytesMut::with_capacity(INITIAL_BUFFER);
         let mut first_request = true;
         let mut fast_buffers = Buffers::default();

@@ -7,6 +7,7 @@ pub mod conn;
 pub mod drain;
 pub mod head;
 pub mod limits;
+pub mod rebind;
 
 pub use conn::{ConnOptions, Http1App};
 pub use head::HeadLimits;
