@@ -116,7 +116,7 @@ fn is_quiet(stream: &TcpStream) -> bool {
     matches!(stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }
 
-/// Idle connections this thread keeps (for tests).
+/// Idle connections this thread keeps.
 pub fn idle_count() -> usize {
     POOL.with(|pool| pool.borrow().count)
 }

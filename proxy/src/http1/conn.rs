@@ -145,7 +145,7 @@ impl Http1App {
         let mut fresh_line = !buf.is_empty();
         loop {
             if !buf.is_empty() && !fresh_line {
-                if let Parsed::Refused(refusal) = head::check_partial(buf, limits) {
+                if let Parsed::Refused(refusal) = head::partial(buf, limits) {
                     return Next::Refuse(refusal);
                 }
             } else if !buf.is_empty() {

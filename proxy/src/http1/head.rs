@@ -163,14 +163,10 @@ fn describe(error: httparse::Error) -> &'static str {
     }
 }
 
-/// The limits of a head that is not complete yet (no line ended since the last
-/// parse): `Partial`, or the refusal of a head that can only end up over one.
-pub fn check_partial(buf: &[u8], limits: &HeadLimits) -> Parsed {
-    partial(buf, limits)
-}
-
-/// A partial head is refused as soon as it can only end up over a limit.
-fn partial(buf: &[u8], limits: &HeadLimits) -> Parsed {
+/// The limits of a head that is not complete yet: `Partial`, or the refusal of
+/// a head that can only end up over one. The loop calls it alone while no line
+/// has ended since the last parse.
+pub fn partial(buf: &[u8], limits: &HeadLimits) -> Parsed {
     if first_line_too_long(buf, limits) {
         return target_too_long(limits);
     }
