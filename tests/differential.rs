@@ -738,20 +738,14 @@ async fn odd_requests_fare_the_same_on_the_fast_path_and_the_pingora_path() {
     }
     println!("{}", table.join("\n"));
     // The fast ingress served the plain cases itself; the other never did.
-    let served = |ingress: &Ingress| {
-        let url = format!("http://{}/metrics", ingress.http);
-        async move {
-            let text = match support::client().get(url).send().await {
-                Ok(response) => response.text().await.unwrap_or_default(),
-                Err(_) => String::new(),
-            };
-            text.lines()
-                .find_map(|line| line.strip_prefix("ingress_fast_path_requests_total "))
-                .and_then(|n| n.trim().parse::<u64>().ok())
-                .unwrap_or(0)
-        }
+    let served = |text: String| {
+        text.lines()
+            .find_map(|line| line.strip_prefix("ingress_fast_path_requests_total "))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or(0)
     };
-    let (on_fast, on_pingora) = (served(&fast).await, served(&pingora).await);
+    let on_fast = served(fast.metrics_text().await);
+    let on_pingora = served(pingora.metrics_text().await);
     assert!(on_fast >= 20, "the fast path served {on_fast} requests");
     assert_eq!(on_pingora, 0, "fast_path = false serves nothing itself");
     assert!(

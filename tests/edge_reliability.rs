@@ -302,14 +302,7 @@ async fn past_max_connections_new_ones_are_closed_and_open_ones_keep_working() {
     for stream in open.iter_mut().take(3) {
         assert_eq!(keepalive_get(stream).await, 200, "open ones keep working");
     }
-    let metrics = support::client()
-        .get(format!("http://{}/metrics", ingress.http))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
+    let metrics = ingress.metrics_text().await;
     assert!(metrics.contains("ingress_connections_open 20"), "{metrics}");
     assert!(
         metrics.contains("ingress_connections_refused_total 1"),
@@ -448,14 +441,7 @@ async fn a_saturated_instance_queues_then_answers_503_with_retry_after() {
             .is_some_and(|m| m.contains("runtime.max_conns_per_instance")),
         "{body}"
     );
-    let metrics = support::client()
-        .get(format!("http://{}/metrics", ingress.http))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
+    let metrics = ingress.metrics_text().await;
     assert!(
         metrics.contains("ingress_instance_queue_rejections_total 1"),
         "{metrics}"
@@ -490,14 +476,7 @@ async fn a_queued_request_is_served_when_a_slot_frees_in_time() {
     for request in requests {
         assert_eq!(request.await.expect("request"), 200);
     }
-    let metrics = support::client()
-        .get(format!("http://{}/metrics", ingress.http))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
+    let metrics = ingress.metrics_text().await;
     assert!(
         metrics.contains("ingress_instance_queue_wait_seconds_count 2"),
         "two of three waited in line: {metrics}"

@@ -252,6 +252,15 @@ impl Ingress {
         ingress
     }
 
+    /// The `/metrics` text of the admin HTTP listener (empty when unreachable).
+    pub async fn metrics_text(&self) -> String {
+        let url = format!("http://{}/metrics", self.http);
+        match super::client().get(url).send().await {
+            Ok(response) => response.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+
     /// Runs `ingressctl ARGS` against this ingress with the test token.
     pub fn ctl(&self, args: &[&str]) -> CtlOutput {
         self.ctl_with_token(Some(TOKEN), args)
