@@ -393,14 +393,9 @@ const FRESH_WINDOW_MS: u64 = 5_000;
 /// At most this many such retries per request (about 4 s of pauses).
 const MAX_FRESH_RETRIES: u32 = 12;
 
-/// True while `lease`'s instances became ready less than [`FRESH_WINDOW_MS`] ago.
-pub(crate) fn is_fresh(lease: &Lease, now_ms: u64) -> bool {
-    grant_is_fresh(lease.ready_at_ms(), now_ms)
-}
-
-/// True while an instance that became ready at `ready_at_ms` (0: not fresh) is
-/// in its first [`FRESH_WINDOW_MS`].
-pub(crate) fn grant_is_fresh(ready_at_ms: u64, now_ms: u64) -> bool {
+/// True while an instance that became ready at `ready_at_ms` (0: not known to be
+/// fresh) is in its first [`FRESH_WINDOW_MS`].
+pub(crate) fn is_fresh(ready_at_ms: u64, now_ms: u64) -> bool {
     ready_at_ms > 0 && now_ms.saturating_sub(ready_at_ms) < FRESH_WINDOW_MS
 }
 
@@ -408,7 +403,7 @@ pub(crate) fn grant_is_fresh(ready_at_ms: u64, now_ms: u64) -> bool {
 /// became ready within [`FRESH_WINDOW_MS`]: nothing was sent, so a retry is safe
 /// for any method. 25 ms, doubling to 500 ms.
 fn fresh_retry_pause(lease: &Lease, retries_so_far: u32, now_ms: u64) -> Option<Duration> {
-    (is_fresh(lease, now_ms) && retries_so_far < MAX_FRESH_RETRIES)
+    (is_fresh(lease.ready_at_ms(), now_ms) && retries_so_far < MAX_FRESH_RETRIES)
         .then(|| Duration::from_millis((25u64 << retries_so_far.min(5)).min(500)))
 }
 

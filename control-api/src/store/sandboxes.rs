@@ -9,8 +9,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::{params, Connection};
 
-use super::migrations::migrate;
-use super::sqlite::STORE_FILE;
+use super::sqlite::{open_connection, STORE_FILE};
 use super::StoreError;
 use crate::runtime::{SandboxLedger, SandboxRecord};
 
@@ -31,16 +30,7 @@ impl std::fmt::Debug for SqliteSandboxLedger {
 impl SqliteSandboxLedger {
     /// Opens the ledger in the store of `data_dir` (migrating it if needed).
     pub fn open(data_dir: &Path) -> Result<SqliteSandboxLedger, StoreError> {
-        let path = data_dir.join(STORE_FILE);
-        let file = path.display().to_string();
-        let mut connection = Connection::open(&path)
-            .map_err(|e| StoreError(format!("{file}: cannot open the store: {e}")))?;
-        connection
-            .pragma_update(None, "journal_mode", "WAL")
-            .and_then(|()| connection.pragma_update(None, "synchronous", "FULL"))
-            .and_then(|()| connection.busy_timeout(std::time::Duration::from_secs(5)))
-            .map_err(|e| StoreError(format!("{file}: cannot configure the store: {e}")))?;
-        migrate(&mut connection, &file)?;
+        let (connection, file) = open_connection(&data_dir.join(STORE_FILE))?;
         Ok(SqliteSandboxLedger {
             connection: Mutex::new(connection),
             file,

@@ -3,7 +3,7 @@
 //! Write-ahead log with `synchronous = FULL`: a committed batch is on disk before
 //! `commit` returns, so it survives `kill -9` and power loss.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use rusqlite::{params, Connection};
 
@@ -35,6 +35,22 @@ fn to_sql_ms(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
+/// A connection to the store file at `path`, configured (WAL, `synchronous =
+/// FULL`, a busy timeout) and migrated to the current schema, with the file's
+/// name for error messages. Every connection to the store is opened this way.
+pub(crate) fn open_connection(path: &Path) -> Result<(Connection, String), StoreError> {
+    let file = path.display().to_string();
+    let mut connection = Connection::open(path)
+        .map_err(|e| StoreError(format!("{file}: cannot open the store: {e}")))?;
+    connection
+        .pragma_update(None, "journal_mode", "WAL")
+        .and_then(|()| connection.pragma_update(None, "synchronous", "FULL"))
+        .and_then(|()| connection.busy_timeout(std::time::Duration::from_secs(5)))
+        .map_err(|e| StoreError(format!("{file}: cannot configure the store: {e}")))?;
+    migrate(&mut connection, &file)?;
+    Ok((connection, file))
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the store in `data_dir` and migrates its schema.
     pub fn open(data_dir: &Path) -> Result<SqliteStore, StoreError> {
@@ -48,16 +64,8 @@ impl SqliteStore {
     }
 
     /// Opens the store file at `path` and migrates its schema.
-    pub fn open_file(path: &PathBuf) -> Result<SqliteStore, StoreError> {
-        let file = path.display().to_string();
-        let mut connection = Connection::open(path)
-            .map_err(|e| StoreError(format!("{file}: cannot open the store: {e}")))?;
-        connection
-            .pragma_update(None, "journal_mode", "WAL")
-            .and_then(|()| connection.pragma_update(None, "synchronous", "FULL"))
-            .and_then(|()| connection.busy_timeout(std::time::Duration::from_secs(5)))
-            .map_err(|e| StoreError(format!("{file}: cannot configure the store: {e}")))?;
-        migrate(&mut connection, &file)?;
+    pub fn open_file(path: &Path) -> Result<SqliteStore, StoreError> {
+        let (connection, file) = open_connection(path)?;
         Ok(SqliteStore { connection, file })
     }
 

@@ -29,7 +29,7 @@ use crate::http1::head::Head;
 use crate::lease::Lease;
 use crate::lease_source::LeaseAnswer;
 use crate::resolve::resolve;
-use crate::service::{grant_is_fresh, is_fresh, upstream_error_answer, IngressProxy};
+use crate::service::{is_fresh, upstream_error_answer, IngressProxy};
 use crate::snapshot::Target;
 use crate::time::now_unix_millis;
 use pool::Conn;
@@ -103,6 +103,8 @@ struct Plan {
     addr: SocketAddr,
     /// Matches `wake.ignore_*`: no activity is recorded.
     ignored: bool,
+    /// When the request was resolved (Unix ms), also its activity time.
+    now_ms: u64,
     idempotent: bool,
     head_method: bool,
     client_keep_alive: bool,
@@ -170,8 +172,7 @@ impl FastPath {
             },
             None => None,
         };
-        let now_ms = now_unix_millis();
-        let in_flight = (!plan.ignored).then(|| plan.target.activity.enter(now_ms));
+        let in_flight = (!plan.ignored).then(|| plan.target.activity.enter(plan.now_ms));
         let upstream_started = Instant::now();
         let mut conn = match pool::take(plan.addr) {
             Some(conn) => conn,
@@ -246,7 +247,7 @@ impl FastPath {
             None => match self.proxy.lease_source.lease(&target) {
                 // A fresh instance is left to the Pingora path (below), which
                 // then takes the lease and counts the miss.
-                Ok(LeaseAnswer::Ready(grant)) if !grant_is_fresh(grant.ready_at_ms, now_ms) => {
+                Ok(LeaseAnswer::Ready(grant)) if !is_fresh(grant.ready_at_ms, now_ms) => {
                     (self.proxy.leases.insert(&target, grant, now_ms)?, false)
                 }
                 // Asleep, failed or unknown: the Pingora path wakes or answers.
@@ -255,7 +256,7 @@ impl FastPath {
         };
         // A fresh instance (ready seconds ago) may still drop connects; the
         // Pingora path retries those with a back-off, so it serves them.
-        if is_fresh(&lease, now_ms) {
+        if is_fresh(lease.ready_at_ms(), now_ms) {
             return None;
         }
         let turn = lease.next_turn();
@@ -267,6 +268,7 @@ impl FastPath {
             .ignores(request.path, request.user_agent);
         let request_len = head.len + usize::try_from(request.body).ok()?;
         Some(Plan {
+            now_ms,
             lease_hit,
             turn,
             addr,

@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use crate::http1::head::parse_length;
+
 /// Header fields an upstream response may carry, at most (more is a 502).
 const MAX_RESPONSE_HEADERS: usize = 100;
 /// Fields an upstream response may name in `Connection`, at most.
@@ -97,7 +99,7 @@ pub fn parse(
         let name = header.name.as_bytes();
         if name.eq_ignore_ascii_case(b"content-length") {
             lengths += 1;
-            content_length = parse_digits(header.value);
+            content_length = parse_length(header.value);
             if content_length.is_none() {
                 return ParsedResponse::Bad(BadResponse::AmbiguousFraming);
             }
@@ -232,19 +234,9 @@ fn keep_alive_timeout(value: &[u8]) -> Option<Duration> {
         let (key, seconds) = part.split_at(part.iter().position(|b| *b == b'=')?);
         key.trim_ascii()
             .eq_ignore_ascii_case(b"timeout")
-            .then(|| parse_digits(&seconds[1..]))
+            .then(|| parse_length(&seconds[1..]))
             .flatten()
             .map(Duration::from_secs)
-    })
-}
-
-fn parse_digits(value: &[u8]) -> Option<u64> {
-    let value = value.trim_ascii();
-    if value.is_empty() || value.len() > 18 || !value.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    value.iter().try_fold(0u64, |n, d| {
-        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
     })
 }
 

@@ -359,7 +359,7 @@ fn check(request: &httparse::Request<'_, '_>, len: usize, limits: &HeadLimits) -
                         .to_string(),
                 );
             }
-            if !trim(value).eq_ignore_ascii_case(b"chunked") {
+            if !value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
                 return refused(
                     501,
                     "unsupported_transfer_coding",
@@ -447,19 +447,16 @@ fn truncate(text: &str) -> &str {
     }
 }
 
-/// One `Content-Length` value: ASCII digits only (at most 18, so it fits a u64).
-fn parse_length(value: &[u8]) -> Option<u64> {
-    let value = trim(value);
+/// One `Content-Length` value: ASCII digits only (at most 18, so it fits a u64),
+/// surrounding whitespace allowed.
+pub(crate) fn parse_length(value: &[u8]) -> Option<u64> {
+    let value = value.trim_ascii();
     if value.is_empty() || value.len() > 18 || !value.iter().all(u8::is_ascii_digit) {
         return None;
     }
     value.iter().try_fold(0u64, |n, d| {
         n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
     })
-}
-
-fn trim(value: &[u8]) -> &[u8] {
-    value.trim_ascii()
 }
 
 #[cfg(test)]

@@ -78,15 +78,20 @@ pub fn derived_max_connections(descriptor_limit: u64) -> usize {
 
 /// The soft `RLIMIT_NOFILE` now (1,024 when it cannot be read).
 pub fn descriptor_limit() -> u64 {
+    read_descriptor_limit().map_or(1024, |limit| limit.rlim_cur)
+}
+
+/// `RLIMIT_NOFILE` as it is now.
+fn read_descriptor_limit() -> std::io::Result<libc::rlimit> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit writes into the struct we pass and reads nothing else.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return 1024;
+        return Err(std::io::Error::last_os_error());
     }
-    limit.rlim_cur
+    Ok(limit)
 }
 
 /// The soft and hard `RLIMIT_NOFILE` before and after raising the soft limit to
@@ -102,14 +107,7 @@ pub struct DescriptorLimits {
 /// `worker_rlimit_nofile` lets an operator do: the common default soft limit of
 /// 1,024 is far below what an edge proxy holds open.
 pub fn raise_descriptor_limit() -> std::io::Result<DescriptorLimits> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct we pass and reads nothing else.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    let mut limit = read_descriptor_limit()?;
     let soft_before = limit.rlim_cur;
     if limit.rlim_cur < limit.rlim_max {
         let raised = libc::rlimit {
