@@ -2,13 +2,16 @@
 //! settings with defaults, durations written `90s`/`30m`/`24h`/`7d`, and validation
 //! whose errors name the key at fault. Unknown keys are errors.
 
+mod cert_name;
 mod duration;
 mod load;
 mod settings;
 
+pub use cert_name::{is_cert_name, CERT_NAME_RULE};
 pub use duration::{format_duration, parse_duration, ConfigDuration, DURATION_RULE};
 pub use load::ConfigError;
 pub use settings::{
-    AdminSettings, Config, EphemeralSettings, IdleSettings, ProxySettings, RuntimeSettings,
-    StoreSettings, SupersedeSettings, TokenSettings, WakeMode, WakeSettings,
+    AdminSettings, Config, EphemeralSettings, IdleSettings, Misdirected, ProxySettings,
+    RuntimeSettings, StoreSettings, SupersedeSettings, TlsSettings, TokenSettings, UnknownSni,
+    WakeMode, WakeSettings,
 };

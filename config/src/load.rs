@@ -320,11 +320,15 @@ impl Config {
                 ),
             ));
         }
-        let listeners = [
+        self.validate_tls()?;
+        let mut listeners = vec![
             ("proxy.listen", self.proxy.listen),
             ("admin.grpc_listen", self.admin.grpc_listen),
             ("admin.http_listen", self.admin.http_listen),
         ];
+        if let Some(tls) = &self.tls {
+            listeners.push(("tls.listen", tls.listen));
+        }
         for (i, (key, addr)) in listeners.iter().enumerate() {
             if let Some((other, _)) = listeners[..i].iter().find(|(_, a)| a == addr) {
                 return Err(error(
@@ -334,6 +338,64 @@ impl Config {
             }
         }
         self.resolve_tokens(env)
+    }
+
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        let Some(tls) = &self.tls else {
+            return Ok(());
+        };
+        let default_cert = tls.default_cert.trim();
+        if tls.unknown_sni == crate::settings::UnknownSni::Default && default_cert.is_empty() {
+            return Err(error(
+                "tls.default_cert",
+                "is empty, but tls.unknown_sni = \"default\" needs it; name the certificate to serve (its `ingressctl cert list` NAME), or set unknown_sni = \"reject\"",
+            ));
+        }
+        if default_cert != tls.default_cert
+            || (!default_cert.is_empty() && !crate::is_cert_name(default_cert))
+        {
+            return Err(error(
+                "tls.default_cert",
+                format!(
+                    "{:?} is not a certificate name; {}",
+                    tls.default_cert,
+                    crate::CERT_NAME_RULE
+                ),
+            ));
+        }
+        if let Some(problem) = hsts_problem(&tls.hsts) {
+            return Err(error(
+                "tls.hsts",
+                format!("{:?} {problem}; write a Strict-Transport-Security value such as \"max-age=31536000\" (optionally \"; includeSubDomains\" and \"; preload\"), or leave it empty for none", tls.hsts),
+            ));
+        }
+        if let Some(dir) = &tls.cert_dir {
+            if dir.as_os_str().is_empty() {
+                return Err(error(
+                    "tls.cert_dir",
+                    "is empty; give a directory of NAME.crt + NAME.key files (or NAME/fullchain.pem + NAME/privkey.pem), or leave the key out",
+                ));
+            }
+        }
+        let reload = tls.reload_interval.0;
+        if reload != Duration::ZERO
+            && (reload < Duration::from_secs(1) || reload > Duration::from_secs(86_400))
+        {
+            return Err(error(
+                "tls.reload_interval",
+                format!(
+                    "{} is out of range; allowed 0s (no polling) or 1s to 1d",
+                    tls.reload_interval
+                ),
+            ));
+        }
+        if tls.expiry_warning.0 > Duration::from_secs(365 * 86_400) {
+            return Err(error(
+                "tls.expiry_warning",
+                format!("{} is out of range; allowed 0s to 365d", tls.expiry_warning),
+            ));
+        }
+        Ok(())
     }
 
     fn resolve_tokens(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
@@ -379,6 +441,36 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Why `value` is not an acceptable `Strict-Transport-Security` value, if it is not.
+fn hsts_problem(value: &str) -> Option<&'static str> {
+    if value.is_empty() {
+        return None;
+    }
+    if value.bytes().any(|b| b.is_ascii_control() || !b.is_ascii()) {
+        return Some("has control or non-ASCII characters");
+    }
+    let mut max_age = false;
+    for directive in value.split(';').map(str::trim) {
+        let lower = directive.to_ascii_lowercase();
+        if let Some(seconds) = lower.strip_prefix("max-age=") {
+            if max_age
+                || seconds.is_empty()
+                || !seconds.bytes().all(|b| b.is_ascii_digit())
+                || seconds.len() > 10
+            {
+                return Some("has a max-age that is not one number of seconds");
+            }
+            max_age = true;
+        } else if lower != "includesubdomains" && lower != "preload" {
+            return Some("has a directive other than max-age, includeSubDomains and preload");
+        }
+    }
+    if !max_age {
+        return Some("has no max-age");
+    }
+    None
 }
 
 /// The 1-based line and column (in characters) of byte `offset` in `text`.

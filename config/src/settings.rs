@@ -23,6 +23,8 @@ pub struct Config {
     pub supersede: SupersedeSettings,
     pub wake: WakeSettings,
     pub runtime: RuntimeSettings,
+    /// `[tls]`: absent means no TLS listener.
+    pub tls: Option<TlsSettings>,
 }
 
 /// `[proxy]`: the public listener and how the proxy talks to upstreams.
@@ -83,6 +85,9 @@ pub struct ProxySettings {
     /// pool; everything else (and everything when false) goes through
     /// `pingora-proxy`. Default true.
     pub fast_path: bool,
+    /// Accept HTTP/2 with prior knowledge (h2c) on the plain listener, beside
+    /// HTTP/1.1. Default false.
+    pub h2c: bool,
 }
 
 impl Default for ProxySettings {
@@ -107,6 +112,7 @@ impl Default for ProxySettings {
             keepalive_timeout: secs(75),
             body_timeout: secs(60),
             fast_path: true,
+            h2c: false,
         }
     }
 }
@@ -305,6 +311,76 @@ impl Default for RuntimeSettings {
             drain_timeout: secs(30),
             start_timeout: secs(60),
             max_conns_per_instance: 64,
+        }
+    }
+}
+
+/// What a TLS handshake gets when no certificate matches its SNI (or it sent none).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownSni {
+    /// The handshake is refused (alert `access_denied`).
+    Reject,
+    /// `tls.default_cert` is served.
+    Default,
+}
+
+/// What a TLS request gets when its Host is not covered by the connection's certificate.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Misdirected {
+    /// 421 Misdirected Request (RFC 9110 §15.5.20): safe with HTTP/2 connection
+    /// coalescing.
+    Reject,
+    /// Served like any other request.
+    Allow,
+}
+
+/// `[tls]`: the TLS listener and its certificates.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSettings {
+    /// The TLS listener. Default `127.0.0.1:8443`.
+    #[serde(deserialize_with = "socket_addr")]
+    pub listen: SocketAddr,
+    /// Offer HTTP/2 by ALPN (`h2,http/1.1`; HTTP/1.1 stays for WebSockets).
+    /// Default true.
+    pub h2: bool,
+    /// A directory of certificates besides those added through the control API:
+    /// `NAME.crt` + `NAME.key`, or `NAME/fullchain.pem` + `NAME/privkey.pem`.
+    /// Default none.
+    pub cert_dir: Option<PathBuf>,
+    /// How often `cert_dir` is rescanned; `0s` = only on SIGHUP or `ingressctl
+    /// cert reload`. Default `30s`.
+    pub reload_interval: ConfigDuration,
+    /// `reject` or `default`. Default `reject`.
+    pub unknown_sni: UnknownSni,
+    /// The certificate name served when `unknown_sni = "default"`.
+    pub default_cert: String,
+    /// Plain-HTTP requests for a host a certificate covers get 308 to https.
+    /// Default true.
+    pub redirect_http: bool,
+    /// The `Strict-Transport-Security` value sent on TLS responses; empty = none.
+    pub hsts: String,
+    /// `reject` (421) or `allow`. Default `reject`.
+    pub misdirected: Misdirected,
+    /// A certificate expiring within this is `expiring`. Default `21d`.
+    pub expiry_warning: ConfigDuration,
+}
+
+impl Default for TlsSettings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            h2: true,
+            cert_dir: None,
+            reload_interval: secs(30),
+            unknown_sni: UnknownSni::Reject,
+            default_cert: String::new(),
+            redirect_http: true,
+            hsts: String::new(),
+            misdirected: Misdirected::Reject,
+            expiry_warning: secs(21 * 86_400),
         }
     }
 }

@@ -17,6 +17,7 @@ pub mod server;
 pub mod service;
 pub mod snapshot;
 pub mod time;
+pub mod tls;
 pub mod wake_rules;
 
 pub use activity::{ActivityRegistry, InFlightGuard, VersionActivity};

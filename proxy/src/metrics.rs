@@ -3,8 +3,8 @@
 //! serves. Label lookups are done once at start: the hot path indexes arrays.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 use crate::resolve::ResolutionKind;
@@ -42,6 +42,12 @@ pub struct Metrics {
     pub queue_rejections: IntCounter,
     /// Requests the fast path served itself (the rest went through pingora-proxy).
     pub fast_path_requests: IntCounter,
+    /// TLS handshakes by result (`ok`, `no_cert`).
+    pub tls_handshakes: IntCounterVec,
+    /// Loaded certificates by status (`ok`, `expiring`, `expired`).
+    pub tls_certificates: IntGaugeVec,
+    /// Seconds until each loaded certificate expires (negative once expired).
+    pub tls_cert_expiry: GaugeVec,
 }
 
 /// How a request for a sleeping version ended, for `ingress_wake_requests_total`.
@@ -191,8 +197,35 @@ impl Metrics {
             "Requests served by the fast path rather than pingora-proxy.",
         )?;
         registry.register(Box::new(fast_path_requests.clone()))?;
+        let tls_handshakes = IntCounterVec::new(
+            Opts::new(
+                "ingress_tls_handshakes_total",
+                "TLS handshakes by result: ok, or no_cert (no certificate for the SNI; refused).",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(tls_handshakes.clone()))?;
+        let tls_certificates = IntGaugeVec::new(
+            Opts::new(
+                "ingress_tls_certificates",
+                "Loaded certificates by status (ok, expiring within tls.expiry_warning, expired).",
+            ),
+            &["status"],
+        )?;
+        registry.register(Box::new(tls_certificates.clone()))?;
+        let tls_cert_expiry = GaugeVec::new(
+            Opts::new(
+                "ingress_tls_cert_expiry_seconds",
+                "Seconds until each loaded certificate expires (negative once expired).",
+            ),
+            &["name"],
+        )?;
+        registry.register(Box::new(tls_cert_expiry.clone()))?;
         Ok(Metrics {
             registry,
+            tls_handshakes,
+            tls_certificates,
+            tls_cert_expiry,
             fast_path_requests,
             connections_open,
             connections_refused,

@@ -17,6 +17,8 @@ pub struct Ingress {
     pub proxy: SocketAddr,
     pub grpc: SocketAddr,
     pub http: SocketAddr,
+    /// The TLS listener, when started with [`Ingress::start_tls`].
+    pub tls: Option<SocketAddr>,
     pub data_dir: PathBuf,
     config: PathBuf,
     log: PathBuf,
@@ -94,12 +96,40 @@ impl Ingress {
             proxy,
             grpc,
             http,
+            tls: None,
             data_dir,
             log: dir.join("ingress.log"),
             config,
             sections: sections.to_string(),
             child: None,
             nofile,
+        };
+        ingress.spawn();
+        ingress
+    }
+
+    /// Like [`Ingress::start_with_proxy`], with a `[tls]` section on a free
+    /// port of its own plus `tls_keys` (TOML lines).
+    pub fn start_tls(dir: &Path, proxy_keys: &str, tls_keys: &str, sections: &str) -> Ingress {
+        let [port] = free_ports();
+        let tls = SocketAddr::from(([127, 0, 0, 1], port));
+        let sections = format!("[tls]\nlisten = \"{tls}\"\n{tls_keys}\n\n{sections}");
+        let [proxy, grpc, http] = free_ports().map(|port| SocketAddr::from(([127, 0, 0, 1], port)));
+        let data_dir = dir.join("data");
+        let config = dir.join("ingress.toml");
+        let text = config_text(proxy, grpc, http, &data_dir, proxy_keys, &sections);
+        std::fs::write(&config, text).expect("write config");
+        let mut ingress = Ingress {
+            proxy,
+            grpc,
+            http,
+            tls: Some(tls),
+            data_dir,
+            log: dir.join("ingress.log"),
+            config,
+            sections,
+            child: None,
+            nofile: None,
         };
         ingress.spawn();
         ingress
@@ -141,6 +171,7 @@ impl Ingress {
         while Instant::now() < deadline {
             let up = [self.proxy, self.grpc, self.http]
                 .iter()
+                .chain(self.tls.iter())
                 .all(|addr| std::net::TcpStream::connect(addr).is_ok());
             if up {
                 return;

@@ -1,0 +1,250 @@
+//! The certificates the TLS listener serves, chosen by SNI from a lock-free map.
+//!
+//! The control plane publishes the whole set ([`CertStore::publish`]); a
+//! handshake reads the current map with one atomic load and looks up the SNI by
+//! `&str` (no lock, no allocation). Only new handshakes see a publish: open
+//! connections (HTTP/1 keep-alive and HTTP/2 alike) keep the certificate they
+//! were handshaken with.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use ingress_config::UnknownSni;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+use super::certificate::Certificate;
+use crate::metrics::Metrics;
+
+/// Why a handshake got the certificate it got (`ingressctl cert check`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// A certificate names the host itself.
+    Exact,
+    /// A certificate names `*.parent` and the host is one label under `parent`.
+    Wildcard,
+    /// Nothing matched (or no SNI was sent) and `unknown_sni = "default"`.
+    Default,
+    /// Nothing matched and `unknown_sni = "reject"` (or the default certificate
+    /// is not loaded): the handshake is refused.
+    Rejected,
+}
+
+impl Reason {
+    /// `exact`, `wildcard`, `default` or `rejected`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Exact => "exact",
+            Reason::Wildcard => "wildcard",
+            Reason::Default => "default",
+            Reason::Rejected => "rejected",
+        }
+    }
+}
+
+/// One published set of certificates, indexed for SNI lookups.
+#[derive(Default)]
+pub struct CertSet {
+    by_name: HashMap<String, Arc<Certificate>>,
+    exact: HashMap<String, Arc<Certificate>>,
+    /// Keyed by the wildcard's parent: `*.shop.example.com` under `shop.example.com`.
+    wildcard: HashMap<String, Arc<Certificate>>,
+    default: Option<Arc<Certificate>>,
+}
+
+impl CertSet {
+    /// Indexes `certificates`. When two name the same host, the one that expires
+    /// last serves it (a renewed certificate takes over from the old one);
+    /// equal expiry goes to the first name in order, so the choice is stable.
+    fn build(certificates: Vec<Arc<Certificate>>, default_name: &str) -> CertSet {
+        let mut set = CertSet::default();
+        let mut sorted = certificates;
+        sorted.sort_by(|a, b| b.not_after.cmp(&a.not_after).then(a.name.cmp(&b.name)));
+        for cert in sorted {
+            for name in &cert.names {
+                let (map, key) = match name.strip_prefix("*.") {
+                    Some(parent) => (&mut set.wildcard, parent),
+                    None => (&mut set.exact, name.as_str()),
+                };
+                map.entry(key.to_string())
+                    .or_insert_with(|| Arc::clone(&cert));
+            }
+            if cert.name == default_name {
+                set.default = Some(Arc::clone(&cert));
+            }
+            set.by_name.insert(cert.name.clone(), cert);
+        }
+        set
+    }
+
+    /// The certificate a handshake for `sni` gets, and why.
+    pub fn select(
+        &self,
+        sni: Option<&str>,
+        unknown: UnknownSni,
+    ) -> (Option<&Arc<Certificate>>, Reason) {
+        if let Some(host) = sni {
+            if let Some(cert) = self.exact.get(host) {
+                return (Some(cert), Reason::Exact);
+            }
+            if let Some(cert) = host
+                .split_once('.')
+                .and_then(|(_, parent)| self.wildcard.get(parent))
+            {
+                return (Some(cert), Reason::Wildcard);
+            }
+        }
+        match (unknown, &self.default) {
+            (UnknownSni::Default, Some(cert)) => (Some(cert), Reason::Default),
+            _ => (None, Reason::Rejected),
+        }
+    }
+
+    /// Whether some certificate covers `host` (lower case, no port): the plain
+    /// listener redirects such hosts to https.
+    pub fn covers(&self, host: &str) -> bool {
+        self.exact.contains_key(host)
+            || host
+                .split_once('.')
+                .is_some_and(|(_, parent)| self.wildcard.contains_key(parent))
+    }
+
+    /// A certificate by its name.
+    pub fn get(&self, name: &str) -> Option<&Arc<Certificate>> {
+        self.by_name.get(name)
+    }
+
+    /// Every certificate, by name.
+    pub fn all(&self) -> impl Iterator<Item = &Arc<Certificate>> {
+        let mut all: Vec<_> = self.by_name.values().collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all.into_iter()
+    }
+
+    /// How many certificates are loaded.
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    /// Whether none are loaded.
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+}
+
+/// The certificates of the TLS listener, swapped atomically, and the SNI
+/// resolver rustls calls during each handshake.
+pub struct CertStore {
+    current: ArcSwap<CertSet>,
+    unknown_sni: UnknownSni,
+    default_name: String,
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl std::fmt::Debug for CertStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertStore")
+            .field("certificates", &self.current.load().len())
+            .field("unknown_sni", &self.unknown_sni)
+            .finish()
+    }
+}
+
+impl CertStore {
+    /// An empty store with the `[tls]` policy for unknown SNI.
+    pub fn new(
+        unknown_sni: UnknownSni,
+        default_name: &str,
+        metrics: Option<Arc<Metrics>>,
+    ) -> CertStore {
+        CertStore {
+            current: ArcSwap::from_pointee(CertSet::default()),
+            unknown_sni,
+            default_name: default_name.to_string(),
+            metrics,
+        }
+    }
+
+    /// The store for `config` (its `[tls]` section; reject unknown SNI without one).
+    pub fn from_config(
+        config: &ingress_config::Config,
+        metrics: Option<Arc<Metrics>>,
+    ) -> CertStore {
+        match &config.tls {
+            Some(tls) => CertStore::new(tls.unknown_sni, &tls.default_cert, metrics),
+            None => CertStore::new(UnknownSni::Reject, "", metrics),
+        }
+    }
+
+    /// Replaces the whole set. New handshakes see it at once; open connections
+    /// keep theirs.
+    pub fn publish(&self, certificates: Vec<Arc<Certificate>>) {
+        let set = CertSet::build(certificates, &self.default_name);
+        self.current.store(Arc::new(set));
+    }
+
+    /// The current set.
+    pub fn load(&self) -> arc_swap::Guard<Arc<CertSet>> {
+        self.current.load()
+    }
+
+    /// The certificate a handshake for `sni` gets now, and why.
+    pub fn check(&self, sni: Option<&str>) -> (Option<Arc<Certificate>>, Reason) {
+        let set = self.current.load();
+        let (cert, reason) = set.select(sni, self.unknown_sni);
+        (cert.cloned(), reason)
+    }
+
+    /// The name of the certificate served for unknown SNI, if that is the policy.
+    pub fn default_name(&self) -> Option<&str> {
+        (self.unknown_sni == UnknownSni::Default).then_some(self.default_name.as_str())
+    }
+}
+
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let set = self.current.load();
+        let (cert, _) = set.select(hello.server_name(), self.unknown_sni);
+        if cert.is_none() {
+            if let Some(metrics) = &self.metrics {
+                metrics.tls_handshakes.with_label_values(&["no_cert"]).inc();
+            }
+        }
+        cert.map(|cert| Arc::clone(&cert.key))
+    }
+}
+
+impl CertStore {
+    /// Sets the certificate gauges for `now` (Unix seconds): counts by status and
+    /// seconds to expiry per certificate. Called before each metrics scrape.
+    pub fn refresh_metrics(&self, now: i64, warning: i64) {
+        let Some(metrics) = &self.metrics else {
+            return;
+        };
+        let set = self.current.load();
+        let mut counts = [0i64; 3];
+        metrics.tls_cert_expiry.reset();
+        for cert in set.all() {
+            let status = cert.status(now, warning);
+            counts[status as usize] += 1;
+            metrics
+                .tls_cert_expiry
+                .with_label_values(&[cert.name.as_str()])
+                .set((cert.not_after - now) as f64);
+        }
+        for (status, count) in [
+            super::CertStatus::Ok,
+            super::CertStatus::Expiring,
+            super::CertStatus::Expired,
+        ]
+        .iter()
+        .zip(counts)
+        {
+            metrics
+                .tls_certificates
+                .with_label_values(&[status.as_str()])
+                .set(count);
+        }
+    }
+}
