@@ -17,6 +17,8 @@ use crate::http1::drain::Drain;
 use crate::http1::limits::descriptor_limit;
 use crate::http1::{derived_max_connections, ConnOptions, ConnectionLimiter, Http1App};
 use crate::service::IngressProxy;
+use crate::tls::listener::tls_settings;
+use crate::tls::{CertStore, TlsOptions};
 
 /// How the Pingora server is set up.
 #[derive(Debug, Clone)]
@@ -33,6 +35,8 @@ pub struct ServerOptions {
     pub conn: ConnOptions,
     /// Open client connections at most (`proxy.max_connections`, resolved).
     pub max_connections: usize,
+    /// The TLS listener and the certificates it serves (`[tls]`), if any.
+    pub tls: Option<(TlsOptions, Arc<CertStore>)>,
 }
 
 impl ServerOptions {
@@ -48,7 +52,19 @@ impl ServerOptions {
                 0 => derived_max_connections(descriptor_limit()),
                 max => max,
             },
+            tls: None,
         }
+    }
+
+    /// These options with the `[tls]` listener of `config` (if it has one),
+    /// serving the certificates of `certs`.
+    pub fn with_tls(
+        mut self,
+        config: &ingress_config::Config,
+        certs: Arc<CertStore>,
+    ) -> ServerOptions {
+        self.tls = TlsOptions::from_config(config).map(|options| (options, certs));
+        self
     }
 }
 
@@ -126,13 +142,28 @@ pub struct ProxyServer {
 }
 
 impl ProxyServer {
-    /// Builds the server: the HTTP/1 connection loop in front of `proxy`. With
-    /// `os_signals`, SIGTERM and SIGINT also stop it.
+    /// Builds the server: the HTTP/1 connection loop in front of `proxy`, on the
+    /// plain listener and (with `options.tls`) the TLS one. With `os_signals`,
+    /// SIGTERM and SIGINT also stop it. Fails when the TLS listener cannot be set
+    /// up.
     pub fn new(
         options: &ServerOptions,
         proxy: IngressProxy,
         os_signals: bool,
     ) -> (ProxyServer, ShutdownTrigger) {
+        match ProxyServer::build(options, proxy, os_signals) {
+            Ok(built) => built,
+            // Only the TLS settings can fail, and callers without TLS never do.
+            Err(e) => panic!("the proxy server cannot be built: {e}"),
+        }
+    }
+
+    /// Like [`ProxyServer::new`], with the TLS set-up error returned.
+    pub fn build(
+        options: &ServerOptions,
+        proxy: IngressProxy,
+        os_signals: bool,
+    ) -> Result<(ProxyServer, ShutdownTrigger), String> {
         let conf = ServerConf {
             threads: options.threads,
             work_stealing: options.work_stealing,
@@ -157,7 +188,17 @@ impl ProxyServer {
                 options.conn.body_timeout,
             )
         });
-        let proxy = Arc::new(pingora_proxy::http_proxy(&server.configuration, proxy));
+        let mut proxy = pingora_proxy::http_proxy(&server.configuration, proxy);
+        let mut server_options = pingora_core::apps::HttpServerOptions::default();
+        // The loop hands over only connections it found to be h2c; Pingora's
+        // own check would wait for 24 bytes that a short HTTP/1 request lacks.
+        server_options.h2c = options.conn.h2c;
+        // An HTTP/2 connection with no open stream is closed like an idle
+        // HTTP/1 keep-alive connection.
+        server_options.h2_idle_timeout = Some(options.conn.keepalive_timeout);
+        proxy.server_options = Some(server_options);
+        let proxy = Arc::new(proxy);
+        let metrics_for_tls = Arc::clone(&metrics);
         let app = Http1App::new(
             proxy,
             fast,
@@ -168,6 +209,11 @@ impl ProxyServer {
         );
         let mut service = Service::new("ingress proxy".to_string(), app);
         service.add_tcp(&options.listen.to_string());
+        if let Some((tls, certs)) = &options.tls {
+            let settings = tls_settings(tls, Arc::clone(certs), Arc::clone(&metrics_for_tls))
+                .map_err(|e| format!("tls.listen {}: cannot set up TLS: {e}", tls.listen))?;
+            service.add_tls_with_settings(&tls.listen.to_string(), None, settings);
+        }
         server.add_service(service);
         let (sender, receiver) = watch::channel(false);
         let watch = ShutdownWatch {
@@ -175,14 +221,14 @@ impl ProxyServer {
             os_signals,
             drain,
         };
-        (
+        Ok((
             ProxyServer {
                 server,
                 watch,
                 limiter,
             },
             ShutdownTrigger(Arc::new(sender)),
-        )
+        ))
     }
 
     /// The count of open client connections against `max_connections`

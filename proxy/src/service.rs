@@ -8,10 +8,16 @@
 //!   woken: the request is held (bounded by `wake.max_waiters`, `wake.timeout` and
 //!   the client staying connected), or a browser gets the "starting" page.
 //! - `upstream_peer`: the lease's next address (round robin), with timeouts set.
-//! - `upstream_request_filter`: `X-Forwarded-For/-Proto/-Host`.
+//!   With `[tls]`, first: a plain request for a host a certificate covers gets
+//!   308 to https, a TLS request for a host outside the connection's certificate
+//!   421 ([`crate::tls::edge`]).
+//! - `upstream_request_filter`: `X-Forwarded-For/-Proto/-Host`; an HTTP/2
+//!   request's `cookie` fields joined into one (cloudflare/pingora#892).
+//! - `request_body_filter`: an empty last body chunk dropped (cloudflare/pingora#935).
 //! - `upstream_response_filter`: upstream latency.
-//! - `response_filter`: `x-ingress-version`, and `x-ingress-cold-start` on requests
-//!   that were held while their version woke.
+//! - `response_filter`: `x-ingress-version`, `x-ingress-cold-start` on requests
+//!   that were held while their version woke, and `Strict-Transport-Security` on
+//!   TLS when configured.
 //! - `fail_to_connect` / `fail_to_proxy`: retry another address, then a clear 502/504.
 //! - `logging`: request counter by resolution kind and status class.
 
@@ -37,6 +43,8 @@ use crate::metrics::{Metrics, WakeOutcome};
 use crate::resolve::{resolve, ResolutionKind};
 use crate::snapshot::{SnapshotHandle, Target};
 use crate::time::now_unix_millis;
+use crate::tls::edge::{misdirected_answer, Edge, Verdict};
+use crate::tls::ConnTls;
 use crate::wake_rules::IgnoreRules;
 
 /// Timeouts and limits of the proxy service.
@@ -90,6 +98,8 @@ pub struct IngressProxy {
     pub(crate) options: ProxyOptions,
     /// Set once a graceful stop began: answers say `Connection: close`.
     pub(crate) drain: Arc<Drain>,
+    /// The `[tls]` request-path rules, when TLS is configured.
+    pub(crate) edge: Option<Arc<Edge>>,
 }
 
 /// How the lease step of a request ended when it did not produce a lease.
@@ -119,7 +129,22 @@ impl IngressProxy {
             metrics,
             options,
             drain: Drain::new(),
+            edge: None,
         }
+    }
+
+    /// The proxy with the `[tls]` request-path rules (redirect, 421, HSTS).
+    pub fn with_edge(mut self, edge: Edge) -> IngressProxy {
+        self.edge = Some(Arc::new(edge));
+        self
+    }
+
+    /// The HSTS value for a response on a TLS connection (`tls`).
+    fn hsts(&self, tls: bool) -> Option<&str> {
+        if !tls {
+            return None;
+        }
+        self.edge.as_ref().and_then(|edge| edge.hsts())
     }
 
     /// The drain state of a graceful stop, shared with the connection loop.
@@ -428,6 +453,29 @@ pub struct RequestCtx {
     connect_backoff: Option<Duration>,
     /// The answer to give when proxying fails for a reason the proxy chose.
     answer: Option<ErrorAnswer>,
+    /// The request arrived over TLS.
+    tls: bool,
+}
+
+/// Joins several `cookie` fields into one `Cookie: a=1; b=2` for an HTTP/1
+/// upstream: HTTP/2 clients may split cookies into one field each (RFC 9113
+/// §8.2.3), and Pingora passes them on as they came (cloudflare/pingora#892).
+fn join_cookies(request: &mut RequestHeader) -> Result<()> {
+    let cookies = request.headers.get_all(header::COOKIE);
+    if cookies.iter().nth(1).is_none() {
+        return Ok(());
+    }
+    let mut joined = Vec::new();
+    for value in cookies.iter() {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(value.as_bytes());
+    }
+    request.remove_header(&header::COOKIE);
+    let value = http::HeaderValue::from_bytes(&joined)
+        .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "joining cookie fields", e))?;
+    request.insert_header(header::COOKIE, value)
 }
 
 /// The raw host of the request: the URI authority (HTTP/2, absolute-form) or the
@@ -444,7 +492,11 @@ fn request_host(request: &RequestHeader) -> &[u8] {
 
 /// Answers with `answer`, as JSON when the client accepts JSON. Only error paths
 /// look at `Accept`, so a proxied request never pays for it.
-async fn write_error(session: &mut Session, answer: &ErrorAnswer) -> Result<()> {
+async fn write_error(
+    session: &mut Session,
+    answer: &ErrorAnswer,
+    hsts: Option<&str>,
+) -> Result<()> {
     let accept = session.req_header().headers.get(header::ACCEPT);
     let json = accepts_json(accept.map(|v| v.as_bytes()));
     let (content_type, body) = answer.body(json);
@@ -455,10 +507,29 @@ async fn write_error(session: &mut Session, answer: &ErrorAnswer) -> Result<()> 
     if let Some(seconds) = answer.retry_after_secs {
         response.insert_header(header::RETRY_AFTER, seconds.to_string())?;
     }
+    if let Some(hsts) = hsts {
+        response.insert_header(header::STRICT_TRANSPORT_SECURITY, hsts)?;
+    }
     session
         .write_response_header(Box::new(response), false)
         .await?;
     session.write_response_body(Some(body), true).await
+}
+
+/// Answers 308 to `location` (method and body are kept by the client).
+async fn write_redirect(session: &mut Session, location: &str) -> Result<()> {
+    let body = format!("moved to {location}\n");
+    let mut response = ResponseHeader::build(308, Some(4))?;
+    response.insert_header(header::LOCATION, location)?;
+    response.insert_header(header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
+    response.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
+    response.insert_header(header::CACHE_CONTROL, "no-store")?;
+    session
+        .write_response_header(Box::new(response), false)
+        .await?;
+    session
+        .write_response_body(Some(bytes::Bytes::from(body)), true)
+        .await
 }
 
 /// Answers a browser with the self-refreshing "starting" page.
@@ -528,6 +599,27 @@ impl ProxyHttp for IngressProxy {
     fn init_downstream_modules(&self, _modules: &mut pingora_core::modules::http::HttpModules) {}
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if let Some(edge) = &self.edge {
+            let digest = session.digest();
+            ctx.tls = digest.is_some_and(|d| d.ssl_digest.is_some());
+            let request = session.req_header();
+            let target = request
+                .uri
+                .path_and_query()
+                .map_or(&b"/"[..], |p| p.as_str().as_bytes());
+            match edge.verdict(ConnTls::of(digest), ctx.tls, request_host(request), target) {
+                Verdict::Serve => {}
+                Verdict::Redirect(location) => {
+                    write_redirect(session, &location).await?;
+                    return Ok(true);
+                }
+                Verdict::Misdirected(host) => {
+                    let answer = misdirected_answer(&host);
+                    write_error(session, &answer, self.hsts(ctx.tls)).await?;
+                    return Ok(true);
+                }
+            }
+        }
         let request = session.req_header();
         let now_ms = now_unix_millis();
         let resolved = {
@@ -548,7 +640,7 @@ impl ProxyHttp for IngressProxy {
                     message: rejection.to_string(),
                     retry_after_secs: None,
                 };
-                write_error(session, &answer).await?;
+                write_error(session, &answer, self.hsts(ctx.tls)).await?;
                 return Ok(true);
             }
         };
@@ -564,7 +656,7 @@ impl ProxyHttp for IngressProxy {
         match self.lease_for(session, ctx, &target, ignored, now_ms).await {
             Ok(lease) => ctx.lease = Some(lease),
             Err(NoLease::Answer(answer)) => {
-                write_error(session, &answer).await?;
+                write_error(session, &answer, self.hsts(ctx.tls)).await?;
                 return Ok(true);
             }
             Err(NoLease::StartingPage) => {
@@ -643,7 +735,7 @@ impl ProxyHttp for IngressProxy {
         &self,
         session: &mut Session,
         upstream_request: &mut RequestHeader,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> Result<()> {
         if let Some(client) = session.client_addr().and_then(|addr| addr.as_inet()) {
             let ip = client.ip();
@@ -657,7 +749,11 @@ impl ProxyHttp for IngressProxy {
             };
             upstream_request.insert_header("x-forwarded-for", forwarded_for)?;
         }
-        upstream_request.insert_header("x-forwarded-proto", "http")?;
+        let proto = if ctx.tls { "https" } else { "http" };
+        upstream_request.insert_header("x-forwarded-proto", proto)?;
+        if session.is_http2() {
+            join_cookies(upstream_request)?;
+        }
         if let Some(host) = upstream_request.headers.get(header::HOST).cloned() {
             upstream_request.insert_header("x-forwarded-host", host)?;
         }
@@ -698,6 +794,25 @@ impl ProxyHttp for IngressProxy {
         if let Some(waited_ms) = ctx.cold_start_ms {
             upstream_response.insert_header("x-ingress-cold-start", waited_ms.to_string())?;
         }
+        if let Some(hsts) = self.hsts(ctx.tls) {
+            upstream_response.insert_header(header::STRICT_TRANSPORT_SECURITY, hsts)?;
+        }
+        Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // cloudflare/pingora#935: an HTTP/2 body of unknown length that ends with
+        // an empty DATA frame would be sent to an HTTP/1 upstream as two final
+        // chunks, the second corrupting the pooled connection's next request.
+        if end_of_stream && body.as_ref().is_some_and(|b| b.is_empty()) {
+            *body = None;
+        }
         Ok(())
     }
 
@@ -731,7 +846,7 @@ impl ProxyHttp for IngressProxy {
                 .flatten()
         });
         if let Some(answer) = chosen {
-            if let Err(write_error) = write_error(session, &answer).await {
+            if let Err(write_error) = write_error(session, &answer, self.hsts(ctx.tls)).await {
                 log::debug!("could not send the error response: {write_error}");
             }
             return FailToProxy {
@@ -756,7 +871,7 @@ impl ProxyHttp for IngressProxy {
         };
         if status > 0 {
             let answer = upstream_error_answer(ctx.target.as_deref(), status, reason);
-            if let Err(write_error) = write_error(session, &answer).await {
+            if let Err(write_error) = write_error(session, &answer, self.hsts(ctx.tls)).await {
                 log::debug!("could not send the error response: {write_error}");
             }
         }

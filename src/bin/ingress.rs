@@ -14,6 +14,7 @@ use ingress_control_api::store::{DataDirLock, SqliteSandboxLedger, SqliteStore};
 use ingress_control_api::{ControlMetrics, ControlPlane, PlaneSettings};
 use ingress_proxy::http1::raise_descriptor_limit;
 use ingress_proxy::time::now_unix_millis;
+use ingress_proxy::tls::{CertStore, Edge, TlsOptions};
 use ingress_proxy::{
     IngressProxy, LeaseCache, Metrics, ProxyOptions, ProxyServer, ServerOptions, SnapshotHandle,
 };
@@ -74,7 +75,12 @@ fn run(config: &Config) -> Result<(), String> {
     // leaving a process that serves nothing: check the port first and fail at once.
     std::net::TcpListener::bind(config.proxy.listen)
         .map_err(|e| format!("proxy.listen {}: cannot listen: {e}", config.proxy.listen))?;
+    if let Some(tls) = &config.tls {
+        std::net::TcpListener::bind(tls.listen)
+            .map_err(|e| format!("tls.listen {}: cannot listen: {e}", tls.listen))?;
+    }
     let metrics = Arc::new(Metrics::new().map_err(|e| format!("cannot set up metrics: {e}"))?);
+    let certs = Arc::new(CertStore::from_config(config, Some(Arc::clone(&metrics))));
     let snapshots =
         Arc::new(SnapshotHandle::new().with_generation_gauge(metrics.snapshot_generation.clone()));
     let control_metrics = Arc::new(
@@ -96,7 +102,7 @@ fn run(config: &Config) -> Result<(), String> {
     )
     .map_err(|e| e.to_string())?;
 
-    let proxy = IngressProxy::new(
+    let mut proxy = IngressProxy::new(
         Arc::clone(&snapshots),
         LeaseCache::new(config.proxy.lease_cache_capacity, config.proxy.lease_ttl.0)
             .with_instance_limit(config.runtime.max_conns_per_instance),
@@ -104,7 +110,10 @@ fn run(config: &Config) -> Result<(), String> {
         Arc::clone(&metrics),
         ProxyOptions::from_config(config),
     );
-    let server_options = ServerOptions::from_config(config);
+    if let Some(tls) = TlsOptions::from_config(config) {
+        proxy = proxy.with_edge(Edge::new(tls, Arc::clone(&certs)));
+    }
+    let server_options = ServerOptions::from_config(config).with_tls(config, Arc::clone(&certs));
     log::info!(
         "at most {} open client connections (proxy.max_connections{})",
         server_options.max_connections,
@@ -114,7 +123,7 @@ fn run(config: &Config) -> Result<(), String> {
             ""
         }
     );
-    let (server, trigger) = ProxyServer::new(&server_options, proxy, true);
+    let (server, trigger) = ProxyServer::build(&server_options, proxy, true)?;
     let connections = server.connections();
 
     let tokens = config
@@ -163,6 +172,18 @@ fn run(config: &Config) -> Result<(), String> {
         config.admin.grpc_listen,
         config.admin.http_listen
     );
+    if let Some(tls) = &config.tls {
+        log::info!(
+            "TLS on https://{} ({}), {} certificate(s) loaded",
+            tls.listen,
+            if tls.h2 {
+                "HTTP/2 and HTTP/1.1"
+            } else {
+                "HTTP/1.1"
+            },
+            certs.load().len()
+        );
+    }
     // Pingora builds its own runtimes and blocks until SIGTERM/SIGINT (or until the
     // control plane fails and triggers the stop).
     server.run();

@@ -32,6 +32,7 @@ use crate::resolve::resolve;
 use crate::service::{is_fresh, upstream_error_answer, IngressProxy};
 use crate::snapshot::Target;
 use crate::time::now_unix_millis;
+use crate::tls::{ConnTls, Verdict};
 use pool::Conn;
 use response::{BadResponse, Chunked, Framing, ParsedResponse, ResponseHead};
 
@@ -89,6 +90,8 @@ pub struct FastPath {
     /// Idle upstream connections kept per thread.
     pool_cap: usize,
     body_timeout: Duration,
+    /// `Strict-Transport-Security: ...\r\n` for TLS responses, or empty.
+    hsts_line: Vec<u8>,
 }
 
 /// What a request needs after its head's bytes are no longer borrowed.
@@ -111,6 +114,8 @@ struct Plan {
     accepts_json: bool,
     /// Head plus body bytes of the request in the loop's buffer.
     request_len: usize,
+    /// The request came over TLS.
+    tls: bool,
 }
 
 /// Why an exchange with the upstream failed before any response byte reached
@@ -126,10 +131,17 @@ impl FastPath {
     /// A fast path over `proxy`'s state, keeping at most `pool_cap` idle upstream
     /// connections per thread.
     pub fn new(proxy: IngressProxy, pool_cap: usize, body_timeout: Duration) -> FastPath {
+        let hsts_line = proxy
+            .edge
+            .as_ref()
+            .and_then(|edge| edge.hsts())
+            .map(|value| format!("strict-transport-security: {value}\r\n").into_bytes())
+            .unwrap_or_default();
         FastPath {
             proxy,
             pool_cap,
             body_timeout,
+            hsts_line,
         }
     }
 
@@ -143,10 +155,12 @@ impl FastPath {
         head: &Head,
         client_ip: Option<IpAddr>,
         shutting_down: bool,
+        tls: (bool, Option<&ConnTls>),
         bufs: &mut Buffers,
     ) -> Outcome {
         bufs.request.clear();
-        let Some(plan) = self.plan(buf, head, client_ip, shutting_down, &mut bufs.request) else {
+        let Some(plan) = self.plan(buf, head, client_ip, shutting_down, tls, &mut bufs.request)
+        else {
             return Outcome::Delegate;
         };
         let write_limit = self.proxy.options.write_timeout;
@@ -231,9 +245,19 @@ impl FastPath {
         head: &Head,
         client_ip: Option<IpAddr>,
         shutting_down: bool,
+        (is_tls, conn_tls): (bool, Option<&ConnTls>),
         out: &mut Vec<u8>,
     ) -> Option<Plan> {
-        let request = request::parse(&buf[..head.len], head.body, client_ip, out)?;
+        let request = request::parse(&buf[..head.len], head.body, client_ip, is_tls, out)?;
+        // Redirects to https and 421s are answered by the Pingora path.
+        if let Some(edge) = &self.proxy.edge {
+            if edge.may_intervene(is_tls)
+                && edge.verdict(conn_tls, is_tls, request.host, request.path.as_bytes())
+                    != Verdict::Serve
+            {
+                return None;
+            }
+        }
         let now_ms = now_unix_millis();
         let (kind, target) = {
             let snapshot = self.proxy.snapshots.load();
@@ -278,6 +302,7 @@ impl FastPath {
             client_keep_alive: !request.close && !shutting_down,
             accepts_json: request.accepts_json,
             request_len,
+            tls: is_tls,
             target,
             kind,
             lease,
@@ -417,6 +442,7 @@ impl FastPath {
                     plan.head_method,
                     keep_alive,
                     version_header,
+                    if plan.tls { &self.hsts_line } else { &[] },
                     &mut bufs.client,
                 ) {
                     ParsedResponse::Complete(head) => return Ok(head),

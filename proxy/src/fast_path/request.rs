@@ -39,13 +39,15 @@ pub struct FastRequest<'a> {
 /// the fast path may serve it, appends the request to send upstream to `out`:
 /// the request line, the client's fields in their order and case without
 /// hop-by-hop ones and without `X-Forwarded-*`, then `X-Forwarded-For` (the
-/// client's first value with `client_ip` appended), `X-Forwarded-Proto: http` and
+/// client's first value with `client_ip` appended), `X-Forwarded-Proto` (`https`
+/// when `https`, else `http`) and
 /// `X-Forwarded-Host`, exactly as the Pingora path's `upstream_request_filter`
 /// does. `None` (and `out` untouched) when the request is outside the subset.
 pub fn parse<'a>(
     head: &'a [u8],
     framing: BodyFraming,
     client_ip: Option<IpAddr>,
+    https: bool,
     out: &mut Vec<u8>,
 ) -> Option<FastRequest<'a>> {
     let body = match framing {
@@ -135,7 +137,11 @@ pub fn parse<'a>(
         out.extend_from_slice(earlier);
         out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(b"x-forwarded-proto: http\r\nx-forwarded-host: ");
+    out.extend_from_slice(if https {
+        b"x-forwarded-proto: https\r\nx-forwarded-host: "
+    } else {
+        b"x-forwarded-proto: http\r\nx-forwarded-host: "
+    });
     out.extend_from_slice(host);
     out.extend_from_slice(b"\r\n\r\n");
     Some(FastRequest {

@@ -61,12 +61,14 @@ pub enum ParsedResponse {
 /// Parses the response head at the start of `buf` to a request with method
 /// HEAD when `head_request`, and appends the head to send to the client to
 /// `out`: the status line and the upstream's fields without hop-by-hop ones and
-/// framing, then `Date`, the framing, `Connection` and `x-ingress-version`.
+/// framing, then `Date`, the framing, `Connection`, `x-ingress-version` and the
+/// `extra` lines (each ending in CRLF; `Strict-Transport-Security` on TLS).
 pub fn parse(
     buf: &[u8],
     head_request: bool,
     client_keep_alive: bool,
     version_header: &[u8],
+    extra: &[u8],
     out: &mut Vec<u8>,
 ) -> ParsedResponse {
     let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
@@ -172,7 +174,8 @@ pub fn parse(
             // A bodyless answer keeps its length (HEAD and 304 describe the
             // resource); otherwise the framing is written below.
             || (name.eq_ignore_ascii_case(b"content-length") && framing != Framing::None)
-            || name.eq_ignore_ascii_case(b"x-ingress-version");
+            || name.eq_ignore_ascii_case(b"x-ingress-version")
+            || (!extra.is_empty() && name.eq_ignore_ascii_case(b"strict-transport-security"));
         if !dropped {
             out.extend_from_slice(name);
             out.extend_from_slice(b": ");
@@ -201,7 +204,9 @@ pub fn parse(
     });
     out.extend_from_slice(b"x-ingress-version: ");
     out.extend_from_slice(version_header);
-    out.extend_from_slice(b"\r\n\r\n");
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(extra);
+    out.extend_from_slice(b"\r\n");
     ParsedResponse::Complete(ResponseHead {
         len,
         status,

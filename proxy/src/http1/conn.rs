@@ -16,6 +16,10 @@
 //! Only this request's bytes are handed over (its head, and as much of a
 //! `Content-Length` body as was read), so a pipelined next request stays in the
 //! loop's buffer and passes step 3 like any other.
+//!
+//! HTTP/2 connections (ALPN `h2` on TLS, or the h2c preface on the plain
+//! listener when `proxy.h2c` is on) are handed to `pingora-proxy` whole; a
+//! graceful stop sends them GOAWAY and waits for their open streams.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +28,8 @@ use async_trait::async_trait;
 use bytes::{BufMut, BytesMut};
 use pingora_core::apps::{HttpServerApp, ServerApp};
 use pingora_core::protocols::http::ServerSession;
-use pingora_core::protocols::Stream;
+use pingora_core::protocols::l4::stream::Stream as L4Stream;
+use pingora_core::protocols::{Stream, ALPN};
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -40,6 +45,10 @@ use crate::error_response::ErrorAnswer;
 use crate::fast_path::{Buffers, FastPath, Outcome};
 use crate::metrics::Metrics;
 use crate::service::IngressProxy;
+use crate::tls::ConnTls;
+
+/// What an HTTP/2 client with prior knowledge sends first (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// The first allocation of a connection's head buffer; it grows as needed.
 const INITIAL_BUFFER: usize = 1024;
@@ -59,6 +68,8 @@ pub struct ConnOptions {
     pub write_timeout: Duration,
     /// Serve the strict subset with the fast path (`proxy.fast_path`).
     pub fast_path: bool,
+    /// Accept HTTP/2 with prior knowledge on plain connections (`proxy.h2c`).
+    pub h2c: bool,
 }
 
 impl ConnOptions {
@@ -75,6 +86,7 @@ impl ConnOptions {
             body_timeout: config.proxy.body_timeout.0,
             write_timeout: config.proxy.write_timeout.0,
             fast_path: config.proxy.fast_path,
+            h2c: config.proxy.h2c,
         }
     }
 }
@@ -99,6 +111,8 @@ enum Next {
     /// The client closed, went idle past the keep-alive limit, or the proxy is
     /// shutting down with nothing in progress: close without an answer.
     Close,
+    /// The buffer starts with the HTTP/2 preface (h2c with prior knowledge).
+    H2c,
 }
 
 impl Http1App {
@@ -129,6 +143,7 @@ impl Http1App {
         first_request: bool,
         shutdown: &mut ShutdownWatch,
         draining: &mut watch::Receiver<bool>,
+        mut h2c: bool,
     ) -> Next {
         let limits = &self.options.head;
         // A connection's first request has header_timeout from the accept; a
@@ -144,7 +159,24 @@ impl Http1App {
         // ended: reparsing after every read would cost O(n²) for a trickled head.
         let mut fresh_line = !buf.is_empty();
         loop {
-            if !buf.is_empty() && !fresh_line {
+            // While the bytes so far could be the HTTP/2 preface, wait for all of it.
+            let mut awaiting_preface = false;
+            if h2c && !buf.is_empty() {
+                let n = buf.len().min(H2_PREFACE.len());
+                if buf[..n] != H2_PREFACE[..n] {
+                    h2c = false;
+                } else if n == H2_PREFACE.len() {
+                    return Next::H2c;
+                } else {
+                    awaiting_preface = true;
+                }
+            }
+            if awaiting_preface {
+                if !started {
+                    started = true;
+                    deadline = Instant::now() + self.options.header_timeout;
+                }
+            } else if !buf.is_empty() && !fresh_line {
                 if let Parsed::Refused(refusal) = head::partial(buf, limits) {
                     return Next::Refuse(refusal);
                 }
@@ -217,7 +249,16 @@ impl ServerApp for Http1App {
         }
         let mut draining = self.drain.subscribe();
         let mut shutdown = shutdown.clone();
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            self.serve_h2(stream, &shutdown).await;
+            return None;
+        }
         let mut stream = rebind::to_this_thread(stream);
+        // The TLS facts of the connection, for the fast path's edge checks.
+        let ssl = stream.get_ssl_digest();
+        let conn_tls = ssl.as_ref().and_then(|ssl| ssl.extension.get::<ConnTls>());
+        let is_tls = ssl.is_some();
+        let mut h2c = self.options.h2c && !is_tls;
         let mut buf = BytesMut::with_capacity(INITIAL_BUFFER);
         let mut first_request = true;
         let mut fast_buffers = Buffers::default();
@@ -239,11 +280,24 @@ impl ServerApp for Http1App {
                     first_request,
                     &mut shutdown,
                     &mut draining,
+                    h2c,
                 )
                 .await
             {
                 Next::Request(head) => head,
                 Next::Close => return None,
+                Next::H2c => {
+                    // Give the preface back to the stream for the HTTP/2 codec.
+                    let plain = stream.into_any().downcast::<L4Stream>().ok();
+                    match plain {
+                        Some(mut l4) => {
+                            l4.rewind(&buf);
+                            self.serve_h2(l4, &shutdown).await;
+                        }
+                        None => log::warn!("h2c on a stream that cannot be rewound; closed"),
+                    }
+                    return None;
+                }
                 Next::Refuse(refusal) => {
                     self.metrics.count_refusal(refusal.status);
                     refuse(stream, &refusal).await;
@@ -251,6 +305,7 @@ impl ServerApp for Http1App {
                 }
             };
             first_request = false;
+            h2c = false;
             let _busy = self.drain.enter();
             let shutting_down = *shutdown.borrow() || self.drain.is_draining();
             if let Some(fast) = &self.fast {
@@ -261,6 +316,7 @@ impl ServerApp for Http1App {
                         &head,
                         client_ip,
                         shutting_down,
+                        (is_tls, conn_tls),
                         &mut fast_buffers,
                     )
                     .await
@@ -311,6 +367,31 @@ impl ServerApp for Http1App {
 
     async fn cleanup(&self) {
         self.proxy.http_cleanup().await;
+    }
+}
+
+impl Http1App {
+    /// Serves an HTTP/2 connection with `pingora-proxy`. It counts as work in
+    /// progress for a graceful stop, which it sees as a shutdown: GOAWAY, then
+    /// its open streams finish (Pingora's limit: `graceful_shutdown_timeout`).
+    async fn serve_h2(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) {
+        let _busy = self.drain.enter();
+        let (stop, stopping) = watch::channel(false);
+        let mut pingora = shutdown.clone();
+        let mut draining = self.drain.subscribe();
+        let forward = async move {
+            tokio::select! {
+                _ = pingora.wait_for(|stop| *stop) => {}
+                _ = draining.wait_for(|draining| *draining) => {}
+            }
+            stop.send_replace(true);
+            // Keep the sender: the connection finishes its streams first.
+            std::future::pending::<()>().await
+        };
+        tokio::select! {
+            _ = ServerApp::process_new(&self.proxy, stream, &stopping) => {}
+            _ = forward => {}
+        }
     }
 }
 

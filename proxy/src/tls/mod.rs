@@ -3,10 +3,12 @@
 //! connection carries into request handling (its SNI and certificate).
 
 pub mod certificate;
+pub mod edge;
 pub mod listener;
 pub mod store;
 
 pub use certificate::{CertError, CertSource, CertStatus, Certificate};
+pub use edge::{Edge, Verdict};
 pub use listener::{ConnTls, TlsOptions};
 pub use store::{CertSet, CertStore, Reason};
 
