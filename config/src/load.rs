@@ -775,4 +775,66 @@ stop_grace = "10s"
             "{e}"
         );
     }
+
+    #[test]
+    fn tls_is_off_without_its_section_and_defaults_with_it() {
+        let config = parse("").unwrap();
+        assert!(config.tls.is_none());
+        assert!(!config.proxy.h2c);
+        let tls = parse("[tls]").unwrap().tls.unwrap();
+        assert_eq!(tls.listen.to_string(), "127.0.0.1:8443");
+        assert!(tls.h2 && tls.redirect_http && tls.hsts.is_empty() && tls.cert_dir.is_none());
+        assert_eq!(tls.unknown_sni, crate::UnknownSni::Reject);
+        assert_eq!(tls.misdirected, crate::Misdirected::Reject);
+        assert_eq!(tls.expiry_warning.0, Duration::from_secs(21 * 86_400));
+        let tls = parse("[tls]\nunknown_sni = \"default\"\ndefault_cert = \"fallback\"\nhsts = \"max-age=31536000; includeSubDomains\"\nmisdirected = \"allow\"\nreload_interval = \"0s\"")
+            .unwrap()
+            .tls
+            .unwrap();
+        assert_eq!(tls.unknown_sni, crate::UnknownSni::Default);
+        assert_eq!(tls.default_cert, "fallback");
+    }
+
+    #[test]
+    fn tls_errors_name_the_key() {
+        for (text, expected) in [
+            (
+                "[proxy]\nlisten = \"127.0.0.1:8443\"\n[tls]",
+                "tls.listen: 127.0.0.1:8443 is also proxy.listen",
+            ),
+            (
+                "[tls]\nunknown_sni = \"default\"",
+                "tls.default_cert: is empty, but tls.unknown_sni = \"default\" needs it",
+            ),
+            (
+                "[tls]\ndefault_cert = \"Bad Name\"",
+                "tls.default_cert: \"Bad Name\" is not a certificate name",
+            ),
+            (
+                "[tls]\nunknown_sni = \"maybe\"",
+                "tls.unknown_sni: unknown variant `maybe`",
+            ),
+            (
+                "[tls]\nhsts = \"max-age=abc\"",
+                "tls.hsts: \"max-age=abc\" has a max-age that is not one number",
+            ),
+            (
+                "[tls]\nhsts = \"preload\"",
+                "tls.hsts: \"preload\" has no max-age",
+            ),
+            (
+                "[tls]\nhsts = \"max-age=1; nosuch\"",
+                "tls.hsts: \"max-age=1; nosuch\" has a directive other than",
+            ),
+            (
+                "[tls]\nreload_interval = \"10ms\"",
+                "tls.reload_interval: 10ms is out of range",
+            ),
+            ("[tls]\ncert_dir = \"\"", "tls.cert_dir: is empty"),
+            ("[tls]\nport = 443", "tls.port: unknown field `port`"),
+        ] {
+            let e = error_of(text);
+            assert!(e.starts_with(expected), "{text}: {e}");
+        }
+    }
 }

@@ -13,6 +13,8 @@ pub struct Answer {
     pub status: u16,
     pub head: String,
     pub body: String,
+    /// The head as sent (case kept).
+    pub raw_head: String,
 }
 
 impl Answer {
@@ -27,7 +29,21 @@ impl Answer {
             status,
             head: head.to_ascii_lowercase(),
             body: body.to_string(),
+            raw_head: head.to_string(),
         }
+    }
+
+    /// The value of the first field `name` (any case), as sent.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.raw_head.lines().skip(1).find_map(|line| {
+            let (field, value) = line.split_once(':')?;
+            field.eq_ignore_ascii_case(name).then(|| value.trim())
+        })
+    }
+
+    /// The whole answer, for messages.
+    pub fn text(&self) -> String {
+        format!("{}\r\n\r\n{}", self.raw_head, self.body)
     }
 }
 

@@ -56,6 +56,17 @@ pub enum Outcome {
     Close,
 }
 
+/// What the fast path knows of the client connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Client<'a> {
+    /// The peer's address (`X-Forwarded-For`).
+    pub ip: Option<IpAddr>,
+    /// The connection is TLS.
+    pub tls: bool,
+    /// What it was handshaken with (TLS only).
+    pub conn_tls: Option<&'a ConnTls>,
+}
+
 /// Buffers one client connection reuses across its requests.
 #[derive(Default)]
 pub struct Buffers {
@@ -153,14 +164,12 @@ impl FastPath {
         stream: &mut Stream,
         buf: &mut BytesMut,
         head: &Head,
-        client_ip: Option<IpAddr>,
+        client: Client<'_>,
         shutting_down: bool,
-        tls: (bool, Option<&ConnTls>),
         bufs: &mut Buffers,
     ) -> Outcome {
         bufs.request.clear();
-        let Some(plan) = self.plan(buf, head, client_ip, shutting_down, tls, &mut bufs.request)
-        else {
+        let Some(plan) = self.plan(buf, head, client, shutting_down, &mut bufs.request) else {
             return Outcome::Delegate;
         };
         let write_limit = self.proxy.options.write_timeout;
@@ -243,17 +252,21 @@ impl FastPath {
         &self,
         buf: &BytesMut,
         head: &Head,
-        client_ip: Option<IpAddr>,
+        client: Client<'_>,
         shutting_down: bool,
-        (is_tls, conn_tls): (bool, Option<&ConnTls>),
         out: &mut Vec<u8>,
     ) -> Option<Plan> {
-        let request = request::parse(&buf[..head.len], head.body, client_ip, is_tls, out)?;
+        let is_tls = client.tls;
+        let request = request::parse(&buf[..head.len], head.body, client.ip, is_tls, out)?;
         // Redirects to https and 421s are answered by the Pingora path.
         if let Some(edge) = &self.proxy.edge {
             if edge.may_intervene(is_tls)
-                && edge.verdict(conn_tls, is_tls, request.host, request.path.as_bytes())
-                    != Verdict::Serve
+                && edge.verdict(
+                    client.conn_tls,
+                    is_tls,
+                    request.host,
+                    request.path.as_bytes(),
+                ) != Verdict::Serve
             {
                 return None;
             }

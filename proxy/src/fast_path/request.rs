@@ -177,7 +177,7 @@ mod tests {
     fn forwarded(raw: &[u8], framing: BodyFraming) -> Option<String> {
         let mut out = Vec::new();
         let ip = Some(IpAddr::from([10, 0, 0, 7]));
-        parse(raw, framing, ip, &mut out).map(|_| String::from_utf8(out).unwrap())
+        parse(raw, framing, ip, false, &mut out).map(|_| String::from_utf8(out).unwrap())
     }
 
     #[test]
@@ -187,6 +187,19 @@ mod tests {
             forwarded(raw, BodyFraming::None).unwrap(),
             "GET /p?q=1 HTTP/1.1\r\nHost: shop.example.com\r\nUser-Agent: t\r\nAccept: */*\r\nx-forwarded-for: 1.2.3.4, 10.0.0.7\r\nx-forwarded-proto: http\r\nx-forwarded-host: shop.example.com\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn over_tls_the_forwarded_proto_is_https() {
+        let mut out = Vec::new();
+        let raw = b"GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-Proto: http\r\n\r\n";
+        parse(raw, BodyFraming::None, None, true, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.ends_with("x-forwarded-proto: https\r\nx-forwarded-host: h\r\n\r\n"),
+            "{text}"
+        );
+        assert_eq!(text.matches("x-forwarded-proto").count(), 1, "{text}");
     }
 
     #[test]
@@ -221,7 +234,7 @@ mod tests {
         ] {
             let mut out = Vec::new();
             assert!(
-                parse(raw, framing, None, &mut out).is_none(),
+                parse(raw, framing, None, false, &mut out).is_none(),
                 "{}",
                 String::from_utf8_lossy(raw)
             );
@@ -233,7 +246,7 @@ mod tests {
     fn what_the_fast_path_reads_of_a_request() {
         let mut out = Vec::new();
         let raw = b"POST /a/b?c HTTP/1.1\r\nHost: h\r\nUser-Agent: kube-probe\r\nAccept: application/json\r\nConnection: close\r\nContent-Length: 3\r\n\r\n";
-        let request = parse(raw, BodyFraming::Length(3), None, &mut out).unwrap();
+        let request = parse(raw, BodyFraming::Length(3), None, false, &mut out).unwrap();
         assert_eq!(request.host, b"h");
         assert_eq!(request.path, "/a/b");
         assert_eq!(request.user_agent, Some(&b"kube-probe"[..]));

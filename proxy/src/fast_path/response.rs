@@ -417,7 +417,7 @@ mod tests {
 
     fn head(raw: &[u8], head_request: bool) -> (ParsedResponse, String) {
         let mut out = Vec::new();
-        let parsed = parse(raw, head_request, true, b"v1", &mut out);
+        let parsed = parse(raw, head_request, true, b"v1", b"", &mut out);
         (parsed, String::from_utf8(out).unwrap())
     }
 

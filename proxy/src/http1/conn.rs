@@ -42,7 +42,7 @@ use super::head::{self, BodyFraming, HeadLimits, Parsed, Refusal};
 use super::limits::ConnectionLimiter;
 use super::rebind;
 use crate::error_response::ErrorAnswer;
-use crate::fast_path::{Buffers, FastPath, Outcome};
+use crate::fast_path::{Buffers, Client, FastPath, Outcome};
 use crate::metrics::Metrics;
 use crate::service::IngressProxy;
 use crate::tls::ConnTls;
@@ -314,9 +314,12 @@ impl ServerApp for Http1App {
                         &mut stream,
                         &mut buf,
                         &head,
-                        client_ip,
+                        Client {
+                            ip: client_ip,
+                            tls: is_tls,
+                            conn_tls,
+                        },
                         shutting_down,
-                        (is_tls, conn_tls),
                         &mut fast_buffers,
                     )
                     .await

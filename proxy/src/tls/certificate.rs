@@ -278,3 +278,68 @@ fn hex(bytes: &[u8]) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(names: &[&str]) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    fn refusal(chain: &str, key: &str) -> String {
+        Certificate::from_pem("shop", CertSource::Api, chain.as_bytes(), key.as_bytes())
+            .unwrap_err()
+            .0
+    }
+
+    #[test]
+    fn a_good_pair_is_read_with_its_names_and_fingerprint() {
+        let (chain, key) = pair(&["shop.example.com", "*.shop.example.com"]);
+        let cert = Certificate::from_pem("shop", CertSource::Api, chain.as_bytes(), key.as_bytes())
+            .unwrap();
+        assert_eq!(cert.names, ["shop.example.com", "*.shop.example.com"]);
+        assert_eq!(cert.fingerprint.len(), 64);
+        assert!(cert.covers("shop.example.com") && cert.covers("pr-1.shop.example.com"));
+        assert!(!cert.covers("a.pr-1.shop.example.com") && !cert.covers("example.com"));
+        assert!(!format!("{cert:?}").contains("PRIVATE"));
+        cert.check_current(0).unwrap();
+        assert!(cert
+            .check_current(cert.not_after)
+            .unwrap_err()
+            .0
+            .contains("--force"));
+    }
+
+    #[test]
+    fn bad_input_is_refused_with_the_reason() {
+        let (chain, key) = pair(&["shop.example.com"]);
+        let (_, other_key) = pair(&["shop.example.com"]);
+        assert!(
+            refusal(&chain, &other_key).contains("does not match"),
+            "{}",
+            refusal(&chain, &other_key)
+        );
+        assert!(refusal("garbage", &key).contains("no PEM CERTIFICATE"));
+        assert!(refusal(&chain, "garbage").contains("no usable PEM private key"));
+        let (upper, upper_key) = pair(&["Shop.example.com"]);
+        assert!(refusal(&upper, &upper_key).contains("lower case"));
+        let (tld, tld_key) = pair(&["*.com"]);
+        assert!(refusal(&tld, &tld_key).contains("top-level"));
+        let (deep, deep_key) = pair(&["a.*.example.com"]);
+        assert!(refusal(&deep, &deep_key).contains("not a host name"));
+        let bad_name = Certificate::from_pem(
+            "Bad/Name",
+            CertSource::Api,
+            chain.as_bytes(),
+            key.as_bytes(),
+        )
+        .unwrap_err();
+        assert!(bad_name.0.contains("certificate name"));
+    }
+}

@@ -248,3 +248,125 @@ impl CertStore {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::{CertSource, CertStatus};
+
+    fn cert(name: &str, names: &[&str], not_after_year: i32) -> Arc<Certificate> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params.not_after = rcgen::date_time_ymd(not_after_year, 1, 1);
+        let cert = params.self_signed(&key).unwrap();
+        Arc::new(
+            Certificate::from_pem(
+                name,
+                CertSource::Api,
+                cert.pem().as_bytes(),
+                key.serialize_pem().as_bytes(),
+            )
+            .unwrap(),
+        )
+    }
+
+    fn chosen(store: &CertStore, sni: Option<&str>) -> (Option<String>, Reason) {
+        let (cert, reason) = store.check(sni);
+        (cert.map(|c| c.name.clone()), reason)
+    }
+
+    #[test]
+    fn exact_then_one_level_wildcard_then_default_or_nothing() {
+        let store = CertStore::new(UnknownSni::Reject, "", None);
+        store.publish(vec![
+            cert("shop", &["shop.example.com", "*.shop.example.com"], 2100),
+            cert("pr-9", &["pr-9.shop.example.com"], 2100),
+        ]);
+        let some = |name: &str| Some(name.to_string());
+        assert_eq!(
+            chosen(&store, Some("shop.example.com")),
+            (some("shop"), Reason::Exact)
+        );
+        assert_eq!(
+            chosen(&store, Some("pr-1.shop.example.com")),
+            (some("shop"), Reason::Wildcard)
+        );
+        assert_eq!(
+            chosen(&store, Some("pr-9.shop.example.com")),
+            (some("pr-9"), Reason::Exact)
+        );
+        for unknown in [Some("a.pr-1.shop.example.com"), Some("example.com"), None] {
+            assert_eq!(chosen(&store, unknown), (None, Reason::Rejected));
+        }
+        assert!(store.load().covers("pr-1.shop.example.com"));
+        assert!(!store.load().covers("a.pr-1.shop.example.com"));
+
+        let defaulting = CertStore::new(UnknownSni::Default, "fallback", None);
+        defaulting.publish(vec![cert("fallback", &["fallback.example.net"], 2100)]);
+        assert_eq!(
+            chosen(&defaulting, Some("x.test")),
+            (some("fallback"), Reason::Default)
+        );
+        assert_eq!(
+            chosen(&defaulting, None),
+            (some("fallback"), Reason::Default)
+        );
+        // A default named but not loaded: refused.
+        let missing = CertStore::new(UnknownSni::Default, "absent", None);
+        assert_eq!(chosen(&missing, None), (None, Reason::Rejected));
+    }
+
+    #[test]
+    fn the_certificate_expiring_last_serves_a_shared_name() {
+        let store = CertStore::new(UnknownSni::Reject, "", None);
+        store.publish(vec![
+            cert("old", &["shop.example.com"], 2030),
+            cert("new", &["shop.example.com"], 2040),
+        ]);
+        assert_eq!(
+            chosen(&store, Some("shop.example.com")).0.as_deref(),
+            Some("new")
+        );
+        // A publish replaces the whole set.
+        store.publish(vec![cert("old", &["shop.example.com"], 2030)]);
+        assert_eq!(
+            chosen(&store, Some("shop.example.com")).0.as_deref(),
+            Some("old")
+        );
+        assert_eq!(store.load().len(), 1);
+    }
+
+    #[test]
+    fn status_and_metrics_follow_the_clock() {
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let store = CertStore::new(UnknownSni::Reject, "", Some(Arc::clone(&metrics)));
+        let soon = cert("soon", &["soon.example.com"], 2027);
+        let not_after = soon.not_after;
+        store.publish(vec![soon, cert("later", &["later.example.com"], 2100)]);
+        let day = 86_400;
+        let set = store.load();
+        let soon = set.get("soon").unwrap();
+        assert_eq!(soon.status(not_after - 30 * day, 21 * day), CertStatus::Ok);
+        assert_eq!(
+            soon.status(not_after - 20 * day, 21 * day),
+            CertStatus::Expiring
+        );
+        assert_eq!(soon.status(not_after, 21 * day), CertStatus::Expired);
+        store.refresh_metrics(not_after - 10 * day, 21 * day);
+        let text = metrics.encode_text();
+        assert!(
+            text.contains("ingress_tls_certificates{status=\"expiring\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ingress_tls_certificates{status=\"ok\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ingress_tls_cert_expiry_seconds{name=\"soon\"} 864000"),
+            "{text}"
+        );
+    }
+}
