@@ -24,3 +24,4 @@ test: deps
 deps:
 	@command -v $(CARGO) >/dev/null 2>&1 || { echo "cargo is missing: install Rust (rustup) first" >&2; exit 1; }
 	@command -v cmake >/dev/null 2>&1 || scripts/install-system-packages cmake
+	@command -v curl >/dev/null 2>&1 || scripts/install-system-packages curl

@@ -591,6 +591,8 @@ stop_grace = "10s"
         let example = parse(include_str!("../example.toml")).unwrap();
         let mut expected = Config::default();
         expected.admin.tokens = example.admin.tokens.clone();
+        // The example turns TLS on, with every key at its default.
+        expected.tls = Some(crate::TlsSettings::default());
         assert_eq!(example, expected);
         assert_eq!(example.admin.tokens.len(), 1);
     }
