@@ -48,6 +48,18 @@ fn check(ingress: &Ingress, host: &str) -> Value {
         .json()
 }
 
+/// The admin listener's `/metrics` text, over a plain socket.
+fn metrics_text(ingress: &Ingress) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(ingress.http).expect("connect to admin HTTP");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+        .expect("write");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).expect("read");
+    text
+}
+
 /// A refusal: exit 1, nothing on stdout, one line on stderr containing `what`.
 fn assert_refused(out: &CtlOutput, what: &str) {
     assert!(!out.ok(), "expected a refusal: {}", out.stdout());
