@@ -205,6 +205,15 @@ pub struct ControlPlane {
     clock: Clock,
     /// The generation of the latest published snapshot, for watchers.
     published: tokio::sync::watch::Sender<u64>,
+    /// Set when `[tls]` is configured: hosts a certificate covers get `https://` URLs.
+    https: std::sync::OnceLock<HttpsUrls>,
+}
+
+/// What decides whether a version's URL is `https://`: the published
+/// certificates, and the TLS listener's port (left out of the URL when 443).
+struct HttpsUrls {
+    certs: Arc<ingress_proxy::tls::CertStore>,
+    port: u16,
 }
 
 impl ControlPlane {
@@ -254,6 +263,7 @@ impl ControlPlane {
             metrics,
             clock,
             published: tokio::sync::watch::channel(0).0,
+            https: std::sync::OnceLock::new(),
         });
         {
             let inner = plane.lock();
@@ -420,11 +430,9 @@ impl ControlPlane {
         let urls = match (status, &version.label) {
             (VersionStatus::Ephemeral, Some(label)) => hosts
                 .iter()
-                .map(|host| format!("http://{label}.{host}"))
+                .map(|host| self.url(&format!("{label}.{host}")))
                 .collect(),
-            (VersionStatus::Active, _) => {
-                hosts.iter().map(|host| format!("http://{host}")).collect()
-            }
+            (VersionStatus::Active, _) => hosts.iter().map(|host| self.url(host)).collect(),
             _ => Vec::new(),
         };
         let (upstreams, command) = match &version.spec {
@@ -458,6 +466,26 @@ impl ControlPlane {
             upstreams,
             urls,
         }
+    }
+
+    /// `https://host[:port]` when `[tls]` is configured and a loaded certificate
+    /// covers `host` (the port left out when the TLS listener is on 443, as in the
+    /// proxy's redirects), else `http://host`.
+    fn url(&self, host: &str) -> String {
+        match self.https.get() {
+            Some(https) if https.certs.load().covers(host) => match https.port {
+                443 => format!("https://{host}"),
+                port => format!("https://{host}:{port}"),
+            },
+            _ => format!("http://{host}"),
+        }
+    }
+
+    /// Makes listings and deploys print `https://` URLs for hosts a certificate
+    /// in `certs` covers, on the TLS listener's `port`. Called once, at start,
+    /// when `[tls]` is configured; later calls change nothing.
+    pub fn serve_https_urls(&self, certs: Arc<ingress_proxy::tls::CertStore>, port: u16) {
+        let _ = self.https.set(HttpsUrls { certs, port });
     }
 
     /// Wakes up after every published snapshot; the value is its generation.
@@ -954,6 +982,41 @@ impl ControlPlane {
             .map_err(|e| refuse(ErrorKind::Internal, e.to_string()))
     }
 
+    // -------------------------------------------------------- certificates
+
+    /// Commits certificate `mutations` with their audit entry, atomically and
+    /// durably; nothing changes on error. Routing is untouched, so nothing is
+    /// published here: the certificate manager publishes after this returns.
+    pub(crate) fn commit_certificates(
+        &self,
+        mutations: Vec<Mutation>,
+        audit: AuditEntry,
+    ) -> Result<(), ControlError> {
+        let mut inner = self.lock();
+        self.commit(&mut inner, mutations, audit)
+    }
+
+    /// An audit entry by `actor`, stamped now.
+    pub(crate) fn audit_entry(
+        &self,
+        actor: &str,
+        action: &str,
+        target: &str,
+        detail: String,
+    ) -> AuditEntry {
+        self.audit(actor, action, target, detail)
+    }
+
+    /// The certificates added through the control API, by name.
+    pub(crate) fn stored_certificates(&self) -> Vec<crate::model::CertRecord> {
+        self.lock().state.certificates.values().cloned().collect()
+    }
+
+    /// The plane's clock, Unix milliseconds.
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.now()
+    }
+
     // ------------------------------------------------------------------ GC
 
     /// One TTL sweep: every expired version is released from its runtime, then
@@ -1121,7 +1184,11 @@ fn ttl_ms(duration: Duration) -> u64 {
 /// True when `mutation` changes what the proxy routes, given the state before it.
 fn changes_routing(state: &State, mutation: &Mutation) -> bool {
     match mutation {
-        Mutation::Audit(_) | Mutation::PutSchedule(_) | Mutation::DeleteSchedule(_) => false,
+        Mutation::Audit(_)
+        | Mutation::PutSchedule(_)
+        | Mutation::DeleteSchedule(_)
+        | Mutation::PutCertificate(_)
+        | Mutation::DeleteCertificate(_) => false,
         Mutation::PutVersion(version) => !state.versions.get(&version.id).is_some_and(|old| {
             old.label == version.label
                 && old.expires_at_ms == version.expires_at_ms
@@ -1362,7 +1429,11 @@ impl RoutingChange {
                 Mutation::DeleteRoute(key) => {
                     change.removed_routes.extend(state.routes.get(key).cloned());
                 }
-                Mutation::PutSchedule(_) | Mutation::DeleteSchedule(_) | Mutation::Audit(_) => {}
+                Mutation::PutSchedule(_)
+                | Mutation::DeleteSchedule(_)
+                | Mutation::PutCertificate(_)
+                | Mutation::DeleteCertificate(_)
+                | Mutation::Audit(_) => {}
             }
         }
         let empty = change.apps.is_empty()

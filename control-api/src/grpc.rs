@@ -10,6 +10,7 @@ use subtle::ConstantTimeEq;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::certs::{CertAdd, CertView, Certs};
 use crate::control_plane::{
     ControlError, ControlPlane, DeployRequest, DeploySource, ErrorKind, ImportApp, ImportPreview,
     VersionView, MAX_IMPORT_APPS,
@@ -109,6 +110,7 @@ const MAX_WAKE_WAIT_MS: u64 = 600_000;
 /// The admin service over a control plane.
 pub struct AdminService {
     plane: Arc<ControlPlane>,
+    certs: Arc<Certs>,
     /// Becomes true when the ingress stops; ends open `Watch` streams so that the
     /// server can drain.
     stopping: tokio::sync::watch::Receiver<bool>,
@@ -118,10 +120,18 @@ pub struct AdminService {
 /// streams end when `stopping` becomes true.
 pub fn admin_service(
     plane: Arc<ControlPlane>,
+    certs: Arc<Certs>,
     authenticator: Authenticator,
     stopping: tokio::sync::watch::Receiver<bool>,
 ) -> InterceptedService<AdminServer<AdminService>, Authenticator> {
-    AdminServer::with_interceptor(AdminService { plane, stopping }, authenticator)
+    AdminServer::with_interceptor(
+        AdminService {
+            plane,
+            certs,
+            stopping,
+        },
+        authenticator,
+    )
 }
 
 fn status(error: ControlError) -> Status {
@@ -153,6 +163,46 @@ async fn run<T: Send + 'static>(
         .await
         .map_err(|e| Status::internal(format!("the operation did not finish: {e}")))?
         .map_err(status)
+}
+
+/// Runs a certificate operation on the blocking pool (it commits, or reads
+/// `tls.cert_dir`).
+async fn run_certs<T: Send + 'static>(
+    certs: &Arc<Certs>,
+    operation: impl FnOnce(&Certs) -> Result<T, ControlError> + Send + 'static,
+) -> Result<T, Status> {
+    let certs = Arc::clone(certs);
+    tokio::task::spawn_blocking(move || operation(&certs))
+        .await
+        .map_err(|e| Status::internal(format!("the operation did not finish: {e}")))?
+        .map_err(status)
+}
+
+/// What a reply shows of a certificate: never its key.
+fn cert_info(view: CertView) -> proto::CertInfo {
+    proto::CertInfo {
+        not_before: ingress_proxy::tls::format_unix(view.not_before),
+        not_after: view.not_after_text(),
+        name: view.name,
+        names: view.names,
+        not_before_unix: view.not_before,
+        not_after_unix: view.not_after,
+        status: view.status.as_str().to_string(),
+        source: view.source.to_string(),
+        file: view.file,
+        issuer: view.issuer,
+        subject: view.subject,
+        fingerprint: view.fingerprint,
+        covers: view
+            .covers
+            .into_iter()
+            .map(|cover| proto::CertCover {
+                host: cover.host,
+                app: cover.app,
+                kind: cover.kind.to_string(),
+            })
+            .collect(),
+    }
 }
 
 fn route_info(route: &Route) -> proto::RouteInfo {
@@ -625,6 +675,89 @@ impl Admin for AdminService {
                     detail: e.detail,
                 })
                 .collect(),
+        }))
+    }
+
+    async fn cert_add(
+        &self,
+        request: Request<proto::CertAddRequest>,
+    ) -> Result<Response<proto::CertInfo>, Status> {
+        let actor = caller(&request)?;
+        let proto::CertAddRequest {
+            cert_pem,
+            key_pem,
+            name,
+            force,
+        } = request.into_inner();
+        let add = CertAdd {
+            chain_pem: cert_pem,
+            key_pem,
+            name,
+            force,
+        };
+        let view = run_certs(&self.certs, move |certs| certs.add(&actor, add)).await?;
+        Ok(Response::new(cert_info(view)))
+    }
+
+    async fn cert_list(
+        &self,
+        _request: Request<proto::Empty>,
+    ) -> Result<Response<proto::CertList>, Status> {
+        let views = run_certs(&self.certs, |certs| Ok(certs.list())).await?;
+        Ok(Response::new(proto::CertList {
+            certificates: views.into_iter().map(cert_info).collect(),
+        }))
+    }
+
+    async fn cert_show(
+        &self,
+        request: Request<proto::CertName>,
+    ) -> Result<Response<proto::CertInfo>, Status> {
+        let name = request.into_inner().name;
+        let view = run_certs(&self.certs, move |certs| certs.show(&name)).await?;
+        Ok(Response::new(cert_info(view)))
+    }
+
+    async fn cert_remove(
+        &self,
+        request: Request<proto::CertName>,
+    ) -> Result<Response<proto::CertInfo>, Status> {
+        let actor = caller(&request)?;
+        let name = request.into_inner().name;
+        let view = run_certs(&self.certs, move |certs| certs.remove(&actor, &name)).await?;
+        Ok(Response::new(cert_info(view)))
+    }
+
+    async fn cert_reload(
+        &self,
+        request: Request<proto::Empty>,
+    ) -> Result<Response<proto::CertReloadReply>, Status> {
+        let actor = caller(&request)?;
+        let report = run_certs(&self.certs, move |certs| certs.reload(Some(&actor))).await?;
+        Ok(Response::new(proto::CertReloadReply {
+            loaded: report.loaded.into_iter().map(cert_info).collect(),
+            refused: report
+                .refused
+                .into_iter()
+                .map(|r| proto::CertRefused {
+                    file: r.file,
+                    problem: r.problem,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn cert_check(
+        &self,
+        request: Request<proto::CertCheckRequest>,
+    ) -> Result<Response<proto::CertCheckReply>, Status> {
+        let host = request.into_inner().host;
+        let check = run_certs(&self.certs, move |certs| certs.check(&host)).await?;
+        Ok(Response::new(proto::CertCheckReply {
+            host: check.host,
+            reason: check.reason.as_str().to_string(),
+            certificate: check.cert.map(cert_info),
+            detail: check.detail,
         }))
     }
 }

@@ -3,6 +3,7 @@
 //! runtimes that run versions and hand the proxy its leases, and the admin API and
 //! control loops built on them.
 
+pub mod certs;
 pub mod control_plane;
 pub mod grpc;
 pub mod metrics;

@@ -304,6 +304,39 @@ pub struct AuditEntry {
     pub detail: String,
 }
 
+/// A certificate added through the control API (`ingressctl cert add`), as
+/// stored: the PEM chain and key the admin gave, and what listings show of it.
+/// Its `Debug` leaves the key out, so a logged state or mutation never carries it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CertRecord {
+    /// Its handle (`cert show NAME`, `tls.default_cert`).
+    pub name: String,
+    /// The PEM chain, leaf first, as given.
+    pub chain_pem: String,
+    /// The PEM private key, as given. Never shown, logged or audited.
+    pub key_pem: String,
+    /// The leaf's DNS names, lower case.
+    pub names: Vec<String>,
+    /// Validity, Unix seconds.
+    pub not_before: i64,
+    pub not_after: i64,
+    /// SHA-256 of the leaf's DER, lower-case hex.
+    pub fingerprint: String,
+    pub issuer: String,
+    pub created_at_ms: u64,
+}
+
+impl fmt::Debug for CertRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CertRecord")
+            .field("name", &self.name)
+            .field("names", &self.names)
+            .field("not_after", &self.not_after)
+            .field("fingerprint", &self.fingerprint)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Everything the control plane knows, as loaded from the store.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct State {
@@ -315,6 +348,8 @@ pub struct State {
     pub tombstones: BTreeMap<(String, String), Tombstone>,
     /// Pending desired-state changes, by version id.
     pub schedules: BTreeMap<String, Schedule>,
+    /// Certificates added through the control API, by name.
+    pub certificates: BTreeMap<String, CertRecord>,
     /// Version ids by app, derived from `versions`: kept by [`State::apply`],
     /// rebuilt by [`State::reindex`] after `versions` is filled directly. Lets a
     /// change to one app cost what that app has, not what every app has.
@@ -342,6 +377,10 @@ pub enum Mutation {
     PutSchedule(Schedule),
     /// By version id.
     DeleteSchedule(String),
+    /// Adds or replaces the certificate of that name.
+    PutCertificate(CertRecord),
+    /// By certificate name.
+    DeleteCertificate(String),
     Audit(AuditEntry),
 }
 
@@ -414,6 +453,13 @@ impl State {
                 }
                 Mutation::DeleteSchedule(id) => {
                     self.schedules.remove(id);
+                }
+                Mutation::PutCertificate(record) => {
+                    self.certificates
+                        .insert(record.name.clone(), record.clone());
+                }
+                Mutation::DeleteCertificate(name) => {
+                    self.certificates.remove(name);
                 }
                 Mutation::Audit(_) => {}
             }
@@ -506,6 +552,20 @@ impl State {
                 Mutation::DeleteSchedule(id) => {
                     undo.extend(self.schedules.get(id).cloned().map(Mutation::PutSchedule));
                 }
+                Mutation::PutCertificate(record) => {
+                    undo.push(match self.certificates.get(&record.name) {
+                        Some(old) => Mutation::PutCertificate(old.clone()),
+                        None => Mutation::DeleteCertificate(record.name.clone()),
+                    })
+                }
+                Mutation::DeleteCertificate(name) => {
+                    undo.extend(
+                        self.certificates
+                            .get(name)
+                            .cloned()
+                            .map(Mutation::PutCertificate),
+                    );
+                }
                 Mutation::Audit(_) => {}
             }
             self.apply(std::slice::from_ref(mutation));
@@ -590,6 +650,28 @@ mod tests {
         }
     }
 
+    fn cert(name: &str, created_at_ms: u64) -> CertRecord {
+        CertRecord {
+            name: name.into(),
+            chain_pem: "-----BEGIN CERTIFICATE-----".into(),
+            key_pem: "-----BEGIN PRIVATE KEY----- secret".into(),
+            names: vec!["shop.example.com".into()],
+            not_before: 0,
+            not_after: 10,
+            fingerprint: "ab".repeat(32),
+            issuer: "CN=test".into(),
+            created_at_ms,
+        }
+    }
+
+    #[test]
+    fn a_certificate_record_never_debug_prints_its_key() {
+        let text = format!("{:?}", Mutation::PutCertificate(cert("shop", 1)));
+        assert!(text.contains("shop.example.com"), "{text}");
+        assert!(!text.contains("PRIVATE KEY"), "{text}");
+        assert!(!text.contains("secret"), "{text}");
+    }
+
     /// Undo brings back the exact state, for puts over existing values, deletes
     /// of existing and missing values, and two mutations of one key in a batch.
     #[test]
@@ -616,6 +698,7 @@ mod tests {
                 host: "shop.example.com".into(),
                 app: "shop".into(),
             }),
+            Mutation::PutCertificate(cert("shop", 1)),
         ]);
         let before = state.clone();
         let undo = state.apply_with_undo(&[
@@ -631,6 +714,10 @@ mod tests {
                 expired_at_ms: 7,
             }),
             Mutation::DeleteApp("shop".into()),
+            Mutation::PutCertificate(cert("shop", 2)),
+            Mutation::DeleteCertificate("shop".into()),
+            Mutation::PutCertificate(cert("new", 3)),
+            Mutation::DeleteCertificate("missing".into()),
         ]);
         assert_ne!(state, before);
         let mut reindexed = state.clone();

@@ -15,6 +15,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::certs::Certs;
 use crate::control_plane::ControlPlane;
 use crate::grpc::{admin_service, Authenticator, Token};
 
@@ -34,6 +35,10 @@ pub struct ControlSettings {
     pub gc_interval: Duration,
     /// `idle.check_interval`.
     pub idle_interval: Duration,
+    /// The TLS listener's certificates: served through the admin API, rescanned
+    /// from `tls.cert_dir` every `tls.reload_interval` (when it changed) and on
+    /// SIGHUP.
+    pub certs: Arc<Certs>,
 }
 
 /// The running control-plane thread.
@@ -54,7 +59,9 @@ impl ControlHandle {
 }
 
 /// Starts the control plane's thread. Binding both listeners happens before this
-/// returns, so a port in use is reported at once. `metrics` renders the Prometheus
+/// returns, so a port in use is reported at once; so does taking SIGHUP (a
+/// rescan of `tls.cert_dir`), so a SIGHUP sent once the ports answer never ends
+/// the process. `metrics` renders the Prometheus
 /// text for `/metrics`. `on_fatal` runs if the thread stops on its own with an error.
 pub fn spawn(
     settings: ControlSettings,
@@ -83,11 +90,17 @@ pub fn spawn(
         })?;
         Ok::<_, String>((grpc, http))
     })?;
+    let hangup = runtime.block_on(async {
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(|e| log::warn!("cannot take SIGHUP (tls.cert_dir reloads): {e}"))
+            .ok()
+    });
     let (stop, stopped) = watch::channel(false);
     let thread = std::thread::Builder::new()
         .name("ingress-control".into())
         .spawn(move || {
-            let result = runtime.block_on(serve(settings, plane, metrics, grpc, http, stopped));
+            let result =
+                runtime.block_on(serve(settings, plane, metrics, grpc, http, hangup, stopped));
             if result.is_err() {
                 on_fatal();
             }
@@ -104,6 +117,7 @@ async fn serve(
     metrics: Arc<dyn Fn() -> String + Send + Sync>,
     grpc: TcpListener,
     http: TcpListener,
+    hangup: Option<tokio::signal::unix::Signal>,
     stopped: watch::Receiver<bool>,
 ) -> Result<(), String> {
     let until_stopped = |mut stopped: watch::Receiver<bool>| async move {
@@ -112,6 +126,7 @@ async fn serve(
     let grpc_server = tonic::transport::Server::builder()
         .add_service(admin_service(
             Arc::clone(&plane),
+            Arc::clone(&settings.certs),
             Authenticator::new(settings.tokens),
             stopped.clone(),
         ))
@@ -136,6 +151,11 @@ async fn serve(
         settings.idle_interval,
         stopped.clone(),
     ));
+    let certs_task = tokio::spawn(cert_loop(
+        Arc::clone(&settings.certs),
+        hangup,
+        stopped.clone(),
+    ));
     // The admin HTTP listener and the loops end only on stop. The gRPC server
     // ends on stop too, or on its own with an error, which must stop the ingress:
     // the caller's `on_fatal` does that.
@@ -157,8 +177,9 @@ async fn serve(
         http_task.abort();
         gc_task.abort();
         lifecycle_task.abort();
+        certs_task.abort();
     } else {
-        let _ = tokio::join!(http_task, gc_task, lifecycle_task);
+        let _ = tokio::join!(http_task, gc_task, lifecycle_task, certs_task);
     }
     result
 }
@@ -184,6 +205,56 @@ async fn gc_loop(plane: Arc<ControlPlane>, interval: Duration, mut stopped: watc
             Ok(Ok(_)) => {}
             Ok(Err(e)) => log::warn!("gc: {e}; retrying next sweep"),
             Err(e) => log::warn!("gc: the sweep did not finish: {e}; retrying next sweep"),
+        }
+    }
+}
+
+/// Rescans `tls.cert_dir` on SIGHUP, and every `tls.reload_interval` (not 0)
+/// when its files changed, publishing what loads.
+async fn cert_loop(
+    certs: Arc<Certs>,
+    mut hangup: Option<tokio::signal::unix::Signal>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let settings = certs.settings();
+    let polling = settings.cert_dir.is_some() && !settings.reload_interval.is_zero();
+    let period = if polling {
+        settings.reload_interval
+    } else {
+        Duration::from_secs(86_400)
+    };
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let signalled = async {
+            match hangup.as_mut() {
+                Some(signal) => {
+                    if signal.recv().await.is_none() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        let forced = tokio::select! {
+            _ = ticker.tick(), if polling => false,
+            _ = signalled => true,
+            _ = stopped.wait_for(|stop| *stop) => return,
+        };
+        let certs = Arc::clone(&certs);
+        let ran = tokio::task::spawn_blocking(move || {
+            if forced {
+                log::info!("SIGHUP: reloading tls.cert_dir");
+                if let Err(e) = certs.reload(None) {
+                    log::warn!("SIGHUP: reloading tls.cert_dir failed: {e}");
+                }
+            } else {
+                certs.reload_if_changed();
+            }
+        })
+        .await;
+        if let Err(e) = ran {
+            log::warn!("certificates: the reload did not finish: {e}");
         }
     }
 }

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use ingress_config::Config;
+use ingress_control_api::certs::{CertSettings, Certs};
 use ingress_control_api::grpc::Token;
 use ingress_control_api::runtime::{process_tree, reap_leftovers};
 use ingress_control_api::serve::{self, ControlSettings};
@@ -101,6 +102,13 @@ fn run(config: &Config) -> Result<(), String> {
         Arc::new(now_unix_millis),
     )
     .map_err(|e| e.to_string())?;
+    // The store's and tls.cert_dir's certificates, published to `certs` now and
+    // on every change.
+    let cert_manager = Certs::open(
+        Arc::clone(&plane),
+        Arc::clone(&certs),
+        CertSettings::from_config(config),
+    );
 
     let mut proxy = IngressProxy::new(
         Arc::clone(&snapshots),
@@ -142,6 +150,10 @@ fn run(config: &Config) -> Result<(), String> {
     }
     let render_metrics = Arc::clone(&metrics);
     let gauges = Arc::clone(&plane);
+    let cert_gauges = Arc::clone(&certs);
+    let expiry_warning_secs = config.tls.as_ref().map_or(0, |tls| {
+        i64::try_from(tls.expiry_warning.0.as_secs()).unwrap_or(i64::MAX)
+    });
     let control = serve::spawn(
         ControlSettings {
             proxy_listen: config.proxy.listen,
@@ -158,10 +170,13 @@ fn run(config: &Config) -> Result<(), String> {
             tokens,
             gc_interval: config.ephemeral.gc_interval.0,
             idle_interval: config.idle.check_interval.0,
+            certs: cert_manager,
         },
         Arc::clone(&plane),
         Arc::new(move || {
             gauges.refresh_version_gauge();
+            let now_secs = i64::try_from(now_unix_millis() / 1000).unwrap_or(i64::MAX);
+            cert_gauges.refresh_metrics(now_secs, expiry_warning_secs);
             render_metrics.encode_text()
         }),
         Box::new(move || trigger.trigger()),

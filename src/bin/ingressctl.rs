@@ -4,6 +4,9 @@
 
 use std::process::ExitCode;
 
+#[path = "ingressctl/cert.rs"]
+mod cert;
+
 use clap::{Parser, Subcommand, ValueEnum};
 use ingress_control_api::grpc::proto::{self, admin_client::AdminClient};
 use ingress_proxy::time::format_unix_millis;
@@ -129,6 +132,11 @@ enum Command {
         /// At most this many bytes from the end.
         #[arg(long, default_value_t = 65536)]
         bytes: u64,
+    },
+    /// Manage the TLS listener's certificates.
+    Cert {
+        #[command(subcommand)]
+        command: cert::CertCommand,
     },
     /// Show the audit log, newest first.
     Audit {
@@ -686,6 +694,9 @@ async fn run(cli: Cli) -> Result<(), String> {
                 json!({ "deleted": version, "app": app }),
                 format!("version {version} of app {app} deleted"),
             );
+        }
+        Command::Cert { command } => {
+            cert::run(&mut client, output, command, refused).await?;
         }
         Command::Audit { limit } => {
             let entries = client

@@ -84,8 +84,26 @@ CREATE TABLE sandboxes (
 );
 ";
 
+/// Schema version 5: certificates added through the control API (`ingressctl
+/// cert add`), with their private keys: the reason the store file is `0600`.
+const V5: &str = "
+CREATE TABLE certificates (
+    name           TEXT PRIMARY KEY
+        CHECK (length(name) BETWEEN 1 AND 64 AND name NOT GLOB '*[^a-z0-9._-]*'),
+    chain_pem      TEXT NOT NULL CHECK (instr(chain_pem, '-----BEGIN CERTIFICATE-----') > 0),
+    key_pem        TEXT NOT NULL CHECK (instr(key_pem, 'PRIVATE KEY-----') > 0),
+    names          TEXT NOT NULL     -- JSON array of the leaf's DNS names
+        CHECK (json_valid(names) AND json_type(names) = 'array' AND json_array_length(names) > 0),
+    not_before     INTEGER NOT NULL,  -- Unix seconds
+    not_after      INTEGER NOT NULL,
+    fingerprint    TEXT NOT NULL CHECK (length(fingerprint) = 64),  -- SHA-256 of the leaf, hex
+    issuer         TEXT NOT NULL,
+    created_at_ms  INTEGER NOT NULL
+);
+";
+
 /// Migration `i` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;

@@ -13,7 +13,7 @@ use crate::model::{AuditEntry, Mutation, State};
 pub use lock::{DataDirLock, LOCK_FILE};
 pub use migrations::SCHEMA_VERSION;
 pub use sandboxes::SqliteSandboxLedger;
-pub use sqlite::{SqliteStore, STORE_FILE};
+pub use sqlite::{SqliteStore, STORE_FILE, STORE_FILE_MODE};
 
 /// A store operation that failed; the message names the file or the record.
 #[derive(Debug, Clone, PartialEq, Eq)]

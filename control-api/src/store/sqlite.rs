@@ -10,8 +10,8 @@ use rusqlite::{params, Connection};
 use super::migrations::migrate;
 use super::{Store, StoreError};
 use crate::model::{
-    App, AuditEntry, ChangeReason, DesiredState, Environment, Mutation, Route, RouteKind,
-    RuntimeSpec, Schedule, State, Tombstone, Version,
+    App, AuditEntry, CertRecord, ChangeReason, DesiredState, Environment, Mutation, Route,
+    RouteKind, RuntimeSpec, Schedule, State, Tombstone, Version,
 };
 
 /// The file name inside `store.data_dir`.
@@ -40,6 +40,7 @@ fn to_sql_ms(value: u64) -> i64 {
 /// name for error messages. Every connection to the store is opened this way.
 pub(crate) fn open_connection(path: &Path) -> Result<(Connection, String), StoreError> {
     let file = path.display().to_string();
+    restrict_permissions(path, &file)?;
     let mut connection = Connection::open(path)
         .map_err(|e| StoreError(format!("{file}: cannot open the store: {e}")))?;
     connection
@@ -49,6 +50,49 @@ pub(crate) fn open_connection(path: &Path) -> Result<(Connection, String), Store
         .map_err(|e| StoreError(format!("{file}: cannot configure the store: {e}")))?;
     migrate(&mut connection, &file)?;
     Ok((connection, file))
+}
+
+/// The mode of the store file and its `-wal` and `-shm` companions: it holds
+/// certificates' private keys, so only the ingress's own user may read it.
+pub const STORE_FILE_MODE: u32 = 0o600;
+
+/// Creates the store file with mode `0600` if it does not exist (SQLite creates
+/// its `-wal` and `-shm` files with the database file's mode), and takes group
+/// and other access away from an existing one and its companions.
+fn restrict_permissions(path: &Path, file: &str) -> Result<(), StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(STORE_FILE_MODE)
+        .open(path)
+        .map_err(|e| StoreError(format!("{file}: cannot create the store: {e}")))?;
+    let mut companions = vec![path.to_path_buf()];
+    for suffix in ["-wal", "-shm"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        companions.push(name.into());
+    }
+    for companion in companions {
+        let Ok(metadata) = std::fs::metadata(&companion) else {
+            continue; // not there yet: SQLite creates it with the file's mode
+        };
+        if metadata.permissions().mode() & 0o077 != 0 {
+            std::fs::set_permissions(&companion, std::fs::Permissions::from_mode(STORE_FILE_MODE))
+                .map_err(|e| {
+                    StoreError(format!(
+                        "{}: cannot restrict it to mode 0600 (it holds private keys): {e}",
+                        companion.display()
+                    ))
+                })?;
+            log::warn!(
+                "{}: was readable by other users; now mode 0600 (it holds private keys)",
+                companion.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 impl SqliteStore {
@@ -185,6 +229,47 @@ impl SqliteStore {
     }
 }
 
+impl SqliteStore {
+    fn load_certificates(&self, state: &mut State) -> Result<(), StoreError> {
+        let file = &self.file;
+        let mut statement = self
+            .connection
+            .prepare(
+                "SELECT name, chain_pem, key_pem, names, not_before, not_after, fingerprint, issuer, created_at_ms FROM certificates",
+            )
+            .map_err(sql_error(file))?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok((
+                    CertRecord {
+                        name: row.get(0)?,
+                        chain_pem: row.get(1)?,
+                        key_pem: row.get(2)?,
+                        names: Vec::new(),
+                        not_before: row.get(4)?,
+                        not_after: row.get(5)?,
+                        fingerprint: row.get(6)?,
+                        issuer: row.get(7)?,
+                        created_at_ms: ms(row.get(8)?),
+                    },
+                    row.get::<_, String>(3)?,
+                ))
+            })
+            .map_err(sql_error(file))?;
+        for row in rows {
+            let (mut record, names) = row.map_err(sql_error(file))?;
+            record.names = serde_json::from_str(&names).map_err(|e| {
+                StoreError(format!(
+                    "{file}: certificate {} has unreadable names: {e}",
+                    record.name
+                ))
+            })?;
+            state.certificates.insert(record.name.clone(), record);
+        }
+        Ok(())
+    }
+}
+
 impl Store for SqliteStore {
     fn load(&self) -> Result<State, StoreError> {
         let file = &self.file;
@@ -232,6 +317,7 @@ impl Store for SqliteStore {
 
         self.load_versions(&mut state)?;
         self.load_schedules(&mut state)?;
+        self.load_certificates(&mut state)?;
 
         let mut tombstones = self
             .connection
@@ -323,6 +409,28 @@ impl Store for SqliteStore {
                     "DELETE FROM tombstones WHERE app = ?1 AND label = ?2",
                     params![app, label],
                 ),
+                Mutation::PutCertificate(record) => {
+                    let names = serde_json::to_string(&record.names).map_err(|e| {
+                        StoreError(format!("certificate {}: cannot encode its names: {e}", record.name))
+                    })?;
+                    transaction.execute(
+                        "INSERT OR REPLACE INTO certificates (name, chain_pem, key_pem, names, not_before, not_after, fingerprint, issuer, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                        params![
+                            record.name,
+                            record.chain_pem,
+                            record.key_pem,
+                            names,
+                            record.not_before,
+                            record.not_after,
+                            record.fingerprint,
+                            record.issuer,
+                            to_sql_ms(record.created_at_ms)
+                        ],
+                    )
+                }
+                Mutation::DeleteCertificate(name) => {
+                    transaction.execute("DELETE FROM certificates WHERE name = ?1", params![name])
+                }
                 Mutation::Audit(entry) => transaction.execute(
                     "INSERT INTO audit (at_ms, actor, action, target, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
                     params![to_sql_ms(entry.at_ms), entry.actor, entry.action, entry.target, entry.detail],
@@ -620,6 +728,162 @@ mod tests {
             })])
             .unwrap();
         assert_eq!(store.load().unwrap().tombstones.len(), 1);
+    }
+
+    fn cert_record(name: &str) -> CertRecord {
+        CertRecord {
+            name: name.into(),
+            chain_pem: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into(),
+            key_pem: "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n".into(),
+            names: vec!["shop.example.com".into(), "*.shop.example.com".into()],
+            not_before: 1_577_836_800,
+            not_after: 4_102_444_800,
+            fingerprint: "0f".repeat(32),
+            issuer: "CN=ingress test CA".into(),
+            created_at_ms: 11,
+        }
+    }
+
+    #[test]
+    fn a_file_of_schema_4_is_migrated_to_the_certificates_table_and_keeps_its_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(STORE_FILE);
+        {
+            let connection = Connection::open(&path).unwrap();
+            // Schema 4 exactly as it shipped, frozen here.
+            connection
+                .execute_batch(
+                    "CREATE TABLE apps (name TEXT PRIMARY KEY, created_at_ms INTEGER NOT NULL, active_version TEXT);
+                     CREATE TABLE routes (key TEXT PRIMARY KEY, kind TEXT NOT NULL CHECK (kind IN ('exact', 'wildcard', 'default')), host TEXT NOT NULL, app TEXT NOT NULL);
+                     CREATE TABLE versions (id TEXT PRIMARY KEY, app TEXT NOT NULL, spec TEXT NOT NULL, env TEXT NOT NULL CHECK (env IN ('production', 'preview')), branch TEXT, label TEXT, expires_at_ms INTEGER, created_at_ms INTEGER NOT NULL, cloned_from TEXT, desired_state TEXT NOT NULL DEFAULT 'running' CHECK (desired_state IN ('running', 'stopped')), pool TEXT);
+                     CREATE INDEX versions_by_app ON versions (app);
+                     CREATE TABLE tombstones (app TEXT NOT NULL, label TEXT NOT NULL, expired_at_ms INTEGER NOT NULL, PRIMARY KEY (app, label));
+                     CREATE TABLE audit (seq INTEGER PRIMARY KEY AUTOINCREMENT, at_ms INTEGER NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL, target TEXT NOT NULL, detail TEXT NOT NULL);
+                     CREATE TABLE schedules (version TEXT PRIMARY KEY, desired_state TEXT NOT NULL CHECK (desired_state IN ('running', 'stopped')), due_at_ms INTEGER NOT NULL, reason TEXT NOT NULL CHECK (reason IN ('idle', 'superseded', 'manual', 'ttl', 'request')), actor TEXT NOT NULL, created_at_ms INTEGER NOT NULL);
+                     CREATE TABLE sandboxes (marker TEXT PRIMARY KEY, pool TEXT NOT NULL, pid INTEGER NOT NULL CHECK (pid > 1), pgid INTEGER NOT NULL CHECK (pgid > 1), start_time INTEGER NOT NULL CHECK (start_time >= 0), port INTEGER NOT NULL CHECK (port BETWEEN 1 AND 65535), started_at_ms INTEGER NOT NULL);
+                     PRAGMA user_version = 4;",
+                )
+                .unwrap();
+            connection
+                .execute_batch(
+                    "INSERT INTO apps VALUES ('shop', 1, 'v1');
+                     INSERT INTO routes VALUES ('shop.example.com', 'exact', 'shop.example.com', 'shop');
+                     INSERT INTO versions VALUES ('v1', 'shop', '{\"runtime\":\"static\",\"upstreams\":[\"127.0.0.1:3000\"]}', 'production', NULL, NULL, NULL, 1, NULL, 'running', 'v1');
+                     INSERT INTO sandboxes VALUES ('s:v1:1', 'v1', 4242, 4242, 99, 40000, 5);
+                     INSERT INTO audit (at_ms, actor, action, target, detail) VALUES (3, 'admin', 'deploy', 'shop/v1', '');",
+                )
+                .unwrap();
+        }
+        let mut store = SqliteStore::open(dir.path()).unwrap();
+        assert_eq!(stored_schema_version(&path).unwrap(), Some(SCHEMA_VERSION));
+        let state = store.load().unwrap();
+        assert_eq!(state.apps["shop"].active_version.as_deref(), Some("v1"));
+        assert_eq!(state.routes["shop.example.com"].app, "shop");
+        assert!(state.certificates.is_empty());
+        assert_eq!(store.audit_log(10).unwrap().len(), 1);
+        let count: i64 = store
+            .connection()
+            .query_row("SELECT count(*) FROM sandboxes", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(count, 1, "the sandbox ledger keeps its rows");
+        // The new table works, loads back, and its checks refuse impossible rows.
+        store
+            .commit(&[Mutation::PutCertificate(cert_record("shop"))])
+            .unwrap();
+        assert_eq!(
+            store.load().unwrap().certificates["shop"],
+            cert_record("shop")
+        );
+        let insert = |name: &str, chain: &str, key: &str, names: &str, fingerprint: &str| {
+            store.connection().execute(
+                "INSERT INTO certificates VALUES (?1, ?2, ?3, ?4, 0, 1, ?5, 'CN=x', 1)",
+                params![name, chain, key, names, fingerprint],
+            )
+        };
+        let chain = "-----BEGIN CERTIFICATE-----";
+        let key = "-----BEGIN PRIVATE KEY-----";
+        let names = "[\"a.example.com\"]";
+        let fingerprint = "ab".repeat(32);
+        insert("ok", chain, key, names, &fingerprint).unwrap();
+        for (what, result) in [
+            (
+                "bad name",
+                insert("Bad/Name", chain, key, names, &fingerprint),
+            ),
+            ("empty name", insert("", chain, key, names, &fingerprint)),
+            (
+                "no PEM chain",
+                insert("c1", "garbage", key, names, &fingerprint),
+            ),
+            (
+                "no PEM key",
+                insert("c2", chain, "garbage", names, &fingerprint),
+            ),
+            ("no names", insert("c3", chain, key, "[]", &fingerprint)),
+            (
+                "names not JSON",
+                insert("c4", chain, key, "a.example.com", &fingerprint),
+            ),
+            ("short fingerprint", insert("c5", chain, key, names, "abc")),
+            ("same name", insert("ok", chain, key, names, &fingerprint)),
+        ] {
+            assert!(result.is_err(), "{what}");
+        }
+    }
+
+    #[test]
+    fn certificates_are_replaced_by_name_and_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = SqliteStore::open(dir.path()).unwrap();
+        let mut newer = cert_record("shop");
+        newer.fingerprint = "1e".repeat(32);
+        store
+            .commit(&[
+                Mutation::PutCertificate(cert_record("shop")),
+                Mutation::PutCertificate(cert_record("other")),
+            ])
+            .unwrap();
+        store
+            .commit(&[
+                Mutation::PutCertificate(newer.clone()),
+                Mutation::DeleteCertificate("other".into()),
+            ])
+            .unwrap();
+        let state = SqliteStore::open(dir.path()).unwrap().load().unwrap();
+        assert_eq!(state.certificates.len(), 1);
+        assert_eq!(state.certificates["shop"], newer);
+    }
+
+    /// The file holds private keys: it and its WAL companions are `0600`, also
+    /// under a permissive umask, and an existing file readable by others is
+    /// restricted when opened.
+    #[test]
+    fn the_store_file_and_its_wal_files_are_mode_0600() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(STORE_FILE);
+        // SAFETY: umask only changes this process's file-creation mask.
+        let old = unsafe { libc::umask(0o022) };
+        let mut store = SqliteStore::open(dir.path()).unwrap();
+        store
+            .commit(&[Mutation::PutCertificate(cert_record("shop"))])
+            .unwrap();
+        // SAFETY: as above, restoring the previous mask.
+        unsafe { libc::umask(old) };
+        for suffix in ["", "-wal", "-shm"] {
+            let file = dir.path().join(format!("{STORE_FILE}{suffix}"));
+            assert!(
+                file.exists(),
+                "{} exists while the store is open",
+                file.display()
+            );
+            assert_eq!(mode(&file), 0o600, "{}", file.display());
+        }
+        drop(store);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let _store = SqliteStore::open(dir.path()).unwrap();
+        assert_eq!(mode(&path), 0o600, "an existing file is restricted");
     }
 
     #[test]
