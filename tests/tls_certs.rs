@@ -190,6 +190,17 @@ fn add_list_show_check_remove_with_https_urls_and_audit() {
         "{urls:?}"
     );
 
+    // The certificate gauges are refreshed on each scrape.
+    let metrics = metrics_text(&ingress);
+    assert!(
+        metrics.contains("ingress_tls_certificates{status=\"ok\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("name=\"wildcard.shop.example.com\""),
+        "{metrics}"
+    );
+
     let removed = ingress
         .ctl(&["cert", "remove", "shop.example.com"])
         .expect_ok();

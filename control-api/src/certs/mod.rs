@@ -262,7 +262,9 @@ impl Certs {
                 );
             }
         }
-        log::info!("{} TLS certificate(s) loaded", set.len());
+        if self.settings.configured || !set.is_empty() {
+            log::info!("{} TLS certificate(s) loaded", set.len());
+        }
     }
 
     fn view(&self, cert: &Certificate, file: Option<&str>) -> CertView {

@@ -67,7 +67,7 @@ fn restrict_permissions(path: &Path, file: &str) -> Result<(), StoreError> {
         .truncate(false)
         .mode(STORE_FILE_MODE)
         .open(path)
-        .map_err(|e| StoreError(format!("{file}: cannot create the store: {e}")))?;
+        .map_err(|e| StoreError(format!("{file}: cannot open the store for writing: {e}")))?;
     let mut companions = vec![path.to_path_buf()];
     for suffix in ["-wal", "-shm"] {
         let mut name = path.as_os_str().to_owned();
