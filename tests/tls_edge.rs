@@ -715,3 +715,33 @@ fn curl_speaks_http2_to_the_edge() {
     // No such preview: 404, over HTTP/2, with a verified certificate.
     assert_eq!(printed, "2 404", "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_client_that_never_sends_its_preface_is_cut_after_the_header_timeout() {
+    let upstream = Upstream::start("shop").await;
+    let edge = Edge::start(upstream.addr, "header_timeout = \"1s\"", "");
+    let (mut silent, _) = handshake(&edge.ca, edge.tls(), APEX, &[b"h2"])
+        .await
+        .expect("h2");
+    assert_eq!(silent.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    // The server's SETTINGS may arrive first; then the connection must end.
+    let started = Instant::now();
+    let mut sink = [0u8; 1024];
+    let ended = tokio::time::timeout(Duration::from_secs(6), async {
+        loop {
+            match tokio::io::AsyncReadExt::read(&mut silent, &mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "a silent h2 connection was still open after 6 s"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    // A client that does speak keeps being served.
+    let mut h2 = h2_connect(&edge, APEX).await;
+    assert_eq!(h2_exchange(&mut h2, get(APEX, "/"), &[]).await.0, 200);
+}

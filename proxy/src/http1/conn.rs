@@ -38,6 +38,7 @@ use tokio::time::Instant;
 
 use super::answer::{linger, write_answer};
 use super::drain::Drain;
+use super::h2;
 use super::head::{self, BodyFraming, HeadLimits, Parsed, Refusal};
 use super::limits::ConnectionLimiter;
 use super::rebind;
@@ -250,7 +251,8 @@ impl ServerApp for Http1App {
         let mut draining = self.drain.subscribe();
         let mut shutdown = shutdown.clone();
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-            self.serve_h2(stream, &shutdown).await;
+            let preface_within = Some(self.options.header_timeout);
+            h2::serve(&self.proxy, &self.drain, stream, preface_within, &shutdown).await;
             return None;
         }
         let mut stream = rebind::to_this_thread(stream);
@@ -292,7 +294,7 @@ impl ServerApp for Http1App {
                     match plain {
                         Some(mut l4) => {
                             l4.rewind(&buf);
-                            self.serve_h2(l4, &shutdown).await;
+                            h2::serve(&self.proxy, &self.drain, l4, None, &shutdown).await;
                         }
                         None => log::warn!("h2c on a stream that cannot be rewound; closed"),
                     }
@@ -370,31 +372,6 @@ impl ServerApp for Http1App {
 
     async fn cleanup(&self) {
         self.proxy.http_cleanup().await;
-    }
-}
-
-impl Http1App {
-    /// Serves an HTTP/2 connection with `pingora-proxy`. It counts as work in
-    /// progress for a graceful stop, which it sees as a shutdown: GOAWAY, then
-    /// its open streams finish (Pingora's limit: `graceful_shutdown_timeout`).
-    async fn serve_h2(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) {
-        let _busy = self.drain.enter();
-        let (stop, stopping) = watch::channel(false);
-        let mut pingora = shutdown.clone();
-        let mut draining = self.drain.subscribe();
-        let forward = async move {
-            tokio::select! {
-                _ = pingora.wait_for(|stop| *stop) => {}
-                _ = draining.wait_for(|draining| *draining) => {}
-            }
-            stop.send_replace(true);
-            // Keep the sender: the connection finishes its streams first.
-            std::future::pending::<()>().await
-        };
-        tokio::select! {
-            _ = ServerApp::process_new(&self.proxy, stream, &stopping) => {}
-            _ = forward => {}
-        }
     }
 }
 

@@ -5,6 +5,7 @@
 pub mod answer;
 pub mod conn;
 pub mod drain;
+pub mod h2;
 pub mod head;
 pub mod limits;
 pub mod rebind;
