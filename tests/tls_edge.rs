@@ -745,3 +745,51 @@ async fn an_h2_client_that_never_sends_its_preface_is_cut_after_the_header_timeo
     let mut h2 = h2_connect(&edge, APEX).await;
     assert_eq!(h2_exchange(&mut h2, get(APEX, "/"), &[]).await.0, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_stream_whose_client_stops_reading_is_cut_after_the_write_timeout() {
+    let upstream = ScriptedUpstream::start().await;
+    let edge = Edge::start(upstream.addr, "write_timeout = \"1s\"", "");
+    // A client whose receive window is tiny and never opened again.
+    let (stream, _) = handshake(&edge.ca, edge.tls(), APEX, &[b"h2"])
+        .await
+        .expect("handshake");
+    let (send, connection) = h2::client::Builder::new()
+        .initial_window_size(1024)
+        .handshake::<_, Bytes>(stream)
+        .await
+        .expect("h2 handshake");
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let mut ready = send.ready().await.expect("ready");
+    let post = http::Request::post(format!("https://{APEX}/big"))
+        .body(())
+        .expect("request");
+    let (response, mut body) = ready.send_request(post, false).expect("send");
+    // The scripted upstream echoes the body: 256 KiB back, far past the window.
+    body.send_data(Bytes::from(vec![b'x'; 256 * 1024]), true)
+        .expect("send data");
+    let response = tokio::time::timeout(Duration::from_secs(10), response)
+        .await
+        .expect("a response head")
+        .expect("response");
+    assert_eq!(response.status(), 200);
+    let mut data = response.into_body();
+    // Read the first window's worth without giving any of it back.
+    let first = tokio::time::timeout(Duration::from_secs(5), data.data())
+        .await
+        .expect("some body");
+    assert!(first.is_some());
+    // The proxy must give up on the stalled stream instead of holding it forever.
+    let ended = tokio::time::timeout(Duration::from_secs(8), async {
+        loop {
+            match data.data().await {
+                None | Some(Err(_)) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the stalled stream was still open after 8 s");
+}

@@ -218,10 +218,12 @@ async fn cert_loop(
 ) {
     let settings = certs.settings();
     let polling = settings.cert_dir.is_some() && !settings.reload_interval.is_zero();
+    // Also a minute at most: a certificate that becomes valid (or expires)
+    // must be published again to take over its names.
     let period = if polling {
-        settings.reload_interval
+        settings.reload_interval.min(Duration::from_secs(60))
     } else {
-        Duration::from_secs(86_400)
+        Duration::from_secs(60)
     };
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -237,7 +239,7 @@ async fn cert_loop(
             }
         };
         let forced = tokio::select! {
-            _ = ticker.tick(), if polling => false,
+            _ = ticker.tick() => false,
             _ = signalled => true,
             _ = stopped.wait_for(|stop| *stop) => return,
         };
@@ -249,7 +251,10 @@ async fn cert_loop(
                     log::warn!("SIGHUP: reloading tls.cert_dir failed: {e}");
                 }
             } else {
-                certs.reload_if_changed();
+                if polling {
+                    certs.reload_if_changed();
+                }
+                certs.republish_if_due();
             }
         })
         .await;

@@ -599,6 +599,13 @@ impl ProxyHttp for IngressProxy {
     fn init_downstream_modules(&self, _modules: &mut pingora_core::modules::http::HttpModules) {}
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if session.is_http2() {
+            // Pingora gives HTTP/2 streams no write timeout: a client that never
+            // opens its flow-control window would hold the stream, its upstream
+            // connection and its instance slot forever. (The connection loop sets
+            // it on HTTP/1 sessions.)
+            session.set_write_timeout(Some(self.options.write_timeout));
+        }
         if let Some(edge) = &self.edge {
             let digest = session.digest();
             ctx.tls = digest.is_some_and(|d| d.ssl_digest.is_some());

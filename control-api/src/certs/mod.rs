@@ -111,6 +111,9 @@ struct Loaded {
     dir: BTreeMap<String, DirCert>,
     /// `cert_dir` as last scanned.
     stamp: dir::Stamp,
+    /// The next time (Unix seconds) a loaded certificate becomes valid or
+    /// expires, which can change which one serves a name: published again then.
+    next_boundary: i64,
 }
 
 /// The certificate manager: the control side of the TLS listener's certificates.
@@ -174,13 +177,14 @@ impl Certs {
                 api,
                 dir: BTreeMap::new(),
                 stamp: dir::Stamp::new(),
+                next_boundary: i64::MAX,
             }),
         });
         {
             let mut loaded = certs.lock();
             let refused = certs.rescan(&mut loaded);
             log_refused(&refused);
-            certs.publish(&loaded);
+            certs.publish(&mut loaded);
         }
         certs.warn_at_start();
         certs
@@ -218,7 +222,7 @@ impl Certs {
 
     /// Publishes the API certificates and the `cert_dir` ones no API
     /// certificate of the same name shadows.
-    fn publish(&self, loaded: &Loaded) {
+    fn publish(&self, loaded: &mut Loaded) {
         let mut all: Vec<Arc<Certificate>> = loaded.api.values().cloned().collect();
         all.extend(
             loaded
@@ -227,7 +231,24 @@ impl Certs {
                 .filter(|(name, _)| !loaded.api.contains_key(*name))
                 .map(|(_, dir)| Arc::clone(&dir.cert)),
         );
+        let now = self.now_secs();
+        loaded.next_boundary = all
+            .iter()
+            .flat_map(|c| [c.not_before, c.not_after])
+            .filter(|at| *at > now)
+            .min()
+            .unwrap_or(i64::MAX);
         self.store.publish(all);
+    }
+
+    /// Publishes again when a certificate became valid or expired since the
+    /// last publish (a renewal dated in the future takes over at its time).
+    /// For the periodic certificate loop.
+    pub fn republish_if_due(&self) {
+        let mut loaded = self.lock();
+        if self.now_secs() >= loaded.next_boundary {
+            self.publish(&mut loaded);
+        }
     }
 
     fn warn_at_start(&self) {
@@ -359,7 +380,7 @@ impl Certs {
         self.plane
             .commit_certificates(vec![Mutation::PutCertificate(record)], audit)?;
         loaded.api.insert(name.clone(), Arc::clone(&cert));
-        self.publish(&loaded);
+        self.publish(&mut loaded);
         drop(loaded);
         log::info!(
             "certificate {name} ({}) added by {actor}, not after {}",
@@ -408,7 +429,7 @@ impl Certs {
         self.plane
             .commit_certificates(vec![Mutation::DeleteCertificate(name.to_string())], audit)?;
         loaded.api.remove(name);
-        self.publish(&loaded);
+        self.publish(&mut loaded);
         drop(loaded);
         log::info!("certificate {name} removed by {actor}");
         Ok(self.view(&cert, None))
@@ -465,7 +486,7 @@ impl Certs {
             self.plane.commit_certificates(Vec::new(), audit)?;
         }
         let refused = self.rescan(&mut loaded);
-        self.publish(&loaded);
+        self.publish(&mut loaded);
         let report = ReloadReport {
             loaded: loaded
                 .dir

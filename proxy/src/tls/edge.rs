@@ -60,7 +60,9 @@ impl Edge {
             return Verdict::Serve;
         };
         if !is_tls {
+            // Only origin-form targets move (`OPTIONS *` has no URL to move to).
             if self.options.redirect_http
+                && target.starts_with(b"/")
                 && !target.starts_with(ACME_CHALLENGE)
                 && self.certs.load().covers(host)
             {
@@ -73,10 +75,16 @@ impl Edge {
             return Verdict::Serve;
         }
         // The host the client connected for is never misdirected, even when only
-        // the default certificate answered it; another host is (HTTP/2 clients
-        // reuse a connection for any host its certificate covers).
+        // the default certificate answered it, and neither is any host on a
+        // connection without SNI (made to an IP address: no name was claimed);
+        // another host is (HTTP/2 clients reuse a connection for any host its
+        // certificate covers).
         match tls {
-            Some(conn) if conn.sni.as_deref() == Some(host) || conn.covers(host) => Verdict::Serve,
+            Some(conn)
+                if conn.sni.is_none() || conn.sni.as_deref() == Some(host) || conn.covers(host) =>
+            {
+                Verdict::Serve
+            }
             _ => Verdict::Misdirected(host.to_string()),
         }
     }
@@ -166,6 +174,7 @@ mod tests {
             (&b"a.pr-1.shop.example.com"[..], &b"/"[..]),
             (b"other.example.com", b"/"),
             (b"shop.example.com", b"/.well-known/acme-challenge/token"),
+            (b"shop.example.com", b"*"),
         ] {
             assert_eq!(edge.verdict(None, false, host, target), Verdict::Serve);
         }
@@ -206,6 +215,14 @@ mod tests {
         };
         assert_eq!(
             edge.verdict(Some(&default), true, b"unknown.test", b"/"),
+            Verdict::Serve
+        );
+        let no_sni = ConnTls {
+            sni: None,
+            cert: None,
+        };
+        assert_eq!(
+            edge.verdict(Some(&no_sni), true, b"shop.example.com", b"/"),
             Verdict::Serve
         );
         let allow = self::edge(true, false, 8443);

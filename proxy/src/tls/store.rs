@@ -54,13 +54,21 @@ pub struct CertSet {
 }
 
 impl CertSet {
-    /// Indexes `certificates`. When two name the same host, the one that expires
-    /// last serves it (a renewed certificate takes over from the old one);
-    /// equal expiry goes to the first name in order, so the choice is stable.
-    fn build(certificates: Vec<Arc<Certificate>>, default_name: &str) -> CertSet {
+    /// Indexes `certificates` at `now` (Unix seconds). When two name the same
+    /// host, one valid now beats one that is not (a renewal dated in the
+    /// future, or an expired one), then the one that expires last serves it (a
+    /// renewed certificate takes over from the old one); equal expiry goes to
+    /// the first name in order, so the choice is stable.
+    fn build(certificates: Vec<Arc<Certificate>>, default_name: &str, now: i64) -> CertSet {
         let mut set = CertSet::default();
         let mut sorted = certificates;
-        sorted.sort_by(|a, b| b.not_after.cmp(&a.not_after).then(a.name.cmp(&b.name)));
+        let valid = |c: &Certificate| c.not_before <= now && now < c.not_after;
+        sorted.sort_by(|a, b| {
+            valid(b)
+                .cmp(&valid(a))
+                .then(b.not_after.cmp(&a.not_after))
+                .then(a.name.cmp(&b.name))
+        });
         for cert in sorted {
             for name in &cert.names {
                 let (map, key) = match name.strip_prefix("*.") {
@@ -180,7 +188,12 @@ impl CertStore {
     /// Replaces the whole set. New handshakes see it at once; open connections
     /// keep theirs.
     pub fn publish(&self, certificates: Vec<Arc<Certificate>>) {
-        let set = CertSet::build(certificates, &self.default_name);
+        let now = crate::time::now_unix_millis() / 1000;
+        let set = CertSet::build(
+            certificates,
+            &self.default_name,
+            i64::try_from(now).unwrap_or(i64::MAX),
+        );
         self.current.store(Arc::new(set));
     }
 
@@ -336,6 +349,31 @@ mod tests {
             Some("old")
         );
         assert_eq!(store.load().len(), 1);
+    }
+
+    #[test]
+    fn a_renewal_dated_in_the_future_waits_for_its_time() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(vec!["shop.example.com".to_string()]).unwrap();
+        params.not_before = rcgen::date_time_ymd(2090, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2100, 1, 1);
+        let future = params.self_signed(&key).unwrap();
+        let future = Arc::new(
+            Certificate::from_pem(
+                "future",
+                CertSource::Api,
+                future.pem().as_bytes(),
+                key.serialize_pem().as_bytes(),
+            )
+            .unwrap(),
+        );
+        let store = CertStore::new(UnknownSni::Reject, "", None);
+        store.publish(vec![future, cert("current", &["shop.example.com"], 2080)]);
+        assert_eq!(
+            chosen(&store, Some("shop.example.com")).0.as_deref(),
+            Some("current")
+        );
     }
 
     #[test]
