@@ -11,7 +11,7 @@ pub use cert_name::{is_cert_name, CERT_NAME_RULE};
 pub use duration::{format_duration, parse_duration, ConfigDuration, DURATION_RULE};
 pub use load::ConfigError;
 pub use settings::{
-    AdminSettings, Config, EphemeralSettings, IdleSettings, Misdirected, ProxySettings,
-    RuntimeSettings, StoreSettings, SupersedeSettings, TlsSettings, TokenSettings, UnknownSni,
-    WakeMode, WakeSettings,
+    ActivitySettings, AdminSettings, Config, ControlSettings, EphemeralSettings, IdleSettings,
+    Misdirected, NodeRole, NodeSettings, ProxySettings, RuntimeSettings, StoreSettings,
+    SupersedeSettings, TlsSettings, TokenSettings, UnknownSni, WakeMode, WakeSettings,
 };

@@ -321,6 +321,7 @@ impl Config {
             ));
         }
         self.validate_tls()?;
+        self.validate_node(&env)?;
         let mut listeners = vec![
             ("proxy.listen", self.proxy.listen),
             ("admin.grpc_listen", self.admin.grpc_listen),
@@ -338,6 +339,87 @@ impl Config {
             }
         }
         self.resolve_tokens(env)
+    }
+
+    fn validate_node(&mut self, env: &impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        use crate::settings::NodeRole;
+        if self.node.id.len() > 128
+            || self
+                .node
+                .id
+                .bytes()
+                .any(|b| b.is_ascii_control() || b == b' ')
+        {
+            return Err(error(
+                "node.id",
+                "must be at most 128 characters without spaces or control characters",
+            ));
+        }
+        let report = self.activity.report_interval.0;
+        if report < Duration::from_millis(100) || report > Duration::from_secs(300) {
+            return Err(error(
+                "activity.report_interval",
+                format!(
+                    "{} is out of range; allowed 100ms to 5m",
+                    self.activity.report_interval
+                ),
+            ));
+        }
+        let control = &mut self.control;
+        if self.node.role != NodeRole::Proxy {
+            if !control.endpoints.is_empty()
+                || control.token.is_some()
+                || control.token_env.is_some()
+            {
+                return Err(error(
+                    "control",
+                    "is only for node.role = \"proxy\" (a replica following a control node); remove the section or set the role",
+                ));
+            }
+            return Ok(());
+        }
+        if self.tls.is_some() {
+            return Err(error(
+                "tls",
+                "is not supported on node.role = \"proxy\" yet: certificates live on the control node; terminate TLS there or in front of the replica",
+            ));
+        }
+        if control.endpoints.is_empty() {
+            return Err(error(
+                "control.endpoints",
+                "is empty, but node.role = \"proxy\" needs the control node's gRPC address, for example [\"http://127.0.0.1:9090\"]",
+            ));
+        }
+        for (i, endpoint) in control.endpoints.iter().enumerate() {
+            let ok = endpoint.strip_prefix("http://").is_some_and(|rest| {
+                rest.trim_end_matches('/')
+                    .parse::<std::net::SocketAddr>()
+                    .is_ok()
+            });
+            if !ok {
+                return Err(error(
+                    format!("control.endpoints[{i}]"),
+                    format!("{endpoint:?} is not a gRPC address; write http://IP:PORT, for example http://127.0.0.1:9090"),
+                ));
+            }
+        }
+        let token = match (&control.token, &control.token_env) {
+            (Some(token), None) => token.clone(),
+            (None, Some(var)) => env(var).ok_or_else(|| {
+                error("control.token_env", format!("environment variable {var} is not set"))
+            })?,
+            _ => {
+                return Err(error(
+                    "control",
+                    "give exactly one of `token` and `token_env` (a token with role replica on the control node)",
+                ))
+            }
+        };
+        if token.len() < 16 {
+            return Err(error("control.token", "is shorter than 16 characters"));
+        }
+        control.token = Some(token);
+        Ok(())
     }
 
     fn validate_tls(&self) -> Result<(), ConfigError> {

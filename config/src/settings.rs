@@ -25,6 +25,10 @@ pub struct Config {
     pub runtime: RuntimeSettings,
     /// `[tls]`: absent means no TLS listener.
     pub tls: Option<TlsSettings>,
+    pub node: NodeSettings,
+    /// `[control]`: how a proxy-only node reaches its control node.
+    pub control: ControlSettings,
+    pub activity: ActivitySettings,
 }
 
 /// `[proxy]`: the public listener and how the proxy talks to upstreams.
@@ -381,6 +385,68 @@ impl Default for TlsSettings {
             hsts: String::new(),
             misdirected: Misdirected::Reject,
             expiry_warning: secs(21 * 86_400),
+        }
+    }
+}
+
+/// What one `ingress` process runs.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeRole {
+    /// Everything in one process: the store, the admin API, the runtimes, the
+    /// loops and the proxy (a single node).
+    All,
+    /// The control node of replicas: the same as `all`, and it serves the
+    /// routing stream to proxy-only nodes.
+    Control,
+    /// A proxy-only replica: no store and no runtimes; it follows a control node.
+    Proxy,
+}
+
+/// `[node]`: this process's role among several ingress nodes.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeSettings {
+    /// `all` (default), `control` or `proxy`.
+    pub role: NodeRole,
+    /// The node's name in the control node's listings and logs; unique among
+    /// replicas. Default: `HOSTNAME:PORT` of `proxy.listen`, filled at start.
+    pub id: String,
+}
+
+impl Default for NodeSettings {
+    fn default() -> Self {
+        Self {
+            role: NodeRole::All,
+            id: String::new(),
+        }
+    }
+}
+
+/// `[control]`: for `node.role = "proxy"`, the control node(s) to follow.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct ControlSettings {
+    /// gRPC addresses of control nodes (`http://127.0.0.1:9090`), tried in order.
+    pub endpoints: Vec<String>,
+    /// A token with role `replica` (or `admin`), inline or from an environment
+    /// variable read when the config is loaded.
+    pub token: Option<String>,
+    pub token_env: Option<String>,
+}
+
+/// `[activity]`: how replicas report traffic to their control node.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ActivitySettings {
+    /// How often a replica reports the versions it served. Default `2s`.
+    pub report_interval: ConfigDuration,
+}
+
+impl Default for ActivitySettings {
+    fn default() -> Self {
+        Self {
+            report_interval: secs(2),
         }
     }
 }

@@ -207,6 +207,8 @@ pub struct ControlPlane {
     published: tokio::sync::watch::Sender<u64>,
     /// Set when `[tls]` is configured: hosts a certificate covers get `https://` URLs.
     https: std::sync::OnceLock<HttpsUrls>,
+    /// Set on a control node: every routing change also goes to replicas.
+    feed: std::sync::OnceLock<Arc<crate::replication::Feed>>,
 }
 
 /// What decides whether a version's URL is `https://`: the published
@@ -264,6 +266,7 @@ impl ControlPlane {
             clock,
             published: tokio::sync::watch::channel(0).0,
             https: std::sync::OnceLock::new(),
+            feed: std::sync::OnceLock::new(),
         });
         {
             let inner = plane.lock();
@@ -341,8 +344,11 @@ impl ControlPlane {
                     .register(&version.id, &version.pool, &version.spec);
             }
         }
-        if let Some(prepared) = prepared {
+        if let Some((prepared, delta)) = prepared {
             self.install(prepared);
+            if let Some(feed) = self.feed.get() {
+                feed.routing(&delta);
+            }
         }
         for mutation in &mutations {
             match mutation {
@@ -386,7 +392,7 @@ impl ControlPlane {
         &self,
         state: &State,
         change: RoutingChange,
-    ) -> Result<PreparedSnapshot, ControlError> {
+    ) -> Result<(PreparedSnapshot, SnapshotDelta), ControlError> {
         let upsert_apps = app_specs(
             state,
             Some(&change.apps),
@@ -408,12 +414,13 @@ impl ControlPlane {
                 .collect(),
             add_routes: change.added_routes.iter().map(route_spec).collect(),
         };
-        self.snapshots.prepare_delta(&delta).map_err(|e| {
+        let prepared = self.snapshots.prepare_delta(&delta).map_err(|e| {
             refuse(
                 ErrorKind::Internal,
                 format!("the change would make the routing snapshot invalid: {e}"),
             )
-        })
+        })?;
+        Ok((prepared, delta))
     }
 
     /// Makes a prepared snapshot current and tells watchers.
@@ -486,6 +493,73 @@ impl ControlPlane {
     /// when `[tls]` is configured; later calls change nothing.
     pub fn serve_https_urls(&self, certs: Arc<ingress_proxy::tls::CertStore>, port: u16) {
         let _ = self.https.set(HttpsUrls { certs, port });
+    }
+
+    /// Sends every routing change from now on to `feed` too (a control node).
+    /// Later calls change nothing.
+    pub fn attach_feed(&self, feed: Arc<crate::replication::Feed>) {
+        let _ = self.feed.set(feed);
+    }
+
+    /// The whole routing state as `feed`'s full update, consistent with its
+    /// generation: taken under the plane's lock, which every routing change holds.
+    pub fn replication_state(
+        &self,
+        feed: &crate::replication::Feed,
+    ) -> Vec<crate::grpc::proto::RoutingUpdate> {
+        let inner = self.lock();
+        let input = snapshot_input(&inner.state, self.now(), self.settings.tombstone_ttl.0);
+        feed.full(input)
+    }
+
+    /// Every version's endpoint, as the pools see it now.
+    pub fn endpoints(&self) -> std::collections::BTreeMap<String, crate::pools::EndpointView> {
+        self.pools.endpoints()
+    }
+
+    /// Changes whenever a pool changed.
+    pub fn subscribe_pool_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.pools.subscribe_changes()
+    }
+
+    /// The activity counters replicas' reports feed into.
+    pub fn activity(&self) -> &ingress_proxy::ActivityRegistry {
+        self.snapshots.activity()
+    }
+
+    /// Wakes `version` for a request held on a replica, as a request here would
+    /// (reason `request`); waits at most `wait` for it to be ready.
+    pub async fn wake_for_replica(
+        &self,
+        version: &str,
+        wait: std::time::Duration,
+    ) -> Result<crate::pools::EndpointView, ingress_proxy::LeaseError> {
+        let app = {
+            let inner = self.lock();
+            match inner.state.versions.get(version) {
+                Some(v) => v.app.clone(),
+                None => {
+                    return Err(ingress_proxy::LeaseError::Failed {
+                        reason: format!("version {version} is not known to the control node"),
+                    })
+                }
+            }
+        };
+        let woken = tokio::time::timeout(wait, self.pools.wake_version(&app, version)).await;
+        match woken {
+            Ok(Ok(_)) => self.pools.endpoints().remove(version).ok_or_else(|| {
+                ingress_proxy::LeaseError::Failed {
+                    reason: format!("version {version} left its pool while it woke"),
+                }
+            }),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(ingress_proxy::LeaseError::NotRunning {
+                reason: format!(
+                    "version {version} of app {app} was not ready within {}ms",
+                    wait.as_millis()
+                ),
+            }),
+        }
     }
 
     /// Wakes up after every published snapshot; the value is its generation.

@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod model;
 pub mod names;
 pub mod pools;
+pub mod replication;
 pub mod runtime;
 pub mod serve;
 pub mod store;

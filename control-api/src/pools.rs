@@ -159,6 +159,9 @@ struct Table {
 
 struct Shared {
     table: Mutex<Table>,
+    /// Bumped after every change of the table (see [`TableGuard`]): replicas'
+    /// endpoints are recomputed from it.
+    changes: watch::Sender<u64>,
     runtimes: Runtimes,
     settings: PoolSettings,
     snapshots: Arc<SnapshotHandle>,
@@ -181,6 +184,24 @@ impl Drop for Pools {
             runtime.shutdown_background();
         }
     }
+}
+
+/// Where one version's instances are, as replicas are told (`Endpoint`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointView {
+    pub version: String,
+    pub pool: String,
+    /// Ready addresses (empty unless `state` is `ready`).
+    pub addrs: Vec<std::net::SocketAddr>,
+    pub incarnation: u64,
+    /// `ready`, `starting`, `stopping`, `stopped` or `failed`, as a request for
+    /// this version sees it (a version that does not hold its pool is `stopped`
+    /// even when a sibling keeps the pool running: a request must wake it).
+    pub state: &'static str,
+    pub ready_at_ms: u64,
+    pub failure: String,
+    /// With `failed`: how long before the next start may be tried.
+    pub retry_after_ms: u64,
 }
 
 /// A wait for a held version's pool to be ready.
@@ -223,6 +244,7 @@ impl Pools {
         let (events, received) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             table: Mutex::new(Table::default()),
+            changes: watch::channel(0).0,
             runtimes,
             settings,
             snapshots,
@@ -238,6 +260,67 @@ impl Pools {
             },
             received,
         ))
+    }
+
+    /// Every version's endpoint, by version id.
+    pub fn endpoints(&self) -> BTreeMap<String, EndpointView> {
+        let table = self.shared.lock();
+        let now = Instant::now();
+        let mut all = BTreeMap::new();
+        for (version, pool_id) in &table.pool_of {
+            let Some(pool) = table.pools.get(pool_id) else {
+                continue;
+            };
+            let mut view = EndpointView {
+                version: version.clone(),
+                pool: pool_id.clone(),
+                addrs: Vec::new(),
+                incarnation: pool.incarnation,
+                state: "stopped",
+                ready_at_ms: 0,
+                failure: String::new(),
+                retry_after_ms: 0,
+            };
+            if pool.holders.contains_key(version) {
+                match &pool.phase {
+                    Phase::Ready { grant, .. } => {
+                        view.state = "ready";
+                        view.addrs = grant.addrs.clone();
+                        view.ready_at_ms = grant.ready_at_ms;
+                    }
+                    Phase::Starting => view.state = "starting",
+                    Phase::Draining { .. } | Phase::Stopping => view.state = "stopping",
+                    Phase::Stopped => {}
+                    Phase::Failed {
+                        reason,
+                        during_start,
+                    } => {
+                        view.state = "failed";
+                        view.failure = reason.clone();
+                        if *during_start {
+                            let wait = pool
+                                .retry_at
+                                .map_or(Duration::ZERO, |at| at.saturating_duration_since(now));
+                            view.retry_after_ms =
+                                u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+                        }
+                    }
+                }
+            }
+            all.insert(version.clone(), view);
+        }
+        all
+    }
+
+    /// Changes whenever a pool changed (a start, a stop, a version joining).
+    pub fn subscribe_changes(&self) -> watch::Receiver<u64> {
+        self.shared.changes.subscribe()
+    }
+
+    /// Wakes `version` of `app` as a request would (for a request held on a
+    /// replica): one start however many ask, and its grant once ready.
+    pub async fn wake_version(&self, app: &str, version: &str) -> Result<Grant, LeaseError> {
+        self.wake_ids(app, version).await
     }
 
     /// Makes `version` a member of the pool `pool` running `spec` (created on
@@ -370,11 +453,47 @@ impl Pools {
     }
 }
 
+/// The locked table; a guard that was written through tells the subscribers of
+/// [`Pools::subscribe_changes`] when it is released. Reads (a lease on a cache
+/// miss) tell nobody.
+struct TableGuard<'a> {
+    guard: MutexGuard<'a, Table>,
+    changes: &'a watch::Sender<u64>,
+    wrote: bool,
+}
+
+impl std::ops::Deref for TableGuard<'_> {
+    type Target = Table;
+    fn deref(&self) -> &Table {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for TableGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Table {
+        self.wrote = true;
+        &mut self.guard
+    }
+}
+
+impl Drop for TableGuard<'_> {
+    fn drop(&mut self) {
+        if self.wrote {
+            self.changes.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+}
+
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Table> {
-        self.table
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn lock(&self) -> TableGuard<'_> {
+        TableGuard {
+            guard: self
+                .table
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+            changes: &self.changes,
+            wrote: false,
+        }
     }
 
     fn backoff(&self, failures: u32) -> Duration {
@@ -660,21 +779,16 @@ impl Shared {
     }
 }
 
-fn unknown(target: &Target) -> LeaseError {
+fn unknown(app: &str, version: &str) -> LeaseError {
     LeaseError::Failed {
-        reason: format!(
-            "version {} of app {} is unknown to the runtime",
-            target.version_id, target.app
-        ),
+        reason: format!("version {version} of app {app} is unknown to the runtime"),
     }
 }
 
-fn start_failed(target: &Target, reason: &str, retry_after: Duration) -> LeaseError {
+fn start_failed(app: &str, version: &str, reason: &str, retry_after: Duration) -> LeaseError {
     LeaseError::StartFailed {
         reason: format!(
-            "version {} of app {} failed to start: {reason}; the next start is tried in {}s",
-            target.version_id,
-            target.app,
+            "version {version} of app {app} failed to start: {reason}; the next start is tried in {}s",
             retry_after.as_secs_f64().ceil()
         ),
         retry_after,
@@ -689,7 +803,7 @@ impl LeaseSource for Pools {
             .pool_of
             .get(&*target.version_id)
             .and_then(|p| table.pools.get(p))
-            .ok_or_else(|| unknown(target))?;
+            .ok_or_else(|| unknown(&target.app, &target.version_id))?;
         // A version that does not hold its pool yet goes through `wake`, which
         // records that it is wanted, even when a sibling keeps the pool ready.
         if !pool.holders.contains_key(&*target.version_id) {
@@ -704,7 +818,9 @@ impl LeaseSource for Pools {
                 .retry_at
                 .map(|at| at.saturating_duration_since(Instant::now()))
             {
-                Some(wait) if !wait.is_zero() => Err(start_failed(target, reason, wait)),
+                Some(wait) if !wait.is_zero() => {
+                    Err(start_failed(&target.app, &target.version_id, reason, wait))
+                }
                 _ => Ok(LeaseAnswer::Asleep),
             },
             _ => Ok(LeaseAnswer::Asleep),
@@ -712,28 +828,37 @@ impl LeaseSource for Pools {
     }
 
     async fn wake(&self, target: &Target) -> Result<Grant, LeaseError> {
+        self.wake_ids(&target.app, &target.version_id).await
+    }
+}
+
+impl Pools {
+    async fn wake_ids(&self, app: &str, version: &str) -> Result<Grant, LeaseError> {
         let shared = &self.shared;
         let mut outcome = {
             let mut table = shared.lock();
             let pool_id = table
                 .pool_of
-                .get(&*target.version_id)
+                .get(version)
                 .cloned()
-                .ok_or_else(|| unknown(target))?;
+                .ok_or_else(|| unknown(app, version))?;
             let newly_held = table
                 .pools
                 .get(&pool_id)
-                .is_some_and(|pool| !pool.holders.contains_key(&*target.version_id));
-            let backing_off = shared.hold_locked(&mut table, &pool_id, &target.version_id, false);
+                .is_some_and(|pool| !pool.holders.contains_key(version));
+            let backing_off = shared.hold_locked(&mut table, &pool_id, version, false);
             if newly_held {
                 let _ = shared.events.send(PoolEvent::Woken {
-                    version: target.version_id.to_string(),
+                    version: version.to_string(),
                 });
             }
             if let Some((reason, wait)) = backing_off {
-                return Err(start_failed(target, &reason, wait));
+                return Err(start_failed(app, version, &reason, wait));
             }
-            let pool = table.pools.get(&pool_id).ok_or_else(|| unknown(target))?;
+            let pool = table
+                .pools
+                .get(&pool_id)
+                .ok_or_else(|| unknown(app, version))?;
             if let Phase::Ready { grant, .. } = &pool.phase {
                 return Ok(grant.clone());
             }
@@ -744,7 +869,7 @@ impl LeaseSource for Pools {
                 Outcome::Ready(grant) => return Ok(grant.clone()),
                 Outcome::Failed(reason, retry_at) => {
                     let wait = retry_at.saturating_duration_since(Instant::now());
-                    return Err(start_failed(target, reason, wait));
+                    return Err(start_failed(app, version, reason, wait));
                 }
                 Outcome::Pending => {}
             }

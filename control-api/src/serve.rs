@@ -35,10 +35,52 @@ pub struct ControlSettings {
     pub gc_interval: Duration,
     /// `idle.check_interval`.
     pub idle_interval: Duration,
+    /// On a control node: the routing stream and the replicas it serves.
+    pub replication: Option<ReplicationSettings>,
     /// The TLS listener's certificates: served through the admin API, rescanned
     /// from `tls.cert_dir` every `tls.reload_interval` (when it changed) and on
     /// SIGHUP.
     pub certs: Arc<Certs>,
+}
+
+/// What a control node needs to serve replicas.
+pub struct ReplicationSettings {
+    pub feed: Arc<crate::replication::Feed>,
+    pub nodes: Arc<crate::replication::Nodes>,
+    /// `activity.report_interval`: replicas silent for three are forgotten.
+    pub report_interval: Duration,
+}
+
+/// Feeds the pools' endpoint changes into the routing stream, and forgets
+/// replicas that stopped reporting.
+async fn replication_loop(
+    plane: Arc<ControlPlane>,
+    feed: Arc<crate::replication::Feed>,
+    nodes: Arc<crate::replication::Nodes>,
+    report_interval: Duration,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut changes = plane.subscribe_pool_changes();
+    let mut ticker = tokio::time::interval(report_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    feed.endpoints(&plane.endpoints());
+    loop {
+        tokio::select! {
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                feed.endpoints(&plane.endpoints());
+            }
+            _ = ticker.tick() => {
+                let now = ingress_proxy::time::now_unix_millis();
+                for node in nodes.expire(now, plane.activity()) {
+                    log::warn!("replica {node} stopped reporting; what it had in flight no longer counts");
+                }
+            }
+            _ = stopped.wait_for(|stop| *stop) => return,
+        }
+    }
 }
 
 /// The running control-plane thread.
@@ -123,13 +165,35 @@ async fn serve(
     let until_stopped = |mut stopped: watch::Receiver<bool>| async move {
         let _ = stopped.wait_for(|stop| *stop).await;
     };
+    let authenticator = Authenticator::new(settings.tokens);
+    let replication = settings.replication.as_ref().map(|replication| {
+        crate::grpc::proto::replication_server::ReplicationServer::with_interceptor(
+            crate::replication::ReplicationService {
+                plane: Arc::clone(&plane),
+                feed: Arc::clone(&replication.feed),
+                nodes: Arc::clone(&replication.nodes),
+                stopping: stopped.clone(),
+            },
+            authenticator.clone(),
+        )
+    });
+    let replication_task = settings.replication.as_ref().map(|replication| {
+        tokio::spawn(replication_loop(
+            Arc::clone(&plane),
+            Arc::clone(&replication.feed),
+            Arc::clone(&replication.nodes),
+            replication.report_interval,
+            stopped.clone(),
+        ))
+    });
     let grpc_server = tonic::transport::Server::builder()
         .add_service(admin_service(
             Arc::clone(&plane),
             Arc::clone(&settings.certs),
-            Authenticator::new(settings.tokens),
+            authenticator,
             stopped.clone(),
         ))
+        .add_optional_service(replication)
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(grpc),
             until_stopped(stopped.clone()),
@@ -139,6 +203,10 @@ async fn serve(
         settings.proxy_listen,
         settings.proxy_full,
         metrics,
+        match &settings.replication {
+            Some(replication) => replication.feed.subscribe(),
+            None => plane.subscribe(),
+        },
         stopped.clone(),
     ));
     let gc_task = tokio::spawn(gc_loop(
@@ -173,6 +241,9 @@ async fn serve(
             Ok(())
         }
     };
+    if let Some(task) = replication_task {
+        task.abort();
+    }
     if result.is_err() {
         http_task.abort();
         gc_task.abort();
@@ -310,11 +381,17 @@ async fn lifecycle_loop(
     }
 }
 
-async fn serve_admin_http(
+/// Serves `/metrics`, `/healthz`, `/readyz` (ready while the proxy accepts
+/// connections on `proxy_listen` and `proxy_full` has nothing to say) and
+/// `/routing?wait_generation=G&timeout_ms=T` (answers once the routing
+/// generation `generation` reaches G, or with 504 after T ms; at most 60 s) on
+/// `listener` until `stopped`.
+pub async fn serve_admin_http(
     listener: TcpListener,
     proxy_listen: SocketAddr,
     proxy_full: Arc<dyn Fn() -> Option<String> + Send + Sync>,
     metrics: Arc<dyn Fn() -> String + Send + Sync>,
+    generation: watch::Receiver<u64>,
     mut stopped: watch::Receiver<bool>,
 ) {
     loop {
@@ -333,20 +410,24 @@ async fn serve_admin_http(
         };
         let metrics = Arc::clone(&metrics);
         let proxy_full = Arc::clone(&proxy_full);
+        let generation = generation.clone();
         tokio::spawn(async move {
             let service =
                 hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
                     let metrics = Arc::clone(&metrics);
                     let proxy_full = Arc::clone(&proxy_full);
+                    let generation = generation.clone();
                     async move {
                         let answer = match request.uri().path() {
                             "/metrics" => text(200, "text/plain; version=0.0.4", metrics()),
                             "/healthz" => text(200, "text/plain", "ok\n".to_string()),
                             "/readyz" => readiness(proxy_listen, proxy_full()).await,
+                            "/routing" => routing(request.uri().query(), generation).await,
                             _ => text(
                                 404,
                                 "text/plain",
-                                "not found; try /metrics, /healthz or /readyz\n".to_string(),
+                                "not found; try /metrics, /healthz, /readyz or /routing\n"
+                                    .to_string(),
                             ),
                         };
                         Ok::<_, Infallible>(answer)
@@ -357,6 +438,52 @@ async fn serve_admin_http(
                 .await;
         });
     }
+}
+
+/// `/routing?wait_generation=G&timeout_ms=T`: the generation applied, once it
+/// is at least G (200), or when T ms passed first (504).
+async fn routing(
+    query: Option<&str>,
+    mut generation: watch::Receiver<u64>,
+) -> Response<Full<Bytes>> {
+    let mut wanted = 0u64;
+    let mut timeout_ms = 0u64;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let number = match value.parse::<u64>() {
+            Ok(number) => number,
+            Err(_) => {
+                return text(
+                    400,
+                    "text/plain",
+                    format!("{key}={value:?} is not a number; write /routing?wait_generation=G&timeout_ms=T\n"),
+                )
+            }
+        };
+        match key {
+            "wait_generation" => wanted = number,
+            "timeout_ms" => timeout_ms = number.min(60_000),
+            _ => {
+                return text(
+                    400,
+                    "text/plain",
+                    format!("unknown parameter {key:?}; allowed: wait_generation, timeout_ms\n"),
+                )
+            }
+        }
+    }
+    let _ = tokio::time::timeout(
+        Duration::from_millis(timeout_ms),
+        generation.wait_for(|g| *g >= wanted),
+    )
+    .await;
+    let now = *generation.borrow();
+    let status = if now >= wanted { 200 } else { 504 };
+    text(
+        status,
+        "application/json",
+        format!("{{\"generation\":{now},\"wanted\":{wanted}}}\n"),
+    )
 }
 
 /// Ready while the proxy accepts connections on its listener.

@@ -13,6 +13,8 @@ pub struct VersionActivity {
     last_seen_ms: AtomicU64,
     in_flight: AtomicU64,
     waiting: AtomicU64,
+    /// On a control node: requests in flight on replicas, as they last reported.
+    remote_in_flight: AtomicU64,
 }
 
 impl VersionActivity {
@@ -31,9 +33,25 @@ impl VersionActivity {
         self.last_seen_ms.load(Ordering::Relaxed)
     }
 
-    /// Requests (and open WebSockets) currently being served.
+    /// Requests (and open WebSockets) currently being served, here and (on a
+    /// control node) on replicas as they last reported.
     pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed) + self.remote_in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Requests being served by this process only (what a replica reports).
+    pub fn local_in_flight(&self) -> u64 {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Records a request a replica saw at `ms` (Unix milliseconds).
+    pub fn seen_at(&self, ms: u64) {
+        self.last_seen_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// Sets the requests in flight on replicas (their latest reports, summed).
+    pub fn set_remote_in_flight(&self, count: u64) {
+        self.remote_in_flight.store(count, Ordering::Relaxed);
     }
 
     /// Counts one request as waiting for the version to wake, unless `max` are
@@ -102,6 +120,13 @@ impl ActivityRegistry {
         self.by_version
             .get(version_id)
             .map(|entry| Arc::clone(&entry))
+    }
+
+    /// Calls `f` with every version's id and counters.
+    pub fn for_each(&self, mut f: impl FnMut(&str, &VersionActivity)) {
+        for entry in self.by_version.iter() {
+            f(entry.key(), entry.value());
+        }
     }
 
     /// Forgets the counters of `version_ids` that nothing else holds (no

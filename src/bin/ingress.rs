@@ -6,10 +6,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use ingress_config::Config;
+use ingress_config::{Config, NodeRole};
 use ingress_control_api::certs::{CertSettings, Certs};
 use ingress_control_api::grpc::Token;
+use ingress_control_api::replication::{Feed, Nodes};
 use ingress_control_api::runtime::{process_tree, reap_leftovers};
+use ingress_control_api::serve::ReplicationSettings;
 use ingress_control_api::serve::{self, ControlSettings};
 use ingress_control_api::store::{DataDirLock, SqliteSandboxLedger, SqliteStore};
 use ingress_control_api::{ControlMetrics, ControlPlane, PlaneSettings};
@@ -19,6 +21,9 @@ use ingress_proxy::tls::{CertStore, Edge, TlsOptions};
 use ingress_proxy::{
     IngressProxy, LeaseCache, Metrics, ProxyOptions, ProxyServer, ServerOptions, SnapshotHandle,
 };
+
+#[path = "ingress/replica.rs"]
+mod replica;
 
 const USAGE: &str = "usage: ingress --config FILE";
 
@@ -56,6 +61,9 @@ fn main() -> ExitCode {
 
 /// Wires the store, the control plane and the proxy, and serves until a signal.
 fn run(config: &Config) -> Result<(), String> {
+    if config.node.role == NodeRole::Proxy {
+        return replica::run(config);
+    }
     match raise_descriptor_limit() {
         Ok(limits) if limits.soft_before != limits.soft => log::info!(
             "descriptor limit raised from {} to {} (the hard limit)",
@@ -109,6 +117,19 @@ fn run(config: &Config) -> Result<(), String> {
         Arc::clone(&certs),
         CertSettings::from_config(config),
     );
+    let replication = (config.node.role == NodeRole::Control).then(|| {
+        let feed = Arc::new(Feed::new());
+        plane.attach_feed(Arc::clone(&feed));
+        log::info!(
+            "control node: serving the routing stream to replicas (epoch {})",
+            feed.epoch()
+        );
+        ReplicationSettings {
+            feed,
+            nodes: Arc::new(Nodes::new(config.activity.report_interval.0)),
+            report_interval: config.activity.report_interval.0,
+        }
+    });
 
     let mut proxy = IngressProxy::new(
         Arc::clone(&snapshots),
@@ -170,6 +191,7 @@ fn run(config: &Config) -> Result<(), String> {
             tokens,
             gc_interval: config.ephemeral.gc_interval.0,
             idle_interval: config.idle.check_interval.0,
+            replication,
             certs: cert_manager,
         },
         Arc::clone(&plane),

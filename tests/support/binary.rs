@@ -349,3 +349,130 @@ impl CtlOutput {
         serde_json::from_str(&self.expect_ok()).expect("ingressctl printed JSON")
     }
 }
+
+/// A proxy-only `ingress` (`node.role = "proxy"`) following `control`'s routing
+/// stream. Stopped with SIGTERM when dropped.
+pub struct ReplicaNode {
+    pub id: String,
+    pub proxy: SocketAddr,
+    pub http: SocketAddr,
+    config: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Drop for ReplicaNode {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: plain signal to our own child's pid.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl ReplicaNode {
+    /// Starts replica `id` in `dir` following the control node at `grpc` with
+    /// `token`, with `extra` TOML sections; waits until its ports answer.
+    pub fn start(dir: &Path, id: &str, grpc: SocketAddr, token: &str, extra: &str) -> ReplicaNode {
+        let [proxy, grpc_unused, http] =
+            free_ports().map(|port| SocketAddr::from(([127, 0, 0, 1], port)));
+        let config = dir.join(format!("{id}.toml"));
+        let text = format!(
+            "[node]\nrole = \"proxy\"\nid = \"{id}\"\n\n[control]\nendpoints = [\"http://{grpc}\"]\ntoken = \"{token}\"\n\n[proxy]\nlisten = \"{proxy}\"\n\n[admin]\ngrpc_listen = \"{grpc_unused}\"\nhttp_listen = \"{http}\"\n\n{extra}\n"
+        );
+        std::fs::write(&config, text).expect("write replica config");
+        let mut node = ReplicaNode {
+            id: id.to_string(),
+            proxy,
+            http,
+            config,
+            log: dir.join(format!("{id}.log")),
+            child: None,
+        };
+        node.spawn();
+        node
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open log");
+        let child = Command::new(env!("CARGO_BIN_EXE_ingress"))
+            .arg("--config")
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start replica");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            let up = [self.proxy, self.http]
+                .iter()
+                .all(|addr| std::net::TcpStream::connect(addr).is_ok());
+            if up {
+                return;
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!("replica exited with {status}:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("replica did not listen within 20 s:\n{}", self.log_text());
+    }
+
+    /// What the replica has logged.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL, then start again on the same ports.
+    pub fn kill9_and_restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("kill -9");
+            child.wait().expect("reap");
+        }
+        self.spawn();
+    }
+}
+
+/// `GET /routing?wait_generation=G&timeout_ms=T` on an admin listener: the
+/// status and the generation the node has applied.
+pub fn routing_generation(http: SocketAddr, wait: u64, timeout_ms: u64) -> (u16, u64) {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(http) else {
+        return (0, 0);
+    };
+    let request = format!(
+        "GET /routing?wait_generation={wait}&timeout_ms={timeout_ms} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
+    );
+    if stream.write_all(request.as_bytes()).is_err() {
+        return (0, 0);
+    }
+    let mut text = String::new();
+    let _ = stream.read_to_string(&mut text);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let generation = text
+        .split("\"generation\":")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    (status, generation)
+}

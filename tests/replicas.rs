@@ -1,0 +1,246 @@
+//! Many edge nodes on one machine: a control node (`node.role = "control"`) and
+//! proxy-only replicas following its routing stream, all real `ingress`
+//! processes on loopback with real upstreams and real `--command` processes.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use support::binary::{routing_generation, Ingress, ReplicaNode, TOKEN};
+use support::{raw_request, RawResponse, Upstream};
+
+const APP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/app.py");
+const CONTROL: &str = "[node]\nrole = \"control\"\n\n[activity]\nreport_interval = \"300ms\"\n\n[runtime]\nstop_grace = \"2s\"\n";
+const REPLICA: &str = "[activity]\nreport_interval = \"300ms\"\n";
+
+/// A control node with app `shop` on `shop.example.com`, and `n` replicas.
+struct Cluster {
+    control: Ingress,
+    replicas: Vec<ReplicaNode>,
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn start(n: usize) -> Cluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let control = Ingress::start(dir.path(), CONTROL);
+        control.ctl(&["app", "create", "shop"]).expect_ok();
+        control
+            .ctl(&["route", "add", "shop.example.com", "--app", "shop"])
+            .expect_ok();
+        let replicas = (0..n)
+            .map(|i| ReplicaNode::start(dir.path(), &format!("r{i}"), control.grpc, TOKEN, REPLICA))
+            .collect();
+        Cluster {
+            control,
+            replicas,
+            dir,
+        }
+    }
+
+    /// The control node's routing generation now.
+    fn generation(&self) -> u64 {
+        routing_generation(self.control.http, 0, 0).1
+    }
+
+    /// Waits until every replica has applied the control node's generation.
+    fn converge(&self) -> u64 {
+        let wanted = self.generation();
+        for replica in &self.replicas {
+            let (status, applied) = routing_generation(replica.http, wanted, 10_000);
+            assert_eq!(
+                status,
+                200,
+                "replica {} is at {applied}, not {wanted}:\n{}",
+                replica.id,
+                replica.log_text()
+            );
+        }
+        wanted
+    }
+}
+
+async fn get(addr: SocketAddr, host: &str) -> RawResponse {
+    raw_request(addr, &format!("GET / HTTP/1.1\r\nHost: {host}")).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_route_every_host_like_the_control_node_and_follow_changes() {
+    let upstream = Upstream::start("blue").await;
+    let preview = Upstream::start("green").await;
+    let cluster = Cluster::start(2);
+    cluster
+        .control
+        .ctl(&["deploy", "shop", "--upstream", &upstream.addr.to_string()])
+        .expect_ok();
+    cluster.converge();
+    for replica in &cluster.replicas {
+        let answer = get(replica.proxy, "shop.example.com").await;
+        assert_eq!(answer.status, 200, "{}", replica.log_text());
+        assert_eq!(answer.header("x-upstream"), Some("blue"));
+        assert_eq!(get(replica.proxy, "nope.example.com").await.status, 404);
+    }
+    // A change reaches every replica: each one applies the next generation.
+    let before = cluster.generation();
+    cluster
+        .control
+        .ctl(&[
+            "deploy",
+            "shop",
+            "--upstream",
+            &preview.addr.to_string(),
+            "--ephemeral",
+            "pr-1",
+        ])
+        .expect_ok();
+    let after = cluster.converge();
+    assert!(after > before);
+    for replica in &cluster.replicas {
+        let answer = get(replica.proxy, "pr-1.shop.example.com").await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.header("x-upstream"), Some("green"));
+    }
+    // A replica killed and started again is current at once (a whole state).
+    let mut cluster = cluster;
+    cluster.replicas[0].kill9_and_restart();
+    let (status, _) = routing_generation(cluster.replicas[0].http, after, 5_000);
+    assert_eq!(status, 200, "{}", cluster.replicas[0].log_text());
+    assert_eq!(
+        get(cluster.replicas[0].proxy, "pr-1.shop.example.com")
+            .await
+            .status,
+        200
+    );
+    let metrics = std::process::Command::new("curl")
+        .args([
+            "-s",
+            &format!("http://{}/metrics", cluster.replicas[1].http),
+        ])
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&metrics.stdout);
+    assert!(text.contains("ingress_control_connected 1"), "{text}");
+    let applied: u64 = text
+        .lines()
+        .find_map(|line| line.strip_prefix("ingress_routing_generation "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(applied >= after, "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_keep_serving_while_the_control_node_is_down_and_converge_after() {
+    let upstream = Upstream::start("blue").await;
+    let mut cluster = Cluster::start(1);
+    cluster
+        .control
+        .ctl(&["deploy", "shop", "--upstream", &upstream.addr.to_string()])
+        .expect_ok();
+    cluster.converge();
+    let pid = cluster.control.pid().expect("running") as i32;
+    // SAFETY: plain signals to our own child.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    for _ in 0..20 {
+        let answer = get(cluster.replicas[0].proxy, "shop.example.com").await;
+        assert_eq!(
+            answer.status, 200,
+            "served while the control node is stopped"
+        );
+    }
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    // Killed and restarted: a new epoch; the replica starts over from a whole
+    // state and sees changes made after the restart.
+    cluster.control.kill9_and_restart();
+    let green = Upstream::start("green").await;
+    cluster
+        .control
+        .ctl(&[
+            "deploy",
+            "shop",
+            "--upstream",
+            &green.addr.to_string(),
+            "--ephemeral",
+            "after",
+        ])
+        .expect_ok();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let answer = get(cluster.replicas[0].proxy, "after.shop.example.com").await;
+        if answer.status == 200 {
+            assert_eq!(answer.header("x-upstream"), Some("green"));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replica did not converge after the control node came back:\n{}",
+            cluster.replicas[0].log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sleeping_preview_hit_through_every_replica_starts_once_and_activity_reaches_the_control_node(
+) {
+    let cluster = Cluster::start(2);
+    let starts = cluster.dir.path().join("app.starts");
+    let pid = cluster.dir.path().join("app.pid");
+    let command = format!(
+        "exec python3 {APP} --starts {} --pid {} --delay-ms 300",
+        starts.display(),
+        pid.display()
+    );
+    let deployed = cluster
+        .control
+        .ctl(&[
+            "deploy",
+            "shop",
+            "--command",
+            &command,
+            "--ephemeral",
+            "pr-7",
+            "--output",
+            "json",
+        ])
+        .json();
+    let id = deployed["id"].as_str().expect("id").to_string();
+    cluster.converge();
+    let mut requests = Vec::new();
+    for replica in &cluster.replicas {
+        for _ in 0..5 {
+            let addr = replica.proxy;
+            requests.push(tokio::spawn(async move {
+                get(addr, "pr-7.shop.example.com").await.status
+            }));
+        }
+    }
+    for request in requests {
+        assert_eq!(request.await.expect("request"), 200);
+    }
+    let count = std::fs::read_to_string(&starts)
+        .map(|t| t.lines().count())
+        .unwrap_or(0);
+    assert_eq!(count, 1, "one start across every replica");
+    // The control node learns of the traffic from the replicas' reports.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let versions = cluster
+            .control
+            .ctl(&["versions", "shop", "--output", "json"])
+            .json();
+        let seen = versions
+            .as_array()
+            .and_then(|all| all.iter().find(|v| v["id"] == id.as_str()))
+            .map(|v| !v["last_activity_at"].is_null())
+            .unwrap_or(false);
+        if seen {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no activity reached the control node: {versions}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
