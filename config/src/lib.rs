@@ -12,6 +12,6 @@ pub use duration::{format_duration, parse_duration, ConfigDuration, DURATION_RUL
 pub use load::ConfigError;
 pub use settings::{
     AdminSettings, Config, EphemeralSettings, IdleSettings, Misdirected, ProxySettings,
-    RuntimeSettings, StoreSettings, SupersedeSettings, TlsSettings, TokenSettings, UnknownSni,
-    WakeMode, WakeSettings,
+    RuntimeSettings, StoreSettings, SupersedeSettings, TlsSettings, TokenRole, TokenSettings,
+    UnknownSni, WakeMode, WakeSettings,
 };

@@ -11,6 +11,7 @@ pub mod model;
 pub mod names;
 pub mod pools;
 pub mod runtime;
+pub mod scopes;
 pub mod serve;
 pub mod store;
 
