@@ -13,5 +13,5 @@ pub use load::ConfigError;
 pub use settings::{
     ActivitySettings, AdminSettings, Config, ControlSettings, EphemeralSettings, IdleSettings,
     Misdirected, NodeRole, NodeSettings, ProxySettings, RuntimeSettings, StoreSettings,
-    SupersedeSettings, TlsSettings, TokenSettings, UnknownSni, WakeMode, WakeSettings,
+    SupersedeSettings, TlsSettings, TokenRole, TokenSettings, UnknownSni, WakeMode, WakeSettings,
 };

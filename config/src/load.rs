@@ -581,7 +581,7 @@ fn one_line(message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::settings::WakeMode;
+    use crate::settings::{TokenRole, WakeMode};
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, |name| {
@@ -784,12 +784,58 @@ stop_grace = "10s"
             "{e}"
         );
         let e = error_of(
-            "[admin]\ntokens = [{ name = \"a\", secret = \"0123456789abcdef\", role = \"x\" }]",
+            "[admin]\ntokens = [{ name = \"a\", secret = \"0123456789abcdef\", scope = \"x\" }]",
         );
         assert!(
-            e.starts_with("admin.tokens[0].role: unknown field `role`"),
+            e.starts_with("admin.tokens[0].scope: unknown field `scope`"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_token_role_defaults_to_admin() {
+        let config = parse(
+            "[admin]\ntokens = [{ name = \"a\", secret = \"0123456789abcdef-a\" }, { name = \"r\", secret = \"0123456789abcdef-r\", role = \"read\" }, { name = \"p\", secret = \"0123456789abcdef-p\", role = \"replica\" }, { name = \"x\", secret = \"0123456789abcdef-x\", role = \"admin\" }]",
+        )
+        .unwrap();
+        let roles: Vec<_> = config.admin.tokens.iter().map(|t| t.role).collect();
+        assert_eq!(
+            roles,
+            [
+                TokenRole::Admin,
+                TokenRole::Read,
+                TokenRole::Replica,
+                TokenRole::Admin
+            ]
+        );
+    }
+
+    #[test]
+    fn an_unknown_token_role_names_the_key_and_the_roles() {
+        let e = error_of(
+            "[admin]\ntokens = [{ name = \"a\", secret = \"0123456789abcdef-a\" }, { name = \"ci\", secret = \"0123456789abcdef-c\", role = \"writer\" }]",
+        );
+        assert!(
+            e.starts_with("admin.tokens[1].role: \"writer\" is not a role; allowed: admin"),
+            "{e}"
+        );
+        for role in ["admin", "read", "replica"] {
+            assert!(e.contains(role), "lists {role}: {e}");
+        }
+        assert_eq!(e.lines().count(), 1, "{e}");
+        // Roles are lower case, as written in the docs.
+        let e = error_of(
+            "[admin]\ntokens = [{ name = \"a\", secret = \"0123456789abcdef-a\", role = \"Read\" }]",
+        );
+        assert!(
+            e.starts_with("admin.tokens[0].role: \"Read\" is not a role"),
+            "{e}"
+        );
+        let e = error_of(
+            "[admin]\ntokens = [{ name = \"a\", secret = \"0123456789abcdef-a\", role = 1 }]",
+        );
+        assert!(e.starts_with("admin.tokens[0].role: invalid type"), "{e}");
+        assert!(e.contains("read"), "{e}");
     }
 
     #[test]

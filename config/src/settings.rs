@@ -145,8 +145,9 @@ impl Default for AdminSettings {
     }
 }
 
-/// One admin token: a name (recorded in the audit log) and its secret, written
-/// inline or read from an environment variable when the config is loaded.
+/// One admin token: a name (recorded in the audit log), its secret, written
+/// inline or read from an environment variable when the config is loaded, and
+/// its role (what it may call).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TokenSettings {
@@ -155,6 +156,67 @@ pub struct TokenSettings {
     pub secret: Option<String>,
     #[serde(default)]
     pub secret_env: Option<String>,
+    /// `admin`, `read` or `replica`. Default `admin`.
+    #[serde(default)]
+    pub role: TokenRole,
+}
+
+/// What an admin token may call (the table of each call's roles is in
+/// `ingress_control_api::scopes`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum TokenRole {
+    /// Every call.
+    #[default]
+    Admin,
+    /// Listings, show and check, the audit log, logs and `Watch`: no change.
+    Read,
+    /// What a proxy-only replica needs from its control node: the routing
+    /// stream (today `Watch`), and later the wake and activity-report calls.
+    Replica,
+}
+
+impl TokenRole {
+    /// Every role, in the order the docs list them.
+    pub const ALL: [TokenRole; 3] = [TokenRole::Admin, TokenRole::Read, TokenRole::Replica];
+
+    /// The name written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenRole::Admin => "admin",
+            TokenRole::Read => "read",
+            TokenRole::Replica => "replica",
+        }
+    }
+}
+
+/// The roles as an error message lists them.
+const TOKEN_ROLES: &str = "admin (every call), read (listings, show, check, audit, logs and watch) or replica (the routing stream of a proxy-only replica)";
+
+impl<'de> Deserialize<'de> for TokenRole {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct RoleVisitor;
+        impl serde::de::Visitor<'_> for RoleVisitor {
+            type Value = TokenRole;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                write!(f, "a role: {TOKEN_ROLES}")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<TokenRole, E> {
+                TokenRole::ALL
+                    .into_iter()
+                    .find(|role| role.as_str() == text)
+                    .ok_or_else(|| {
+                        E::custom(format!("{text:?} is not a role; allowed: {TOKEN_ROLES}"))
+                    })
+            }
+        }
+        deserializer.deserialize_str(RoleVisitor)
+    }
+}
+
+impl std::fmt::Display for TokenRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// `[store]`: where the embedded store keeps its file.

@@ -1,5 +1,6 @@
-//! The gRPC admin API (tonic): bearer-token authentication, and a thin mapping of
-//! each call onto a [`ControlPlane`] operation. Operations run on tokio's blocking
+//! The gRPC admin API (tonic): bearer-token authentication, the token's scope
+//! checked first in every call ([`crate::scopes`]), and a thin mapping of each
+//! call onto a [`ControlPlane`] operation. Operations run on tokio's blocking
 //! pool because they commit to the store with fsync.
 
 use std::net::SocketAddr;
@@ -16,6 +17,7 @@ use crate::control_plane::{
     VersionView, MAX_IMPORT_APPS,
 };
 use crate::model::{Environment, ReadyCheck, Route};
+use crate::scopes::{self, Role, Rpc};
 
 /// The generated protobuf types and gRPC client and server.
 pub mod proto {
@@ -30,12 +32,15 @@ pub struct Token {
     /// Recorded in the audit log as the actor.
     pub name: String,
     pub secret: String,
+    /// What the token may call.
+    pub role: Role,
 }
 
 /// A token as the authenticator keeps it: the SHA-256 of its secret, so that
 /// comparisons take the same time whatever the presented length.
 struct KnownToken {
     name: String,
+    role: Role,
     digest: [u8; 32],
 }
 
@@ -44,9 +49,13 @@ fn digest(secret: &[u8]) -> [u8; 32] {
     Sha256::digest(secret).into()
 }
 
-/// The name of the token that authenticated a request (a request extension).
+/// The token that authenticated a request (a request extension): its name and
+/// role.
 #[derive(Clone)]
-struct Caller(String);
+struct Caller {
+    name: String,
+    role: Role,
+}
 
 /// Checks `authorization: Bearer <secret>` against every token in constant time.
 #[derive(Clone)]
@@ -62,6 +71,7 @@ impl Authenticator {
             .map(|token| KnownToken {
                 digest: digest(token.secret.as_bytes()),
                 name: token.name,
+                role: token.role,
             })
             .collect();
         Authenticator {
@@ -88,12 +98,15 @@ impl Authenticator {
         let mut caller = None;
         for token in self.tokens.iter() {
             if bool::from(token.digest.ct_eq(&presented)) {
-                caller = Some(token.name.clone());
+                caller = Some(Caller {
+                    name: token.name.clone(),
+                    role: token.role,
+                });
             }
         }
         let caller =
             caller.ok_or_else(|| Status::unauthenticated("the bearer token is not valid"))?;
-        request.extensions_mut().insert(Caller(caller));
+        request.extensions_mut().insert(caller);
         Ok(request)
     }
 }
@@ -104,8 +117,8 @@ impl tonic::service::Interceptor for Authenticator {
     }
 }
 
-/// The longest wait a wake may ask for.
-const MAX_WAKE_WAIT_MS: u64 = 600_000;
+/// The longest wait a wake may ask for (`ingressctl wake --timeout`).
+pub const MAX_WAKE_WAIT_MS: u64 = 600_000;
 
 /// The admin service over a control plane.
 pub struct AdminService {
@@ -145,12 +158,15 @@ fn status(error: ControlError) -> Status {
     }
 }
 
-fn caller<T>(request: &Request<T>) -> Result<String, Status> {
-    request
+/// The first step of every call: the name of the token that made it (the
+/// audit log's actor), if its role may make `rpc` ([`scopes::check`]).
+fn authorize<T>(request: &Request<T>, rpc: Rpc) -> Result<String, Status> {
+    let caller = request
         .extensions()
         .get::<Caller>()
-        .map(|caller| caller.0.clone())
-        .ok_or_else(|| Status::unauthenticated("the request was not authenticated"))
+        .ok_or_else(|| Status::unauthenticated("the request was not authenticated"))?;
+    scopes::check(&caller.name, caller.role, rpc).map_err(Status::permission_denied)?;
+    Ok(caller.name.clone())
 }
 
 /// Runs a control-plane operation on the blocking pool.
@@ -393,8 +409,9 @@ impl Admin for AdminService {
 
     async fn watch(
         &self,
-        _request: Request<proto::Empty>,
+        request: Request<proto::Empty>,
     ) -> Result<Response<SnapshotStream>, Status> {
+        authorize(&request, Rpc::Watch)?;
         let plane = Arc::clone(&self.plane);
         let mut published = plane.subscribe();
         let mut stopping = self.stopping.clone();
@@ -433,7 +450,7 @@ impl Admin for AdminService {
         &self,
         request: Request<proto::AppName>,
     ) -> Result<Response<proto::Empty>, Status> {
-        let actor = caller(&request)?;
+        let actor = authorize(&request, Rpc::CreateApp)?;
         let name = request.into_inner().name;
         run(&self.plane, move |plane| plane.create_app(&actor, &name)).await?;
         Ok(Response::new(proto::Empty {}))
@@ -443,7 +460,7 @@ impl Admin for AdminService {
         &self,
         request: Request<proto::AppName>,
     ) -> Result<Response<proto::Empty>, Status> {
-        let actor = caller(&request)?;
+        let actor = authorize(&request, Rpc::DeleteApp)?;
         let name = request.into_inner().name;
         run(&self.plane, move |plane| plane.delete_app(&actor, &name)).await?;
         Ok(Response::new(proto::Empty {}))
@@ -451,8 +468,9 @@ impl Admin for AdminService {
 
     async fn list_apps(
         &self,
-        _request: Request<proto::Empty>,
+        request: Request<proto::Empty>,
     ) -> Result<Response<proto::AppList>, Status> {
+        authorize(&request, Rpc::ListApps)?;
         let apps = run(&self.plane, |plane| Ok(plane.apps())).await?;
         Ok(Response::new(proto::AppList {
             apps: apps
@@ -470,7 +488,7 @@ impl Admin for AdminService {
         &self,
         request: Request<proto::RouteRequest>,
     ) -> Result<Response<proto::RouteInfo>, Status> {
-        let actor = caller(&request)?;
+        let actor = authorize(&request, Rpc::AddRoute)?;
         let proto::RouteRequest { host, app } = request.into_inner();
         let route = run(&self.plane, move |plane| {
             plane.add_route(&actor, &host, &app)
@@ -483,7 +501,7 @@ impl Admin for AdminService {
         &self,
         request: Request<proto::RouteRequest>,
     ) -> Result<Response<proto::Empty>, Status> {
-        let actor = caller(&request)?;
+        let actor = authorize(&request, Rpc::RemoveRoute)?;
         let host = request.into_inner().host;
         run(&self.plane, move |plane| plane.remove_route(&actor, &host)).await?;
         Ok(Response::new(proto::Empty {}))
@@ -493,7 +511,7 @@ impl Admin for AdminService {
         &self,
         request: Request<proto::AppName>,
     ) -> Result<Response<proto::RouteInfo>, Status> {
-        let actor = caller(&request)?;
+        let actor = authorize(&request, Rpc::SetDefaultRoute)?;
         let app = request.into_inner().name;
         let route = run(&self.plane, move |plane| {
             plane.set_default_route(&actor, &app)
@@ -504,8 +522,9 @@ impl Admin for AdminService {
 
     async fn list_routes(
         &self,
-        _request: Request<proto::Empty>,
+        request: Request<proto::Empty>,
     ) -> Result<Response<proto::RouteList>, Status> {
+        authorize(&request, Rpc::ListRoutes)?;
         let routes = run(&self.plane, |plane| Ok(plane.routes())).await?;
         Ok(Response::new(proto::RouteList {
             routes: routes.iter().map(route_info).collect(),
@@ -516,7 +535,7 @@ impl Admin for AdminService {
         &self,
         request: Request<proto::DeployRequest>,
     ) -> Result<Response<proto::DeployReply>, Status> {
-        let actor = caller(&request)?;
+        let actor = authorize(&request, Rpc::Deploy)?;
         let deploy = deploy_request(request.into_inner())?;
         let outcome = run(&self.plane, move |plane| plane.deploy(&actor, &deploy)).await?;
         Ok(Response::new(proto::DeployReply {
@@ -530,7 +549,7 @@ impl Admin for AdminService {
         &self,
         request: Request<Streaming<proto::ImportApp>>,
     ) -> Result<Response<proto::ImportReply>, Status> {
-        let actor = caller(&request)?;
+        let actor = authorize(&request, Rpc::Import)?;
         let mut stream = request.into_inner();
         let mut apps = Vec::new();
         while let Some(record) = stream.message().await? {
@@ -558,7 +577,7 @@ impl Admin for AdminService {
         &self,
         request: Request<proto::StopRequest>,
     ) -> Result<Response<proto::VersionInfo>, Status> {
-        let actor = caller(&request)?;
+        let actor = authorize(&request, Rpc::StopVersion)?;
         let proto::StopRequest {
             app,
             version,
@@ -575,7 +594,7 @@ impl Admin for AdminService {
         &self,
         request: Request<proto::WakeRequest>,
     ) -> Result<Response<proto::VersionInfo>, Status> {
-        let actor = caller(&request)?;
+        let actor = authorize(&request, Rpc::WakeVersion)?;
         let proto::WakeRequest {
             app,
             version,
@@ -609,6 +628,7 @@ impl Admin for AdminService {
         &self,
         request: Request<proto::LogsRequest>,
     ) -> Result<Response<proto::LogsReply>, Status> {
+        authorize(&request, Rpc::Logs)?;
         let proto::LogsRequest {
             app,
             version,
@@ -629,6 +649,7 @@ impl Admin for AdminService {
         &self,
         request: Request<proto::ListVersionsRequest>,
     ) -> Result<Response<proto::VersionList>, Status> {
+        authorize(&request, Rpc::ListVersions)?;
         let proto::ListVersionsRequest {
             app,
             ephemeral_only,
@@ -646,7 +667,7 @@ impl Admin for AdminService {
         &self,
         request: Request<proto::VersionName>,
     ) -> Result<Response<proto::Empty>, Status> {
-        let actor = caller(&request)?;
+        let actor = authorize(&request, Rpc::DeleteVersion)?;
         let proto::VersionName { app, version } = request.into_inner();
         run(&self.plane, move |plane| {
             plane.delete_version(&actor, &app, &version)
@@ -659,6 +680,7 @@ impl Admin for AdminService {
         &self,
         request: Request<proto::AuditRequest>,
     ) -> Result<Response<proto::AuditList>, Status> {
+        authorize(&request, Rpc::Audit)?;
         let limit = match request.into_inner().limit {
             0 => 50,
             n => n.min(10_000) as usize,
@@ -682,7 +704,7 @@ impl Admin for AdminService {
         &self,
         request: Request<proto::CertAddRequest>,
     ) -> Result<Response<proto::CertInfo>, Status> {
-        let actor = caller(&request)?;
+        let actor = authorize(&request, Rpc::CertAdd)?;
         let proto::CertAddRequest {
             cert_pem,
             key_pem,
@@ -701,8 +723,9 @@ impl Admin for AdminService {
 
     async fn cert_list(
         &self,
-        _request: Request<proto::Empty>,
+        request: Request<proto::Empty>,
     ) -> Result<Response<proto::CertList>, Status> {
+        authorize(&request, Rpc::CertList)?;
         let views = run_certs(&self.certs, |certs| Ok(certs.list())).await?;
         Ok(Response::new(proto::CertList {
             certificates: views.into_iter().map(cert_info).collect(),
@@ -713,6 +736,7 @@ impl Admin for AdminService {
         &self,
         request: Request<proto::CertName>,
     ) -> Result<Response<proto::CertInfo>, Status> {
+        authorize(&request, Rpc::CertShow)?;
         let name = request.into_inner().name;
         let view = run_certs(&self.certs, move |certs| certs.show(&name)).await?;
         Ok(Response::new(cert_info(view)))
@@ -722,7 +746,7 @@ impl Admin for AdminService {
         &self,
         request: Request<proto::CertName>,
     ) -> Result<Response<proto::CertInfo>, Status> {
-        let actor = caller(&request)?;
+        let actor = authorize(&request, Rpc::CertRemove)?;
         let name = request.into_inner().name;
         let view = run_certs(&self.certs, move |certs| certs.remove(&actor, &name)).await?;
         Ok(Response::new(cert_info(view)))
@@ -732,7 +756,7 @@ impl Admin for AdminService {
         &self,
         request: Request<proto::Empty>,
     ) -> Result<Response<proto::CertReloadReply>, Status> {
-        let actor = caller(&request)?;
+        let actor = authorize(&request, Rpc::CertReload)?;
         let report = run_certs(&self.certs, move |certs| certs.reload(Some(&actor))).await?;
         Ok(Response::new(proto::CertReloadReply {
             loaded: report.loaded.into_iter().map(cert_info).collect(),
@@ -751,6 +775,7 @@ impl Admin for AdminService {
         &self,
         request: Request<proto::CertCheckRequest>,
     ) -> Result<Response<proto::CertCheckReply>, Status> {
+        authorize(&request, Rpc::CertCheck)?;
         let host = request.into_inner().host;
         let check = run_certs(&self.certs, move |certs| certs.check(&host)).await?;
         Ok(Response::new(proto::CertCheckReply {
@@ -761,3 +786,7 @@ impl Admin for AdminService {
         }))
     }
 }
+
+#[cfg(test)]
+#[path = "grpc_tests.rs"]
+mod tests;

@@ -12,6 +12,7 @@ pub mod names;
 pub mod pools;
 pub mod replication;
 pub mod runtime;
+pub mod scopes;
 pub mod serve;
 pub mod store;
 

@@ -163,6 +163,7 @@ fn run(config: &Config) -> Result<(), String> {
             t.secret.clone().map(|secret| Token {
                 name: t.name.clone(),
                 secret,
+                role: t.role,
             })
         })
         .collect::<Vec<_>>();

@@ -1,8 +1,9 @@
 //! `ingressctl`: the admin CLI over the gRPC API. Tables by default, one JSON
 //! document with `--output json`. Exit code 0 on success, 1 with a one-line error
-//! when the server refuses, 2 for a bad command line.
+//! when the server refuses or does not answer in time, 2 for a bad command line.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 #[path = "ingressctl/cert.rs"]
 mod cert;
@@ -35,6 +36,18 @@ struct Cli {
     /// Output format of listings and results.
     #[arg(long, value_enum, default_value = "table", global = true)]
     output: Output,
+    /// Longest wait to connect, and for each call's answer: 500ms, 10s, 2m.
+    /// Written before the command (after `wake`, --timeout is the wake's wait,
+    /// which its call's bound then covers). `import` allows at least 30m.
+    #[arg(
+        long = "timeout",
+        id = "call_timeout",
+        env = "INGRESS_TIMEOUT",
+        default_value = "10s",
+        value_name = "DURATION",
+        value_parser = parse_call_timeout
+    )]
+    timeout: Duration,
     #[command(subcommand)]
     command: Command,
 }
@@ -121,7 +134,9 @@ enum Command {
         /// Return at once instead of waiting for readiness.
         #[arg(long)]
         no_wait: bool,
-        /// Longest wait for readiness: 500ms, 30s, 2m (default: the server's wake.timeout).
+        /// Longest wait for readiness: 500ms, 30s, 2m (default: the server's
+        /// wake.timeout). The call may take this wait plus `ingressctl --timeout`
+        /// (without it: the longest wait the server allows, 10m, plus --timeout).
         #[arg(long, conflicts_with = "no_wait")]
         timeout: Option<String>,
     },
@@ -170,6 +185,97 @@ enum RouteCommand {
         app: String,
     },
     List,
+}
+
+/// The longest `--timeout`.
+const MAX_CALL_TIMEOUT: Duration = Duration::from_secs(86_400);
+
+/// `--timeout` / `INGRESS_TIMEOUT`: a duration above zero, at most a day.
+fn parse_call_timeout(text: &str) -> Result<Duration, String> {
+    let duration = ingress_config::parse_duration(text)?;
+    if duration.is_zero() || duration > MAX_CALL_TIMEOUT {
+        return Err(format!(
+            "{text} is out of range; allowed 1ms to {}",
+            ingress_config::format_duration(MAX_CALL_TIMEOUT)
+        ));
+    }
+    Ok(duration)
+}
+
+/// An import of a million labels takes minutes: its call may take this long
+/// whatever `--timeout` says (an unresponsive server is still found by the
+/// keep-alive pings within about twice --timeout).
+const IMPORT_CALL_BOUND: Duration = Duration::from_secs(1800);
+
+/// How long a call may take, and why, for the error when it does not answer.
+struct Bounds {
+    /// `--timeout`: connecting, and keep-alive pings.
+    timeout: Duration,
+    /// The whole call; `None` for a streaming answer (such as `Watch`), which
+    /// only keeps the connect bound and the keep-alive pings.
+    call: Option<Duration>,
+    /// How `call` was reached, when it is not `--timeout` itself.
+    call_reason: Option<String>,
+}
+
+impl Bounds {
+    fn new(command: &Command, timeout: Duration) -> Result<Bounds, String> {
+        let plain = Bounds {
+            timeout,
+            call: Some(timeout),
+            call_reason: None,
+        };
+        Ok(match command {
+            Command::Import { .. } if timeout < IMPORT_CALL_BOUND => Bounds {
+                call: Some(IMPORT_CALL_BOUND),
+                call_reason: Some("the bound of an import".to_string()),
+                ..plain
+            },
+            Command::Wake {
+                no_wait: false,
+                timeout: wait,
+                ..
+            } => {
+                // The call waits for readiness: bound it by the wait plus --timeout.
+                let (wait, what) = match wake_wait(wait)? {
+                    Some(wait) => (wait, format!("wake --timeout {}", format_duration(wait))),
+                    None => (
+                        Duration::from_millis(ingress_control_api::grpc::MAX_WAKE_WAIT_MS),
+                        "the longest wake wait the server allows".to_string(),
+                    ),
+                };
+                let max_wait = Duration::from_millis(ingress_control_api::grpc::MAX_WAKE_WAIT_MS);
+                Bounds {
+                    call: Some(wait.min(max_wait).saturating_add(timeout)),
+                    call_reason: Some(format!(
+                        "{what} plus --timeout {}",
+                        format_duration(timeout)
+                    )),
+                    ..plain
+                }
+            }
+            _ => plain,
+        })
+    }
+
+    /// `1s (--timeout)` or `40s (wake --timeout 30s plus --timeout 10s)`.
+    fn call_text(&self) -> String {
+        match (self.call, &self.call_reason) {
+            (Some(call), Some(reason)) => format!("{} ({reason})", format_duration(call)),
+            _ => format!("{} (--timeout)", format_duration(self.timeout)),
+        }
+    }
+}
+
+fn format_duration(duration: Duration) -> String {
+    ingress_config::format_duration(duration)
+}
+
+/// `wake --timeout`: the wait for readiness, if given.
+fn wake_wait(text: &Option<String>) -> Result<Option<Duration>, String> {
+    text.as_deref()
+        .map(|text| ingress_config::parse_duration(text).map_err(|e| format!("--timeout: {e}")))
+        .transpose()
 }
 
 /// The records of a JSON Lines import file; blank lines are skipped.
@@ -299,7 +405,11 @@ fn check_server(server: &str) -> Result<(), String> {
 /// Why the admin API at `server` could not be used, from a connection or call
 /// failure: refused, timed out, or a server that answered but does not speak
 /// gRPC (such as the proxy port or the admin HTTP port). One line.
-fn cannot_reach(server: &str, error: &(dyn std::error::Error + 'static)) -> String {
+fn cannot_reach(
+    server: &str,
+    bounds: &Bounds,
+    error: &(dyn std::error::Error + 'static),
+) -> String {
     let prefix = format!("cannot reach the ingress admin API at {server}");
     let mut connecting = false;
     let mut source = Some(error);
@@ -314,7 +424,14 @@ fn cannot_reach(server: &str, error: &(dyn std::error::Error + 'static)) -> Stri
             }
         }
         if cause.downcast_ref::<tonic::TimeoutExpired>().is_some() {
-            return format!("{prefix}: no answer in time");
+            return format!("{prefix}: no answer within {}", bounds.call_text());
+        }
+        // hyper's (private) error for HTTP/2 pings left unanswered.
+        if cause.to_string() == "keep-alive timed out" {
+            return format!(
+                "{prefix}: no answer to keep-alive pings within {} (--timeout)",
+                format_duration(bounds.timeout)
+            );
         }
         connecting |= cause.downcast_ref::<tonic::ConnectError>().is_some();
         if cause.source().is_none() && connecting {
@@ -328,7 +445,7 @@ fn cannot_reach(server: &str, error: &(dyn std::error::Error + 'static)) -> Stri
 
 /// The one line to print for a failed call: the server's own message when the
 /// admin API answered, otherwise why it could not be reached.
-fn call_error(server: &str, status: tonic::Status) -> String {
+fn call_error(server: &str, bounds: &Bounds, status: tonic::Status) -> String {
     use std::error::Error;
     // A status the server sent has no local cause; one made from a transport
     // failure does. An HTTP answer without a gRPC status is not the admin API.
@@ -338,23 +455,32 @@ fn call_error(server: &str, status: tonic::Status) -> String {
     if status.source().is_none() && !not_grpc {
         return message.to_string();
     }
-    cannot_reach(server, &status)
+    cannot_reach(server, bounds, &status)
 }
 
-async fn connect(
-    server: &str,
-    token: Option<String>,
-    timeout: std::time::Duration,
-) -> Result<Client, String> {
+async fn connect(server: &str, token: Option<String>, bounds: &Bounds) -> Result<Client, String> {
     check_server(server)?;
-    let endpoint = Channel::from_shared(server.to_string())
+    let timeout = bounds.timeout;
+    let mut endpoint = Channel::from_shared(server.to_string())
         .map_err(|_| format!("--server {server:?} is not a URL; write http://HOST:PORT"))?
-        .connect_timeout(std::time::Duration::from_secs(5))
-        .timeout(timeout);
-    let channel = endpoint
-        .connect()
+        .connect_timeout(timeout)
+        // A server that stops answering (a stopped process, a dead link) is found
+        // by HTTP/2 pings within about twice --timeout, even in a long call.
+        .http2_keep_alive_interval(timeout.max(Duration::from_secs(1)))
+        .keep_alive_timeout(timeout)
+        .keep_alive_while_idle(true);
+    if let Some(call) = bounds.call {
+        endpoint = endpoint.timeout(call);
+    }
+    let channel = tokio::time::timeout(timeout, endpoint.connect())
         .await
-        .map_err(|e| cannot_reach(server, &e))?;
+        .map_err(|_| {
+            format!(
+                "cannot reach the ingress admin API at {server}: no connection within {} (--timeout)",
+                format_duration(timeout)
+            )
+        })?
+        .map_err(|e| cannot_reach(server, bounds, &e))?;
     let header = match token.filter(|token| !token.is_empty()) {
         Some(token) => Some(
             MetadataValue::try_from(format!("Bearer {token}"))
@@ -374,14 +500,10 @@ async fn connect(
 }
 
 async fn run(cli: Cli) -> Result<(), String> {
-    // An import of a million labels takes minutes; every other call, seconds.
-    let timeout = match cli.command {
-        Command::Import { .. } => std::time::Duration::from_secs(1800),
-        _ => std::time::Duration::from_secs(60),
-    };
-    let mut client = connect(&cli.server, cli.token, timeout).await?;
+    let bounds = Bounds::new(&cli.command, cli.timeout)?;
+    let mut client = connect(&cli.server, cli.token, &bounds).await?;
     let server = cli.server;
-    let refused = |status: tonic::Status| call_error(&server, status);
+    let refused = |status: tonic::Status| call_error(&server, &bounds, status);
     let output = cli.output;
     match cli.command {
         Command::App { command } => match command {
@@ -630,15 +752,11 @@ async fn run(cli: Cli) -> Result<(), String> {
             no_wait,
             timeout,
         } => {
-            let timeout_ms = match timeout {
+            let timeout_ms = match wake_wait(&timeout)? {
                 None => 0,
-                Some(text) => {
-                    let duration = ingress_config::parse_duration(&text)
-                        .map_err(|e| format!("--timeout: {e}"))?;
-                    u64::try_from(duration.as_millis())
-                        .unwrap_or(u64::MAX)
-                        .max(1)
-                }
+                Some(duration) => u64::try_from(duration.as_millis())
+                    .unwrap_or(u64::MAX)
+                    .max(1),
             };
             let info = client
                 .wake_version(proto::WakeRequest {

@@ -23,6 +23,8 @@ pub struct Ingress {
     config: PathBuf,
     log: PathBuf,
     sections: String,
+    /// Tokens besides the test token, as TOML inline tables.
+    tokens: String,
     child: Option<Child>,
     nofile: Option<(u64, u64)>,
 }
@@ -34,6 +36,7 @@ fn config_text(
     data_dir: &Path,
     proxy_keys: &str,
     sections: &str,
+    tokens: &str,
 ) -> String {
     // INGRESS_TEST_FAST_PATH=off: the fast path off unless the test chose.
     let fast_path = if fast_path_off() && !proxy_keys.contains("fast_path") {
@@ -42,7 +45,7 @@ fn config_text(
         ""
     };
     format!(
-        "[proxy]\nlisten = \"{proxy}\"\n{fast_path}{proxy_keys}\n\n[admin]\ngrpc_listen = \"{grpc}\"\nhttp_listen = \"{http}\"\ntokens = [{{ name = \"tester\", secret = \"{TOKEN}\" }}]\n\n[store]\ndata_dir = {:?}\n\n{sections}\n",
+        "[proxy]\nlisten = \"{proxy}\"\n{fast_path}{proxy_keys}\n\n[admin]\ngrpc_listen = \"{grpc}\"\nhttp_listen = \"{http}\"\ntokens = [{{ name = \"tester\", secret = \"{TOKEN}\" }}{tokens}]\n\n[store]\ndata_dir = {:?}\n\n{sections}\n",
         data_dir.display().to_string()
     )
 }
@@ -87,10 +90,27 @@ impl Ingress {
         sections: &str,
         nofile: Option<(u64, u64)>,
     ) -> Ingress {
+        Ingress::launch(dir, proxy_keys, sections, nofile, "")
+    }
+
+    /// Like [`Ingress::start`], with more admin tokens besides the test token:
+    /// `tokens` are TOML inline tables, for example
+    /// `{ name = "ci", secret = "...", role = "read" }`, comma-separated.
+    pub fn start_with_tokens(dir: &Path, tokens: &str, sections: &str) -> Ingress {
+        Ingress::launch(dir, "", sections, None, &format!(", {tokens}"))
+    }
+
+    fn launch(
+        dir: &Path,
+        proxy_keys: &str,
+        sections: &str,
+        nofile: Option<(u64, u64)>,
+        tokens: &str,
+    ) -> Ingress {
         let [proxy, grpc, http] = free_ports().map(|port| SocketAddr::from(([127, 0, 0, 1], port)));
         let data_dir = dir.join("data");
         let config = dir.join("ingress.toml");
-        let text = config_text(proxy, grpc, http, &data_dir, proxy_keys, sections);
+        let text = config_text(proxy, grpc, http, &data_dir, proxy_keys, sections, tokens);
         std::fs::write(&config, text).expect("write config");
         let mut ingress = Ingress {
             proxy,
@@ -101,6 +121,7 @@ impl Ingress {
             log: dir.join("ingress.log"),
             config,
             sections: sections.to_string(),
+            tokens: tokens.to_string(),
             child: None,
             nofile,
         };
@@ -117,7 +138,7 @@ impl Ingress {
         let [proxy, grpc, http] = free_ports().map(|port| SocketAddr::from(([127, 0, 0, 1], port)));
         let data_dir = dir.join("data");
         let config = dir.join("ingress.toml");
-        let text = config_text(proxy, grpc, http, &data_dir, proxy_keys, &sections);
+        let text = config_text(proxy, grpc, http, &data_dir, proxy_keys, &sections, "");
         std::fs::write(&config, text).expect("write config");
         let mut ingress = Ingress {
             proxy,
@@ -128,6 +149,7 @@ impl Ingress {
             log: dir.join("ingress.log"),
             config,
             sections,
+            tokens: String::new(),
             child: None,
             nofile: None,
         };
@@ -200,7 +222,15 @@ impl Ingress {
         let config = dir.join("ingress-second.toml");
         let log = dir.join("ingress-second.log");
         let [proxy, grpc, http] = free_ports().map(|port| SocketAddr::from(([127, 0, 0, 1], port)));
-        let text = config_text(proxy, grpc, http, &self.data_dir, "", &self.sections);
+        let text = config_text(
+            proxy,
+            grpc,
+            http,
+            &self.data_dir,
+            "",
+            &self.sections,
+            &self.tokens,
+        );
         std::fs::write(&config, text).expect("write config");
         let out = std::fs::File::create(&log).expect("create log");
         let mut child = Command::new(env!("CARGO_BIN_EXE_ingress"))
@@ -299,15 +329,26 @@ impl Ingress {
 
     /// Runs `ingressctl ARGS` with the given token (or none).
     pub fn ctl_with_token(&self, token: Option<&str>, args: &[&str]) -> CtlOutput {
+        CtlOutput(
+            self.ctl_command(token, args)
+                .output()
+                .expect("run ingressctl"),
+        )
+    }
+
+    /// `ingressctl ARGS` against this ingress with the given token (or none),
+    /// with neither INGRESS_TOKEN nor INGRESS_TIMEOUT from the environment.
+    pub fn ctl_command(&self, token: Option<&str>, args: &[&str]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_ingressctl"));
         command
             .args(args)
             .env("INGRESS_SERVER", format!("http://{}", self.grpc))
-            .env_remove("INGRESS_TOKEN");
+            .env_remove("INGRESS_TOKEN")
+            .env_remove("INGRESS_TIMEOUT");
         if let Some(token) = token {
             command.env("INGRESS_TOKEN", token);
         }
-        CtlOutput(command.output().expect("run ingressctl"))
+        command
     }
 }
 
@@ -475,4 +516,29 @@ pub fn routing_generation(http: SocketAddr, wait: u64, timeout_ms: u64) -> (u16,
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
     (status, generation)
+}
+
+/// Runs `command` (output captured), killing it if it has not exited after
+/// `limit`. Returns what it printed (its status is the kill's when killed) and
+/// how long it ran.
+pub fn run_bounded(mut command: Command, limit: Duration) -> (CtlOutput, Duration) {
+    let started = Instant::now();
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the command");
+    while started.elapsed() < limit {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let elapsed = started.elapsed();
+    if let Ok(None) = child.try_wait() {
+        let _ = child.kill();
+    }
+    let output = child.wait_with_output().expect("collect the output");
+    (CtlOutput(output), elapsed)
 }
