@@ -990,6 +990,8 @@ def start_haproxy_tls(workdir, port, tls_port, upstream_port, threads, paths):
 global
   nbthread {threads}
   maxconn 8192
+  # HAProxy picks by its own order: put AES-128-GCM first, as the others negotiate
+  ssl-default-bind-ciphersuites TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256
 defaults
   mode http
   timeout connect 2s
