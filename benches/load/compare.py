@@ -11,6 +11,14 @@ held to the upstream, sampled mid-round with `ss`. After the run it counts the
 ingress log's "failed to acquire reusable stream" lines (cloudflare/pingora#998);
 the log is `ingress.log` in the work directory (kept with --keep).
 
+--tls compares HTTPS instead, ingress against nginx (and HAProxy with --tls-haproxy)
+with one ECDSA P-256 certificate made with openssl, TLS 1.3, h2load -t1 as the
+client: (a) HTTP/1.1 keep-alive, (b) h2 with 10 streams per connection, (c) a new
+connection and full handshake per request, (d) plain HTTP with wrk (the reference
+ratio, same run), (e) = (c) against a second ingress holding 10,000 certificates
+(made by certgen.py into its tls.cert_dir). The negotiated protocol, cipher, key
+exchange and ALPN are recorded once per target with `openssl s_client`.
+
 Binaries are taken from $CARGO_TARGET_DIR/release when CARGO_TARGET_DIR is set,
 from target/release otherwise.
 
@@ -581,7 +589,9 @@ def ratios(results):
     return "\n".join(lines)
 
 
-def machine():
+def machine(extra_tools=()):
+    """CPU count and model and the tools' versions; `extra_tools` are more
+    version commands (the --tls mode adds h2load and openssl)."""
     cpu = "unknown CPU"
     try:
         with open("/proc/cpuinfo") as f:
@@ -592,7 +602,8 @@ def machine():
     except OSError:
         pass
     versions = []
-    for command in (["nginx", "-v"], ["haproxy", "-v"], ["caddy", "version"], ["wrk", "-v"]):
+    for command in (["nginx", "-v"], ["haproxy", "-v"], ["caddy", "version"], ["wrk", "-v"],
+                    *extra_tools):
         if shutil.which(command[0]) is None:
             continue
         out = subprocess.run(command, capture_output=True, text=True, timeout=30)
@@ -813,6 +824,656 @@ def publish(args, workdir):
     print("\n".join(lines))
 
 
+# ------------------------------------------------------------------ TLS (--tls)
+#
+# HTTPS against nginx with the same certificate: h2load over TLS 1.3 for HTTP/1.1
+# keep-alive, HTTP/2 with multiplexed streams and a new connection per request,
+# wrk over plain HTTP for the reference ratio, and the handshake scenario again
+# against a second ingress holding 10,000 certificates.
+
+# h2load's default TLS 1.3 offer (1.52), given to `openssl s_client` as well so
+# that the record shows what h2load negotiates.
+H2LOAD_TLS13_CIPHERS = (
+    "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:"
+    "TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_CCM_SHA256"
+)
+H2LOAD_GROUPS = "X25519:P-256:P-384:P-521"
+
+TLS_SCENARIOS = [
+    # key, label, what runs it, the ALPN protocol it must negotiate (None: plain)
+    ("h1", "(a) HTTPS HTTP/1.1 keep-alive", "h2load --h1", "http/1.1"),
+    ("h2", "(b) HTTPS h2, 10 streams per connection", "h2load -m10", "h2"),
+    ("handshake", "(c) HTTPS new connection per request", "h2load --h1 -n N, Connection: close",
+     "http/1.1"),
+    ("plain", "(d) plain HTTP/1.1 keep-alive", "wrk", None),
+]
+
+H2LOAD_FINISHED = re.compile(r"finished in ([\d.]+)(us|ms|s), ([\d.]+) req/s")
+H2LOAD_REQUESTS = re.compile(
+    r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, "
+    r"(\d+) failed, (\d+) errored, (\d+) timeout"
+)
+H2LOAD_STATUS = re.compile(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx")
+H2LOAD_NEGOTIATED = {
+    "protocol": re.compile(r"^TLS Protocol: (\S+)", re.M),
+    "cipher": re.compile(r"^Cipher: (\S+)", re.M),
+    "key": re.compile(r"^Server Temp Key: (\S+)", re.M),
+    "alpn": re.compile(r"^Application protocol: (\S+)", re.M),
+}
+
+
+def openssl(*args, cwd):
+    result = subprocess.run(
+        ["openssl", *args], cwd=cwd, capture_output=True, text=True, timeout=60
+    )
+    if result.returncode != 0:
+        raise SystemExit(f"openssl {' '.join(args)} failed: {result.stderr.strip()}")
+
+
+def make_certificate(workdir, app_host):
+    """One ECDSA P-256 CA and a leaf for `app_host` and `*.app_host` signed by it,
+    made with openssl. Returns the paths (ca.crt, ca.key, leaf key, full chain =
+    leaf + CA, and leaf + CA + key in one file for HAProxy)."""
+    d = os.path.join(workdir, "pki")
+    os.makedirs(d)
+    ec = ["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"]
+    openssl(*ec, "-out", "ca.key", cwd=d)
+    openssl("req", "-x509", "-new", "-key", "ca.key", "-subj", "/CN=ingress load-test CA",
+            "-days", "30", "-out", "ca.crt",
+            "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=d)
+    openssl(*ec, "-out", "leaf.key", cwd=d)
+    openssl("req", "-new", "-key", "leaf.key", "-subj", f"/CN={app_host}", "-out", "leaf.csr",
+            cwd=d)
+    with open(os.path.join(d, "leaf.ext"), "w") as f:
+        f.write(f"subjectAltName=DNS:{app_host},DNS:*.{app_host}\n"
+                "basicConstraints=critical,CA:FALSE\n"
+                "keyUsage=critical,digitalSignature\n"
+                "extendedKeyUsage=serverAuth\n")
+    openssl("x509", "-req", "-in", "leaf.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+            "-set_serial", "1", "-days", "30", "-extfile", "leaf.ext", "-out", "leaf.crt",
+            cwd=d)
+    paths = {name: os.path.join(d, name) for name in ("ca.crt", "ca.key", "leaf.key")}
+    paths["fullchain"] = os.path.join(d, "fullchain.pem")
+    paths["combined"] = os.path.join(d, "combined.pem")
+    parts = {}
+    for name in ("leaf.crt", "ca.crt", "leaf.key"):
+        with open(os.path.join(d, name)) as f:
+            parts[name] = f.read()
+    with open(paths["fullchain"], "w") as f:
+        f.write(parts["leaf.crt"] + parts["ca.crt"])
+    with open(paths["combined"], "w") as f:
+        f.write(parts["leaf.crt"] + parts["ca.crt"] + parts["leaf.key"])
+    return paths
+
+
+def cryptography_python():
+    """An interpreter that can import `cryptography` (this one, else Debian's)."""
+    for candidate in (sys.executable, "/usr/bin/python3"):
+        if candidate and os.path.exists(candidate):
+            probe = subprocess.run([candidate, "-c", "import cryptography"],
+                                   capture_output=True, timeout=60)
+            if probe.returncode == 0:
+                return candidate
+    raise SystemExit("the --tls mode needs Python's cryptography package "
+                     "(Debian: python3-cryptography); run benches/load/run.sh")
+
+
+def generate_cert_dir(paths, cert_dir, count, skip_index):
+    """`count` leaves for app0..appN (leaving out `skip_index`, whose certificate
+    is added through the API) into `cert_dir` with certgen.py; returns seconds."""
+    started = time.monotonic()
+    last = count if count > skip_index else count - 1  # count leaves, skip_index left out
+    subprocess.run(
+        [cryptography_python(), os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                             "certgen.py"),
+         "--ca-cert", paths["ca.crt"], "--ca-key", paths["ca.key"], "--dir", cert_dir,
+         "--suffix", HOST_SUFFIX, "--indices", f"0-{last}", "--skip", str(skip_index)],
+        check=True, capture_output=True, timeout=1800,
+    )
+    written = len([n for n in os.listdir(cert_dir) if n.endswith(".crt")])
+    if written != count:
+        raise SystemExit(f"certgen.py wrote {written} certificates into {cert_dir}, not {count}")
+    return time.monotonic() - started
+
+
+def start_nginx_tls(workdir, port, tls_port, upstream_port, workers, paths):
+    """nginx with the plain proxy of `start_nginx_proxy` and a TLS 1.3 listener
+    (HTTP/2 by ALPN) proxying to the same upstream keep-alive pool. The pool keeps
+    1,024 idle connections per worker instead of 128: scenario (b) has 640
+    requests in flight (64 connections x 10 streams), and with 128 nginx would
+    open and close upstream connections all through it, which the ingress (1,024
+    per thread, `upstream_keepalive_pool_size`) does not. With 64 connections
+    (a, c, d) the size makes no difference."""
+    conf = os.path.join(workdir, "nginx-tls.conf")
+    location = """
+    location / {
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $host;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+    }"""
+    with open(conf, "w") as f:
+        f.write(f"""
+worker_processes {workers};
+daemon off;
+pid {workdir}/nginx-tls.pid;
+error_log {workdir}/nginx-tls.error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  upstream app {{ server {LOOPBACK}:{upstream_port}; keepalive 1024; }}
+  server {{
+    listen {LOOPBACK}:{port} reuseport backlog=4096;{location}
+  }}
+  server {{
+    listen {LOOPBACK}:{tls_port} ssl http2 reuseport backlog=4096;
+    ssl_certificate {paths["fullchain"]};
+    ssl_certificate_key {paths["leaf.key"]};
+    ssl_protocols TLSv1.3;{location}
+  }}
+}}
+""")
+    process = start(["nginx", "-c", conf, "-p", workdir], "nginx-tls", workdir)
+    wait_for_port(port, "the nginx proxy")
+    wait_for_port(tls_port, "the nginx TLS proxy")
+    return process
+
+
+def start_haproxy_tls(workdir, port, tls_port, upstream_port, threads, paths):
+    """HAProxy as in `start_haproxy`, plus a TLS 1.3 bind with ALPN h2,http/1.1."""
+    conf = os.path.join(workdir, "haproxy-tls.cfg")
+    with open(conf, "w") as f:
+        f.write(f"""
+global
+  nbthread {threads}
+  maxconn 8192
+  # HAProxy picks by its own order: put AES-128-GCM first, as the others negotiate
+  ssl-default-bind-ciphersuites TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 60s
+  timeout server 60s
+  option forwardfor
+  http-reuse always
+frontend fe
+  bind {LOOPBACK}:{port}
+  bind {LOOPBACK}:{tls_port} ssl crt {paths["combined"]} alpn h2,http/1.1 ssl-min-ver TLSv1.3
+  default_backend app
+backend app
+  server s1 {LOOPBACK}:{upstream_port}
+""")
+    process = start(["haproxy", "-f", conf, "-db"], "haproxy-tls", workdir)
+    wait_for_port(port, "haproxy")
+    wait_for_port(tls_port, "haproxy's TLS bind")
+    return process
+
+
+def https_get(port, host, cafile, timeout=10):
+    """One HTTP/1.1 GET over TLS to loopback `port` with SNI `host`, the chain
+    verified against `cafile` for `host`; returns (status, body)."""
+    import ssl
+
+    context = ssl.create_default_context(cafile=cafile)
+    context.set_alpn_protocols(["http/1.1"])
+    with socket.create_connection((LOOPBACK, port), timeout=timeout) as raw:
+        with context.wrap_socket(raw, server_hostname=host) as tls:
+            tls.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+            data = b""
+            while len(data) < 1 << 20:
+                chunk = tls.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1]) if head.startswith(b"HTTP/") else 0
+    if b"transfer-encoding: chunked" in head.lower():
+        decoded, rest = b"", body
+        while rest:
+            size_line, _, rest = rest.partition(b"\r\n")
+            size = int(size_line.split(b";")[0] or b"0", 16)
+            if size == 0:
+                break
+            decoded, rest = decoded + rest[:size], rest[size + 2:]
+        body = decoded
+    return status, body
+
+
+def s_client(port, host, cafile, *extra):
+    """`openssl s_client` once against loopback `port`; returns its output."""
+    args = [
+        "openssl", "s_client", "-connect", f"{LOOPBACK}:{port}", "-servername", host,
+        "-CAfile", cafile, *extra,
+    ]
+    try:
+        out = subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, timeout=20)
+    except subprocess.TimeoutExpired:
+        return ""
+    return (out.stdout + out.stderr).decode(errors="replace")
+
+
+def negotiated(port, host, cafile):
+    """What a handshake offering h2load's defaults gets, from `openssl s_client`,
+    and whether TLS 1.2 alone is accepted."""
+    text = s_client(port, host, cafile, "-alpn", "h2,http/1.1",
+                    "-ciphersuites", H2LOAD_TLS13_CIPHERS, "-groups", H2LOAD_GROUPS)
+
+    def find(pattern):
+        match = re.search(pattern, text, re.M)
+        return match.group(1).strip() if match else "?"
+
+    tls12 = s_client(port, host, cafile, "-tls1_2", "-alpn", "http/1.1")
+    tls12_ok = re.search(r"^New, TLSv1\.2, Cipher is (?!\(NONE\))", tls12, re.M) is not None
+    return {
+        "protocol": find(r"^New, (TLSv[\d.]+), Cipher is"),
+        "cipher": find(r"^New, TLSv[\d.]+, Cipher is (\S+)"),
+        "key": find(r"^Server Temp Key: ([^,\n]+)"),
+        "signature": find(r"^Peer signature type: (\S+)"),
+        "alpn": find(r"^ALPN protocol: (\S+)"),
+        "verify": find(r"^Verify return code: (.+)$"),
+        "tls12": "accepted" if tls12_ok else "refused",
+    }
+
+
+def tcp_passive_opens():
+    """The kernel's count of accepted TCP connections (machine-wide)."""
+    with open("/proc/net/snmp") as f:
+        rows = [line.split() for line in f if line.startswith("Tcp:")]
+    return int(rows[1][rows[0].index("PassiveOpens")])
+
+
+def latency_percentiles(log_path):
+    """p50 and p99 in ms of the per-request times h2load wrote to --log-file
+    (failed requests, status -1, left out)."""
+    times = []
+    try:
+        with open(log_path) as f:
+            for line in f:
+                fields = line.split("\t")
+                if len(fields) >= 3 and fields[1] != "-1":
+                    times.append(int(fields[2]))
+    except OSError:
+        pass
+    if not times:
+        return float("nan"), float("nan")
+    times.sort()
+
+    def at(fraction):
+        return times[min(len(times) - 1, int(fraction * len(times)))] / 1000.0
+
+    return at(0.50), at(0.99)
+
+
+def run_h2load(scenario, port, host, seconds, connections, workdir, requests=None,
+               during=None, samples=2):
+    """One h2load run of `scenario` ("h1", "h2" or "handshake"), -t1, against
+    loopback `port` with SNI and :authority `host`. "handshake" is count-based
+    (`requests` requests, each on a new connection: h2load reconnects when the
+    server answers `Connection: close`; with -D it would not); the others run
+    `seconds`. `during` is sampled like run_wrk's."""
+    log_path = os.path.join(workdir, "h2load-requests.log")
+    args = ["h2load", "-t1", f"-c{connections}", f"--connect-to={LOOPBACK}:{port}",
+            f"--log-file={log_path}"]
+    if scenario == "h1":
+        args += ["--h1", "-D", str(seconds)]
+    elif scenario == "h2":
+        args += ["-m10", "-D", str(seconds)]
+    elif scenario == "handshake":
+        args += ["--h1", "-n", str(requests), "-H", "Connection: close"]
+    else:
+        raise ValueError(scenario)
+    args.append(f"https://{host}/")
+    limit = seconds + 60 if scenario != "handshake" else 10 * seconds + 60
+    opens_before = tcp_passive_opens()
+    started = time.monotonic()
+    h2load = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sampled = []
+    try:
+        if during is not None:
+            for i in range(samples):
+                time.sleep(max(0.0, started + seconds * (i + 1) / (samples + 1) - time.monotonic()))
+                if h2load.poll() is not None:
+                    break
+                sampled.append(during())
+        stdout, stderr = h2load.communicate(timeout=limit)
+    except subprocess.TimeoutExpired:
+        raise SystemExit(f"h2load ran past {limit}s: {' '.join(args)}")
+    finally:
+        if h2load.poll() is None:
+            h2load.kill()
+            h2load.wait(timeout=5)
+    opens = tcp_passive_opens() - opens_before
+    finished = H2LOAD_FINISHED.search(stdout)
+    counts = H2LOAD_REQUESTS.search(stdout)
+    if h2load.returncode != 0 or not finished or not counts:
+        raise SystemExit(f"h2load failed ({h2load.returncode}): {' '.join(args)}\n"
+                         f"{stdout[-2000:]}\n{stderr[-2000:]}")
+    total, started_n, done, succeeded, failed, errored, timeout = (int(g) for g in counts.groups())
+    status = H2LOAD_STATUS.search(stdout)
+    s2xx, s3xx, s4xx, s5xx = (int(g) for g in status.groups()) if status else (0, 0, 0, 0)
+    p50, p99 = latency_percentiles(log_path)
+    try:
+        os.remove(log_path)
+    except OSError:
+        pass
+    found = {key: pattern.search(stdout) for key, pattern in H2LOAD_NEGOTIATED.items()}
+    return {
+        "rps": float(finished.group(3)),
+        "p50": p50,
+        "p99": p99,
+        # failed covers errored and timeout, and 4xx/5xx; a 3xx is no answer either
+        "errors": failed + s3xx,
+        "detail": f"{failed} failed, {errored} errored, {timeout} timeout, "
+                  f"{s3xx} 3xx, {s4xx} 4xx, {s5xx} 5xx",
+        "requests": succeeded,
+        "conns_per_request": opens / max(done, 1),
+        "negotiated": {k: (m.group(1) if m else "?") for k, m in found.items()},
+        "samples": sampled,
+    }
+
+
+def tls(args, workdir):
+    """The --tls comparison: see TLS_SCENARIOS and the module's --help."""
+    upstream_port = free_port()
+    start_upstream(workdir, upstream_port)
+    host = request_host(args.apps, args.labels)
+    app_index = args.apps // 2
+    app_host = f"{app_name(app_index)}.{HOST_SUFFIX}"
+    started = time.monotonic()
+    paths = make_certificate(workdir, app_host)
+    log(f"CA and leaf for {app_host}, *.{app_host} made in {time.monotonic() - started:.1f}s")
+    if args.tls_many_certs < 2 or args.tls_many_certs > args.apps:
+        raise SystemExit(f"--tls-many-certs must be 2..--apps ({args.apps})")
+    cert_counts = [10, args.tls_many_certs]
+
+    nginx_port, nginx_tls_port = free_port(), free_port()
+    nginx = start_nginx_tls(workdir, nginx_port, nginx_tls_port, upstream_port,
+                            args.nginx_workers, paths)
+    haproxy = None
+    if args.tls_haproxy:
+        haproxy_port, haproxy_tls_port = free_port(), free_port()
+        haproxy = start_haproxy_tls(workdir, haproxy_port, haproxy_tls_port, upstream_port,
+                                    args.haproxy_threads, paths)
+
+    # Two ingress instances: 10 certificates (every scenario) and many (the
+    # handshake scenario again). The bench host's certificate goes in through the
+    # API, the others through tls.cert_dir and `ingressctl cert reload`.
+    instances = {}
+    setup_notes = []
+    for count in cert_counts:
+        sub = os.path.join(workdir, f"ingress-{count}-certs")
+        cert_dir = os.path.join(sub, "certs")
+        os.makedirs(cert_dir)
+        generated = generate_cert_dir(paths, cert_dir, count - 1, app_index)
+        tls_port = free_port()
+        ingress = Ingress(
+            sub, args.threads, proxy_extra=proxy_extra(args),
+            extra_config=f"""
+[tls]
+listen = "{LOOPBACK}:{tls_port}"
+h2 = true
+cert_dir = "{cert_dir}"
+reload_interval = "0s"
+redirect_http = false
+""",
+        )
+        ingress.tls_port = tls_port
+        ingress.start()
+        wait_for_port(tls_port, "the ingress TLS listener", timeout=300)
+        import_apps(ingress, args.apps, args.labels, upstream_port)
+        t0 = time.monotonic()
+        ingress.ctl("cert", "add", "--cert", paths["fullchain"], "--key", paths["leaf.key"])
+        added = time.monotonic() - t0
+        t0 = time.monotonic()
+        out = ingress.ctl("cert", "reload", "--output", "json")
+        reloaded = time.monotonic() - t0
+        loaded = len(json.loads(out)["loaded"])
+        if loaded != count - 1:
+            raise SystemExit(f"cert reload loaded {loaded} certificates, not {count - 1}")
+        check = ingress.ctl("cert", "check", host)
+        instances[count] = ingress
+        setup_notes.append(
+            f"{count} certificates: {count - 1} leaves generated in {generated:.1f}s, "
+            f"`cert add` {added:.2f}s, `cert reload` of {count - 1} {reloaded:.2f}s, "
+            f"RSS {ingress.rss_bytes() / 2**20:.0f} MiB; `cert check {host}`: {check.strip()}"
+        )
+        log(setup_notes[-1])
+    ingress = instances[10]
+    many = instances[cert_counts[1]]
+
+    proxies = [("nginx", nginx, nginx_port, nginx_tls_port)]
+    if haproxy:
+        proxies.append(("haproxy", haproxy, haproxy_port, haproxy_tls_port))
+    proxies.append(("ingress", ingress.process, ingress.port, ingress.tls_port))
+    # Every target must really proxy, over TLS with the chain verified for the host.
+    for name, _, port, tls_port in proxies + [
+            (f"ingress {cert_counts[1]} certs", many.process, many.port, many.tls_port)]:
+        status, _, body = http_get(f"http://{LOOPBACK}:{port}/", host=host)
+        if status != 200 or body.decode(errors="replace") != BODY:
+            raise SystemExit(f"{name} answered {status} {body[:80]!r} on plain HTTP")
+        status, body = https_get(tls_port, host, paths["ca.crt"])
+        if status != 200 or body.decode(errors="replace") != BODY:
+            raise SystemExit(f"{name} answered {status} {body[:80]!r} over TLS")
+    records = {name: negotiated(tls_port, host, paths["ca.crt"])
+               for name, _, _, tls_port in proxies}
+    for name, record in records.items():
+        log(f"{name}: {record}")
+
+    many_name = f"ingress, {cert_counts[1]:,} certs"
+    plan = {  # scenario -> [(target name, process, port)]
+        "h1": [(n, p, t) for n, p, _, t in proxies],
+        "h2": [(n, p, t) for n, p, _, t in proxies],
+        "handshake": [(n, p, t) for n, p, _, t in proxies] + [(many_name, many.process,
+                                                                many.tls_port)],
+        "plain": [(n, p, port) for n, p, port, _ in proxies],
+    }
+    handshake_requests = {}
+
+    def run(scenario, name, process, port, warm=False):
+        seconds = 1 if warm else args.seconds
+        during = None if warm else (lambda: upstream_connections(process.pid, upstream_port))
+        if scenario == "plain":
+            return run_wrk(port, host, seconds, args.connections, during=during)
+        requests = None
+        if scenario == "handshake":
+            requests = 4 * args.connections if warm else handshake_requests[name]
+        return run_h2load(scenario, port, host, seconds, args.connections, workdir,
+                          requests=requests, during=during)
+
+    # Warm-up: connections, pools, leases; the handshake rate sizes the
+    # count-based runs to about --seconds each.
+    for scenario, targets in plan.items():
+        for name, process, port in targets:
+            result = run(scenario, name, process, port, warm=True)
+            if scenario == "handshake":
+                handshake_requests[name] = handshake_count(result["rps"], args)
+    results = {(s, name): [] for s, targets in plan.items() for name, _, _ in targets}
+    # cloudflare/pingora#998 lines in each ingress's log, per run.
+    reuse_counters = {
+        name: (lambda path=os.path.join(instance.workdir, "ingress.log"):
+               count_lines(path, REUSE_FAILURE))
+        for name, instance in (("ingress", ingress), (many_name, many))
+    }
+    for round_number in range(args.rounds):
+        for scenario, targets in plan.items():
+            # Alternate the order within a scenario from round to round.
+            ordered = targets if round_number % 2 == 0 else list(reversed(targets))
+            for name, process, port in ordered:
+                if process.poll() is not None:
+                    raise SystemExit(f"{name} exited (status {process.returncode}); see its log")
+                counter = reuse_counters.get(name)
+                lines_before = counter() if counter else 0
+                before = cpu_ticks(process.pid)
+                result = run(scenario, name, process, port)
+                user, system = cpu_spent(before, cpu_ticks(process.pid))
+                if counter:
+                    result["log_lines"] = counter() - lines_before
+                served = max(result["requests"], 1)
+                result["us_user"] = 1e6 * user / served
+                result["us_sys"] = 1e6 * system / served
+                counts = [c for c in result["samples"] if c is not None]
+                result["conns"] = max(counts) if counts else None
+                if scenario == "handshake":
+                    handshake_requests[name] = handshake_count(result["rps"], args)
+                results[(scenario, name)].append(result)
+                log(f"round {round_number + 1}/{args.rounds} {scenario:9} {name:22} "
+                    f"{result['rps']:9.0f} req/s  p99 {result['p99']:.2f} ms  "
+                    f"errors {result['errors']}  CPU/req {result['us_user']:.1f} + "
+                    f"{result['us_sys']:.1f} µs"
+                    + (f"  conns/req {result['conns_per_request']:.2f}"
+                       if "conns_per_request" in result else "")
+                    + (f"  #998 lines {result['log_lines']}" if counter else ""))
+
+    print(tls_report(args, host, app_host, paths, records, setup_notes, plan, results,
+                     cert_counts, many_name, [n for n, _, _, _ in proxies]))
+
+
+def handshake_count(rate, args):
+    """Requests for a count-based handshake run of about --seconds at `rate`."""
+    return int(min(200_000, max(4 * args.connections, rate * args.seconds)))
+
+
+def tls_report(args, host, app_host, paths, records, setup_notes, plan, results,
+               cert_counts, many_name, proxy_names):
+    labels = {key: label for key, label, _, _ in TLS_SCENARIOS}
+    alpn_expected = {key: alpn for key, _, _, alpn in TLS_SCENARIOS}
+    lines = [
+        f"Machine: {machine(extra_tools=(['h2load', '--version'], ['openssl', 'version']))}",
+        f"Load: {args.rounds} rounds in alternation (the order of targets reversed every "
+        f"other round), -c{args.connections}, one client thread, host {host} (a preview "
+        f"label; the ingress has {args.apps} apps x {args.labels} labels, threads "
+        f"{args.threads}; nginx {args.nginx_workers} workers"
+        + (f", HAProxy {args.haproxy_threads} threads" if "haproxy" in proxy_names else "")
+        + "). (a) `h2load --h1 -t1 -c{c} -D {s}`; (b) `h2load -t1 -c{c} -m10 -D {s}`; "
+          "(c) `h2load --h1 -t1 -c{c} -n N -H 'Connection: close'` (N sized to about {s} s: "
+          "a full TLS 1.3 handshake per request, req/s = handshakes/s); (d) `wrk -t1 "
+          "-c{c} -d{s}s` on the plain listeners; (e) = (c) against a second ingress "
+          "holding {m:,} certificates. p50/p99 from h2load's per-request log (request "
+          "sent to response end; for (c) the handshake comes before it). CPU per "
+          "request: user and system time of the target's processes over the run divided "
+          "by the requests that succeeded, median of rounds; upstream conns: "
+          "established connections to the upstream held by the target, idle pooled "
+          "ones included, sampled twice a run.".format(
+              c=args.connections, s=args.seconds, m=cert_counts[1]),
+        "",
+        f"Certificate: ECDSA P-256 leaf for {app_host} and *.{app_host}, signed by an "
+        "ECDSA P-256 CA, both made with openssl; the same PEM files for nginx "
+        "(`ssl_protocols TLSv1.3`) and the ingress (`ingressctl cert add`). The other "
+        "certificates (one shared P-256 key, each for appI and *.appI) come from "
+        "certgen.py through tls.cert_dir and `ingressctl cert reload`.",
+    ]
+    lines += [f"- {note}" for note in setup_notes]
+    lines += ["", "Negotiated (openssl s_client offering h2load's TLS 1.3 suites and groups, "
+              "ALPN h2,http/1.1):", ""]
+    for name, r in records.items():
+        lines.append(f"- {name}: {r['protocol']}, {r['cipher']}, key exchange {r['key']}, "
+                     f"{r['signature']} signature, ALPN {r['alpn']}, chain verify: "
+                     f"{r['verify']}; TLS 1.2 offered alone: {r['tls12']}")
+    # What h2load itself negotiated, every run.
+    seen, mismatches = set(), []
+    for (scenario, name), rounds in results.items():
+        for r in rounds:
+            n = r.get("negotiated")
+            if not n:
+                continue
+            seen.add(f"{n['protocol']} {n['cipher']} {n['key']}")
+            if n["protocol"] != "TLSv1.3" or n["alpn"] != alpn_expected[scenario]:
+                mismatches.append(f"{scenario} {name}: {n}")
+    lines.append(f"- h2load, every run: {', '.join(sorted(seen))}; ALPN "
+                 + ("as expected (http/1.1 for a, c, e; h2 for b)" if not mismatches
+                    else f"**NOT as expected**: {mismatches[:5]}"))
+
+    lines += [
+        "",
+        "| scenario | target | req/s (median) | range | p50 ms | p99 ms | errors "
+        "| µs user/req | µs sys/req | upstream conns (max) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    order = ["h1", "h2", "handshake", "plain"]
+    for scenario in order:
+        for name, _, _ in plan[scenario]:
+            rounds = results[(scenario, name)]
+            rates = [r["rps"] for r in rounds]
+            conns = [r["conns"] for r in rounds if r.get("conns") is not None]
+            label = labels[scenario]
+            if name == many_name:
+                label = f"(e) = (c) with {cert_counts[1]:,} certificates"
+            elif scenario == "handshake" and name == "ingress":
+                label += f" ({cert_counts[0]} certificates)"
+            lines.append(
+                f"| {label} | {name} | {median(rounds, 'rps'):.0f} | "
+                f"{min(rates):.0f}–{max(rates):.0f} | {median(rounds, 'p50'):.2f} | "
+                f"{median(rounds, 'p99'):.2f} | {sum(r['errors'] for r in rounds)} | "
+                f"{median(rounds, 'us_user'):.1f} | {median(rounds, 'us_sys'):.1f} | "
+                f"{max(conns) if conns else '—'} |"
+            )
+
+    def ratio(scenario, a, b, key="rps"):
+        return median(results[(scenario, a)], key) / median(results[(scenario, b)], key)
+
+    def cpu(scenario, name):
+        rounds = results[(scenario, name)]
+        return median(rounds, "us_user") + median(rounds, "us_sys")
+
+    plain = ratio("plain", "ingress", "nginx")
+    others = [n for n in proxy_names if n != "ingress"]
+    header = "| scenario | " + " | ".join(
+        f"ingress/{o} req/s | p99 ingress/{o} | CPU per request ingress/{o}" for o in others
+    ) + " | plain-HTTP ingress/nginx, same run |"
+    lines += ["", header, "|---|" + "---|" * (3 * len(others) + 1)]
+    for scenario in order:
+        for name in (["ingress", many_name] if scenario == "handshake" else ["ingress"]):
+            label = labels[scenario] if name == "ingress" else (
+                f"(e) = (c) with {cert_counts[1]:,} certificates")
+            cells = []
+            for o in others:
+                cells.append(f"**{ratio(scenario, name, o):.2f}** | "
+                             f"{ratio(scenario, name, o, 'p99'):.2f} | "
+                             f"{cpu(scenario, name) / cpu(scenario, o):.2f}")
+            lines.append(f"| {label} | " + " | ".join(cells) + f" | {plain:.2f} |")
+
+    lines.append("")
+    scale = ratio("handshake", many_name, "ingress")
+    rounds_10 = [f"{r['rps']:.0f}" for r in results[("handshake", "ingress")]]
+    rounds_many = [f"{r['rps']:.0f}" for r in results[("handshake", many_name)]]
+    lines.append(f"- certificate scale: handshakes/s with {cert_counts[1]:,} certificates / "
+                 f"with {cert_counts[0]}: **{scale:.2f}** (rounds {', '.join(rounds_many)} "
+                 f"against {', '.join(rounds_10)})")
+    for scenario in order:
+        rates = ", ".join(f"{r['rps']:.0f}" for r in results[(scenario, "ingress")])
+        lines.append(f"- ingress rounds, {labels[scenario]}: {rates} req/s")
+    lines.append(
+        f"- \"{REUSE_FAILURE}\" lines in the ingress's log (cloudflare/pingora#998), "
+        "per round: " + "; ".join(
+            f"{key} {[r.get('log_lines', 0) for r in results[(key, 'ingress')]]}"
+            for key in order))
+    upstream_opens = [
+        f"{name} {statistics.median(r['conns_per_request'] for r in results[('h2', name)]):.3f}"
+        for name in proxy_names
+    ]
+    lines.append("- (b) new TCP connections accepted per request (machine-wide, so upstream "
+                 "connections a proxy opens beyond its pool; median): "
+                 + ", ".join(upstream_opens))
+    per_conn = {
+        name: statistics.median(r["conns_per_request"] for r in results[("handshake", name)])
+        for name, _, _ in plan["handshake"]
+    }
+    lines.append("- (c)/(e) new TCP connections accepted per request (machine-wide "
+                 "TcpPassiveOpens over the run, median): "
+                 + ", ".join(f"{n} {v:.2f}" for n, v in per_conn.items()))
+    errored = [(key, r["detail"]) for key, rounds in results.items() for r in rounds
+               if r["errors"] and "detail" in r]
+    errored += [(key, f"{r['errors']} wrk errors") for key, rounds in results.items()
+                for r in rounds if r["errors"] and "detail" not in r]
+    lines.append("- errors: " + ("none in any run (h2load failed/errored/timeout, non-2xx, "
+                                 "wrk socket errors)" if not errored
+                                 else f"**{len(errored)} runs with errors**: {errored[:8]}"))
+    return "\n".join(lines)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -834,11 +1495,30 @@ def main():
     parser.add_argument("--publish", action="store_true",
                         help="p99 while a change is published every --interval-ms")
     parser.add_argument("--interval-ms", type=int, default=10)
+    parser.add_argument(
+        "--tls", action="store_true",
+        help="HTTPS against nginx with the same ECDSA P-256 certificate, TLS 1.3, with "
+             "h2load: (a) HTTP/1.1 keep-alive, (b) h2 with 10 streams per connection, "
+             "(c) a new connection (full handshake) per request, (d) plain HTTP with wrk "
+             "for the reference ratio, (e) = (c) against a second ingress holding "
+             "--tls-many-certs certificates; ingress/nginx ratios per scenario",
+    )
+    parser.add_argument("--tls-many-certs", type=int, default=10000,
+                        help="certificates of the second ingress in --tls (e)")
+    parser.add_argument("--tls-haproxy", action="store_true",
+                        help="with --tls: HAProxy too (bind ... ssl crt ... alpn h2,http/1.1)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args()
     if not 1 <= args.rounds <= 50 or not 1 <= args.seconds <= 120:
         parser.error("--rounds must be 1..50 and --seconds 1..120")
-    tools = ("wrk", "nginx") if args.scale or args.publish else ("wrk", "nginx", "haproxy", "caddy")
+    if args.tls and (args.scale or args.publish):
+        parser.error("--tls, --scale and --publish are separate runs")
+    if args.tls:
+        tools = ("wrk", "nginx", "h2load", "openssl") + (("haproxy",) if args.tls_haproxy else ())
+    elif args.scale or args.publish:
+        tools = ("wrk", "nginx")
+    else:
+        tools = ("wrk", "nginx", "haproxy", "caddy")
     for tool in tools:
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is not installed; run benches/load/run.sh")
@@ -850,6 +1530,8 @@ def main():
             scale(args, workdir)
         elif args.publish:
             publish(args, workdir)
+        elif args.tls:
+            tls(args, workdir)
         else:
             compare(args, workdir)
     finally:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The load comparison: installs wrk, nginx, HAProxy and Caddy (apt) and cmake if
-# missing, builds the release binaries, then runs compare.py (see its --help), which
+# The load comparison: installs wrk, nginx, HAProxy, Caddy, h2load (nghttp2-client),
+# openssl and Python's cryptography (apt) and cmake if missing, builds the release
+# binaries, then runs compare.py (see its --help), which
 # prints a Markdown table: requests/s, latency, CPU µs (user and system) per request
 # and upstream connections for each target, the ingress/nginx, ingress/haproxy and
 # ingress/caddy ratios, and the cloudflare/pingora#998 check (the ingress's upstream
@@ -12,6 +13,11 @@
 #   benches/load/run.sh --rounds 2 --duration 3   # a quick check that it all works
 #   benches/load/run.sh --scale         # throughput and RSS at 10 / 10,000 / 100,000 routes (x10 labels)
 #   benches/load/run.sh --publish       # p99 while a change is published every 10 ms
+#   benches/load/run.sh --tls           # HTTPS (TLS 1.3, same ECDSA P-256 certificate) against
+#                                       # nginx with h2load: HTTP/1.1 keep-alive, h2 -m10, a new
+#                                       # connection per request, plain HTTP for the reference
+#                                       # ratio, and handshakes with 10 vs 10,000 certificates
+#   benches/load/run.sh --tls --rounds 2 --seconds 3   # its quick check
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 missing=()
@@ -21,7 +27,15 @@ command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing+=(hapr
 command -v caddy >/dev/null 2>&1 || missing+=(caddy)
 command -v ss >/dev/null 2>&1 || missing+=(iproute2)
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
+command -v h2load >/dev/null 2>&1 || missing+=(nghttp2-client)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
+# certgen.py (the --tls mode's 10,000 certificates) needs cryptography in python3
+# or in Debian's /usr/bin/python3.
+if ! python3 -c 'import cryptography' >/dev/null 2>&1 \
+    && ! /usr/bin/python3 -c 'import cryptography' >/dev/null 2>&1; then
+  missing+=(python3-cryptography)
+fi
 if [ "${#missing[@]}" -gt 0 ]; then
   scripts/install-system-packages "${missing[@]}"
 fi
