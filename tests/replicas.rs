@@ -7,12 +7,16 @@ mod support;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use support::binary::{routing_generation, Ingress, ReplicaNode, TOKEN};
+use support::binary::{routing_generation, Ingress, ReplicaNode};
 use support::{raw_request, RawResponse, Upstream};
 
 const APP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/app.py");
 const CONTROL: &str = "[node]\nrole = \"control\"\n\n[activity]\nreport_interval = \"300ms\"\n\n[runtime]\nstop_grace = \"2s\"\n";
 const REPLICA: &str = "[activity]\nreport_interval = \"300ms\"\n";
+/// The replicas' token (role replica) and a read-only one.
+const REPLICA_TOKEN: &str = "replica-token-0123456789abcdef";
+const READ_TOKEN: &str = "read-token-0123456789abcdef";
+const TOKENS: &str = "{ name = \"edge\", secret = \"replica-token-0123456789abcdef\", role = \"replica\" }, { name = \"viewer\", secret = \"read-token-0123456789abcdef\", role = \"read\" }";
 
 /// A control node with app `shop` on `shop.example.com`, and `n` replicas.
 struct Cluster {
@@ -24,13 +28,21 @@ struct Cluster {
 impl Cluster {
     fn start(n: usize) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
-        let control = Ingress::start(dir.path(), CONTROL);
+        let control = Ingress::start_with_tokens(dir.path(), TOKENS, CONTROL);
         control.ctl(&["app", "create", "shop"]).expect_ok();
         control
             .ctl(&["route", "add", "shop.example.com", "--app", "shop"])
             .expect_ok();
         let replicas = (0..n)
-            .map(|i| ReplicaNode::start(dir.path(), &format!("r{i}"), control.grpc, TOKEN, REPLICA))
+            .map(|i| {
+                ReplicaNode::start(
+                    dir.path(),
+                    &format!("r{i}"),
+                    control.grpc,
+                    REPLICA_TOKEN,
+                    REPLICA,
+                )
+            })
             .collect();
         Cluster {
             control,
@@ -243,4 +255,36 @@ async fn a_sleeping_preview_hit_through_every_replica_starts_once_and_activity_r
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_token_cannot_deploy_and_a_read_token_cannot_follow() {
+    let upstream = Upstream::start("blue").await;
+    let cluster = Cluster::start(0);
+    let refused = cluster.control.ctl_with_token(
+        Some(REPLICA_TOKEN),
+        &["deploy", "shop", "--upstream", &upstream.addr.to_string()],
+    );
+    assert!(!refused.ok());
+    assert!(
+        refused.stderr().contains("role replica"),
+        "{}",
+        refused.stderr()
+    );
+    // A replica holding a read token gets no routing state: never ready.
+    let reader = ReplicaNode::start(
+        cluster.dir.path(),
+        "reader",
+        cluster.control.grpc,
+        READ_TOKEN,
+        REPLICA,
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, generation) = routing_generation(reader.http, 1, 200);
+    assert_eq!((status, generation), (504, 0));
+    assert!(
+        reader.log_text().contains("may not act as a replica"),
+        "{}",
+        reader.log_text()
+    );
 }

@@ -170,8 +170,8 @@ pub enum TokenRole {
     Admin,
     /// Listings, show and check, the audit log, logs and `Watch`: no change.
     Read,
-    /// What a proxy-only replica needs from its control node: the routing
-    /// stream (today `Watch`), and later the wake and activity-report calls.
+    /// What a proxy-only replica needs from its control node: `Watch` and the
+    /// `Replication` service (routing stream, wakes, activity reports).
     Replica,
 }
 

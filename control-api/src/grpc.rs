@@ -160,6 +160,23 @@ fn status(error: ControlError) -> Status {
 
 /// The first step of every call: the name of the token that made it (the
 /// audit log's actor), if its role may make `rpc` ([`scopes::check`]).
+/// For the `Replication` service: the caller's name when its role is `replica`
+/// or `admin`, else `PermissionDenied` naming the token, its role and the call.
+pub(crate) fn authorize_replica<T>(request: &Request<T>, call: &str) -> Result<String, Status> {
+    let caller = request
+        .extensions()
+        .get::<Caller>()
+        .ok_or_else(|| Status::unauthenticated("the request was not authenticated"))?;
+    match caller.role {
+        Role::Admin | Role::Replica => Ok(caller.name.clone()),
+        role => Err(Status::permission_denied(format!(
+            "token {:?} has role {}, which may not act as a replica; {call} needs role replica or admin",
+            caller.name,
+            role.as_str()
+        ))),
+    }
+}
+
 fn authorize<T>(request: &Request<T>, rpc: Rpc) -> Result<String, Status> {
     let caller = request
         .extensions()

@@ -7,9 +7,10 @@
 //! Roles (`admin.tokens[i].role`):
 //! - `admin`: every call (the default, and the only role before roles existed);
 //! - `read`: listings, show and check, the audit log, logs and `Watch`;
-//! - `replica`: what a proxy-only replica needs from its control node: the
-//!   routing stream, and (when they exist) the wake and activity-report calls.
-//!   Today that is `Watch` alone.
+//! - `replica`: what a proxy-only replica needs from its control node: `Watch`
+//!   here, and the whole `Replication` service (routing stream, wakes, activity
+//!   reports), which admits `replica` and `admin` tokens only
+//!   (`grpc::authorize_replica`).
 
 pub use ingress_config::TokenRole as Role;
 
@@ -45,8 +46,6 @@ const ADMIN: &[Role] = &[Role::Admin];
 const READ: &[Role] = &[Role::Admin, Role::Read];
 /// The routing stream: replicas follow it, and a read token may watch it.
 const ROUTING: &[Role] = &[Role::Admin, Role::Read, Role::Replica];
-// For the replica calls to come (wake forwarding, activity reports):
-// const REPLICA: &[Role] = &[Role::Admin, Role::Replica];
 
 impl Rpc {
     /// Every call, in the order of the proto.

@@ -9,8 +9,8 @@ use tonic::{Request, Response, Status};
 use super::feed::{Feed, Since};
 use super::nodes::Nodes;
 use crate::control_plane::ControlPlane;
-use crate::grpc::proto;
 use crate::grpc::proto::replication_server::Replication;
+use crate::grpc::{authorize_replica, proto};
 use crate::pools::EndpointView;
 
 /// The longest a replica's wake may wait.
@@ -38,6 +38,7 @@ impl Replication for ReplicationService {
         &self,
         request: Request<proto::RoutingRequest>,
     ) -> Result<Response<UpdateStream>, Status> {
+        authorize_replica(&request, "Routing")?;
         let request = request.into_inner();
         let plane = Arc::clone(&self.plane);
         let feed = Arc::clone(&self.feed);
@@ -95,6 +96,7 @@ impl Replication for ReplicationService {
         &self,
         request: Request<proto::ReplicaWakeRequest>,
     ) -> Result<Response<proto::Endpoint>, Status> {
+        authorize_replica(&request, "Wake")?;
         let request = request.into_inner();
         let wait = Duration::from_millis(request.wait_ms).min(MAX_WAKE_WAIT);
         match self.plane.wake_for_replica(&request.version, wait).await {
@@ -124,6 +126,7 @@ impl Replication for ReplicationService {
         &self,
         request: Request<proto::ActivityReport>,
     ) -> Result<Response<proto::Empty>, Status> {
+        authorize_replica(&request, "Report")?;
         let report = request.into_inner();
         if report.node_id.is_empty() || report.node_id.len() > 128 {
             return Err(Status::invalid_argument(
