@@ -288,3 +288,47 @@ async fn a_replica_token_cannot_deploy_and_a_read_token_cannot_follow() {
         reader.log_text()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_waits_for_a_request_in_flight_on_a_replica() {
+    let cluster = Cluster::start(1);
+    let command = format!(
+        "exec python3 {APP} --starts {} --pid {}",
+        cluster.dir.path().join("s.starts").display(),
+        cluster.dir.path().join("s.pid").display()
+    );
+    let deployed = cluster
+        .control
+        .ctl(&[
+            "deploy",
+            "shop",
+            "--command",
+            &command,
+            "--ephemeral",
+            "slow",
+            "--output",
+            "json",
+        ])
+        .json();
+    let id = deployed["id"].as_str().expect("id").to_string();
+    cluster.converge();
+    let replica = cluster.replicas[0].proxy;
+    assert_eq!(get(replica, "slow.shop.example.com").await.status, 200);
+    // A request that takes 2 s, in flight on the replica only.
+    let slow = tokio::spawn(async move {
+        raw_request(
+            replica,
+            "GET /slow?ms=2000 HTTP/1.1\r\nHost: slow.shop.example.com",
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    cluster.control.ctl(&["stop", "shop", &id]).expect_ok();
+    let answer = slow.await.expect("request");
+    assert_eq!(
+        answer.status,
+        200,
+        "the stop cut a request in flight on a replica:\n{}",
+        cluster.control.log_text()
+    );
+}

@@ -495,9 +495,19 @@ impl ControlPlane {
         let _ = self.https.set(HttpsUrls { certs, port });
     }
 
-    /// Sends every routing change from now on to `feed` too (a control node).
-    /// Later calls change nothing.
-    pub fn attach_feed(&self, feed: Arc<crate::replication::Feed>) {
+    /// Sends every routing change from now on to `feed` too (a control node),
+    /// and makes drains wait for the replicas `nodes` knows of. Later calls
+    /// change nothing.
+    pub fn attach_feed(
+        &self,
+        feed: Arc<crate::replication::Feed>,
+        nodes: Arc<crate::replication::Nodes>,
+    ) {
+        self.pools
+            .set_drain_gate(Arc::new(crate::replication::ReplicaDrain::new(
+                Arc::clone(&feed),
+                nodes,
+            )));
         let _ = self.feed.set(feed);
     }
 

@@ -162,6 +162,8 @@ struct Shared {
     /// Bumped after every change of the table (see [`TableGuard`]): replicas'
     /// endpoints are recomputed from it.
     changes: watch::Sender<u64>,
+    /// On a control node: whether replicas have seen a drain and finished.
+    drain_gate: std::sync::OnceLock<Arc<dyn DrainGate>>,
     runtimes: Runtimes,
     settings: PoolSettings,
     snapshots: Arc<SnapshotHandle>,
@@ -184,6 +186,17 @@ impl Drop for Pools {
             runtime.shutdown_background();
         }
     }
+}
+
+/// What else a drain waits for before it stops an instance (on a control
+/// node: that every live replica has seen the drain and has nothing in flight
+/// for the pool's versions). Asked every 10 ms; the drain stops anyway after
+/// `runtime.drain_timeout`.
+pub trait DrainGate: Send + Sync {
+    /// A drain of a pool whose versions are `versions` begins.
+    fn begin(&self, versions: &[String]);
+    /// Whether that drain may end.
+    fn settled(&self, versions: &[String]) -> bool;
 }
 
 /// Where one version's instances are, as replicas are told (`Endpoint`).
@@ -245,6 +258,7 @@ impl Pools {
         let shared = Arc::new(Shared {
             table: Mutex::new(Table::default()),
             changes: watch::channel(0).0,
+            drain_gate: std::sync::OnceLock::new(),
             runtimes,
             settings,
             snapshots,
@@ -310,6 +324,11 @@ impl Pools {
             all.insert(version.clone(), view);
         }
         all
+    }
+
+    /// Makes every drain also wait for `gate`. Later calls change nothing.
+    pub fn set_drain_gate(&self, gate: Arc<dyn DrainGate>) {
+        let _ = self.shared.drain_gate.set(gate);
     }
 
     /// Changes whenever a pool changed (a start, a stop, a version joining).
@@ -729,30 +748,53 @@ impl Shared {
 
     async fn drain_then_stop(self: &Arc<Self>, pool_id: &str, turn: u64) {
         let deadline = Instant::now() + self.settings.drain_timeout;
+        if let Some(gate) = self.drain_gate.get() {
+            let table = self.lock();
+            if let Some(pool) = table.pools.get(pool_id) {
+                let members: Vec<String> = pool.members.iter().cloned().collect();
+                drop(table);
+                gate.begin(&members);
+            }
+        }
         let (instance, stop_turn) = loop {
-            {
-                let mut table = self.lock();
-                let Some(pool) = table.pools.get_mut(pool_id) else {
+            // Read first (a read does not count as a change of the pools)...
+            let members: Vec<String> = {
+                let table = self.lock();
+                let Some(pool) = table.pools.get(pool_id) else {
                     return;
                 };
                 if pool.turn != turn {
                     return; // woken again while draining
                 }
-                let in_flight: u64 = pool
-                    .members
-                    .iter()
-                    .filter_map(|v| self.snapshots.activity().get(v))
-                    .map(|activity| activity.in_flight())
-                    .sum();
-                if in_flight == 0 || Instant::now() >= deadline {
-                    let Phase::Draining { instance, .. } =
-                        std::mem::replace(&mut pool.phase, Phase::Stopping)
-                    else {
-                        return;
-                    };
-                    pool.turn += 1;
-                    break (instance, pool.turn);
+                pool.members.iter().cloned().collect()
+            };
+            let in_flight: u64 = members
+                .iter()
+                .filter_map(|v| self.snapshots.activity().get(v))
+                .map(|activity| activity.in_flight())
+                .sum();
+            // ...and ask replicas (outside the table's lock) whether they have
+            // all seen the drain and finished what they had.
+            let settled = in_flight == 0
+                && self
+                    .drain_gate
+                    .get()
+                    .is_none_or(|gate| gate.settled(&members));
+            if settled || Instant::now() >= deadline {
+                let mut table = self.lock();
+                let Some(pool) = table.pools.get_mut(pool_id) else {
+                    return;
+                };
+                if pool.turn != turn {
+                    return;
                 }
+                let Phase::Draining { instance, .. } =
+                    std::mem::replace(&mut pool.phase, Phase::Stopping)
+                else {
+                    return;
+                };
+                pool.turn += 1;
+                break (instance, pool.turn);
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         };

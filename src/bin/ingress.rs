@@ -119,14 +119,15 @@ fn run(config: &Config) -> Result<(), String> {
     );
     let replication = (config.node.role == NodeRole::Control).then(|| {
         let feed = Arc::new(Feed::new());
-        plane.attach_feed(Arc::clone(&feed));
+        let nodes = Arc::new(Nodes::new(config.activity.report_interval.0));
+        plane.attach_feed(Arc::clone(&feed), Arc::clone(&nodes));
         log::info!(
             "control node: serving the routing stream to replicas (epoch {})",
             feed.epoch()
         );
         ReplicationSettings {
             feed,
-            nodes: Arc::new(Nodes::new(config.activity.report_interval.0)),
+            nodes,
             report_interval: config.activity.report_interval.0,
         }
     });

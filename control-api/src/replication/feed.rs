@@ -148,6 +148,12 @@ impl Feed {
         self.push(&mut state, update);
     }
 
+    /// The state of `version`'s endpoint as replicas were last told
+    /// (`ready`, `stopping`, ...), if they were told of it.
+    pub fn endpoint_state(&self, version: &str) -> Option<String> {
+        self.lock().endpoints.get(version).map(|e| e.state.clone())
+    }
+
     /// What a replica that applied `generation` of `epoch` gets first.
     pub fn since(&self, epoch: &str, generation: u64) -> Since {
         let state = self.lock();

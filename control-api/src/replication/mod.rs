@@ -4,6 +4,7 @@
 //! replica's side is in `replica/`.
 
 pub mod client;
+pub mod drain;
 pub mod feed;
 pub mod nodes;
 pub mod remote_leases;
@@ -11,6 +12,7 @@ pub mod replica;
 pub mod service;
 pub mod wire;
 
+pub use drain::ReplicaDrain;
 pub use feed::Feed;
 pub use nodes::Nodes;
 pub use remote_leases::RemoteLeases;

@@ -112,6 +112,16 @@ impl Nodes {
         }
     }
 
+    /// Whether every live replica has applied `generation` of `epoch` and
+    /// reported, in that same report, nothing in flight for `versions`.
+    pub fn settled(&self, epoch: &str, generation: u64, versions: &[String]) -> bool {
+        self.lock().values().all(|node| {
+            node.epoch == epoch
+                && node.applied_generation >= generation
+                && versions.iter().all(|v| !node.in_flight.contains_key(v))
+        })
+    }
+
     /// Every live replica, by id.
     pub fn list(&self) -> Vec<Node> {
         self.lock().values().cloned().collect()
