@@ -487,11 +487,15 @@ impl Certs {
         }
         let refused = self.rescan(&mut loaded);
         self.publish(&mut loaded);
+        // The routes once for all certificates (once per certificate took
+        // seconds at 10,000 of each).
+        let routes = self.plane.routes();
+        let (now, warning) = (self.now_secs(), self.warning_secs());
         let report = ReloadReport {
             loaded: loaded
                 .dir
                 .values()
-                .map(|dir| self.view(&dir.cert, Some(&dir.file)))
+                .map(|dir| CertView::of(&dir.cert, Some(&dir.file), &routes, now, warning))
                 .collect(),
             refused,
         };
