@@ -7,7 +7,7 @@ mod support;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use support::binary::{routing_generation, Ingress, ReplicaNode};
+use support::binary::{routing_generation, Ingress, ReplicaNode, TOKEN};
 use support::{raw_request, RawResponse, Upstream};
 
 const APP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/app.py");
@@ -27,8 +27,15 @@ struct Cluster {
 
 impl Cluster {
     fn start(n: usize) -> Cluster {
+        Cluster::start_with(n, "")
+    }
+
+    /// Like [`Cluster::start`], with `sections` (TOML) added to the control
+    /// node's config.
+    fn start_with(n: usize, sections: &str) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
-        let control = Ingress::start_with_tokens(dir.path(), TOKENS, CONTROL);
+        let control =
+            Ingress::start_with_tokens(dir.path(), TOKENS, &format!("{CONTROL}\n{sections}"));
         control.ctl(&["app", "create", "shop"]).expect_ok();
         control
             .ctl(&["route", "add", "shop.example.com", "--app", "shop"])
@@ -330,5 +337,225 @@ async fn a_stop_waits_for_a_request_in_flight_on_a_replica() {
         200,
         "the stop cut a request in flight on a replica:\n{}",
         cluster.control.log_text()
+    );
+}
+
+/// `ingressctl nodes --output json` on the control node, with `token`.
+fn nodes(cluster: &Cluster, token: &str) -> serde_json::Value {
+    cluster
+        .control
+        .ctl_with_token(Some(token), &["nodes", "--output", "json"])
+        .json()
+}
+
+/// The ids listed in a `nodes` document.
+fn ids(list: &serde_json::Value) -> Vec<String> {
+    list["nodes"]
+        .as_array()
+        .map(|nodes| {
+            nodes
+                .iter()
+                .filter_map(|n| n["id"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingressctl_nodes_lists_the_replicas_current_and_forgets_a_killed_one() {
+    let upstream = Upstream::start("blue").await;
+    let mut cluster = Cluster::start(2);
+    cluster
+        .control
+        .ctl(&["deploy", "shop", "--upstream", &upstream.addr.to_string()])
+        .expect_ok();
+    let generation = cluster.converge();
+    // Both replicas report their applied generation within a few intervals.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let list = loop {
+        let list = nodes(&cluster, READ_TOKEN);
+        let current = list["nodes"].as_array().is_some_and(|all| {
+            all.len() == 2
+                && all
+                    .iter()
+                    .all(|n| n["applied_generation"] == generation && n["lag"] == 0)
+        });
+        if current {
+            break list;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replicas are not listed at generation {generation}: {list}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(list["serves_replicas"], true, "{list}");
+    assert_eq!(list["generation"], generation, "{list}");
+    assert_eq!(ids(&list), ["r0", "r1"]);
+    for (node, replica) in list["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .zip(&cluster.replicas)
+    {
+        assert_eq!(
+            node["address"],
+            replica.proxy.to_string().as_str(),
+            "{list}"
+        );
+        assert_eq!(node["epoch"], list["epoch"], "{list}");
+        assert_eq!(node["state"], "current", "{list}");
+        assert!(
+            node["last_report"]
+                .as_str()
+                .is_some_and(|t| t.ends_with('Z')),
+            "{list}"
+        );
+        let ago = node["last_report_ago_s"].as_f64().unwrap_or(f64::MAX);
+        assert!(ago < 3.0, "{list}");
+    }
+    // The table.
+    let table = cluster.control.ctl(&["nodes"]).expect_ok();
+    let mut lines = table.lines();
+    assert_eq!(
+        lines.next(),
+        Some(
+            format!(
+                "control node: generation {generation} (epoch {}), 2 replica(s)",
+                list["epoch"].as_str().unwrap_or_default()
+            )
+            .as_str()
+        ),
+        "{table}"
+    );
+    let header: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split("  ")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    assert_eq!(
+        header,
+        ["ID", "ADDRESS", "APPLIED", "LAG", "LAST REPORT"],
+        "{table}"
+    );
+    for (line, replica) in lines.zip(&cluster.replicas) {
+        let cells: Vec<&str> = line.split_whitespace().collect();
+        let expected = [
+            replica.id.clone(),
+            replica.proxy.to_string(),
+            generation.to_string(),
+            "0".to_string(),
+        ];
+        assert_eq!(cells[..4], expected, "{table}");
+        assert!(line.ends_with("s ago)"), "{table}");
+    }
+    // A replica token follows the stream but may not list the nodes.
+    let refused = cluster
+        .control
+        .ctl_with_token(Some(REPLICA_TOKEN), &["nodes"]);
+    assert!(!refused.ok());
+    assert!(
+        refused
+            .stderr()
+            .contains("nodes (ListNodes) needs role admin or read"),
+        "{}",
+        refused.stderr()
+    );
+
+    // A replica killed stops reporting: gone after three report intervals
+    // (900 ms); the other stays.
+    cluster.replicas[1].kill9();
+    let killed = Instant::now();
+    loop {
+        let list = nodes(&cluster, READ_TOKEN);
+        if ids(&list) == ["r0"] {
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(5),
+            "the killed replica is still listed: {list}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The one left keeps reporting, and a change it applies shows as lag 0.
+    let green = Upstream::start("green").await;
+    cluster
+        .control
+        .ctl(&[
+            "deploy",
+            "shop",
+            "--upstream",
+            &green.addr.to_string(),
+            "--ephemeral",
+            "pr-2",
+        ])
+        .expect_ok();
+    let after = cluster.generation();
+    assert!(after > generation);
+    let (status, _) = routing_generation(cluster.replicas[0].http, after, 10_000);
+    assert_eq!(status, 200, "{}", cluster.replicas[0].log_text());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let list = nodes(&cluster, TOKEN);
+        if list["nodes"][0]["applied_generation"] == after && list["nodes"][0]["lag"] == 0 {
+            assert_eq!(ids(&list), ["r0"], "{list}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "r0 is not listed at {after}: {list}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_bound_and_advertised_on_another_ip_is_reached_there_from_every_node() {
+    // 127.0.0.0/8 is all loopback on Linux, but a socket bound to 127.0.0.2
+    // takes no connection to 127.0.0.1: the process answering proves that the
+    // proxies, the readiness probe and the replica all went to 127.0.0.2.
+    let cluster = Cluster::start_with(
+        1,
+        "[runtime.process]\nbind = \"127.0.0.2\"\nadvertise = \"127.0.0.2\"\n",
+    );
+    let command = format!("exec python3 {APP}");
+    cluster
+        .control
+        .ctl(&["deploy", "shop", "--command", &command])
+        .expect_ok();
+    cluster.converge();
+    let answer = get(cluster.control.proxy, "shop.example.com").await;
+    assert_eq!(answer.status, 200, "{}", cluster.control.log_text());
+    let served_on = answer
+        .header("x-served-on")
+        .expect("the app says where it was reached")
+        .to_string();
+    assert!(served_on.starts_with("127.0.0.2:"), "{served_on}");
+    let answer = get(cluster.replicas[0].proxy, "shop.example.com").await;
+    assert_eq!(answer.status, 200, "{}", cluster.replicas[0].log_text());
+    assert_eq!(answer.header("x-served-on"), Some(served_on.as_str()));
+    // The version lists the address its endpoint carries.
+    let versions = cluster
+        .control
+        .ctl(&["versions", "shop", "--output", "json"])
+        .json();
+    assert_eq!(versions[0]["observed_state"], "ready", "{versions}");
+    assert_eq!(
+        versions[0]["addresses"],
+        serde_json::json!([served_on]),
+        "{versions}"
+    );
+    // The process was told its address: HOST.
+    let port = served_on.rsplit(':').next().unwrap_or_default();
+    let log = std::fs::read_dir(cluster.control.data_dir.join("logs"))
+        .expect("process logs")
+        .filter_map(Result::ok)
+        .map(|entry| std::fs::read_to_string(entry.path()).unwrap_or_default())
+        .collect::<String>();
+    assert!(
+        log.contains(&format!("listening on 127.0.0.2 port {port}")),
+        "{log}"
     );
 }

@@ -106,6 +106,14 @@ async fn a_read_token_lists_but_cannot_change_anything() {
     assert!(audit.as_array().is_some_and(|a| !a.is_empty()), "{audit}");
     read(&["cert", "list"]).expect_ok();
     read(&["cert", "check", "shop.example.com"]).expect_ok();
+    // `nodes` on a node that is not a control node: no replicas, and why.
+    let nodes = read(&["nodes", "--output", "json"]).json();
+    assert_eq!(nodes["serves_replicas"], false, "{nodes}");
+    assert_eq!(nodes["nodes"], serde_json::json!([]), "{nodes}");
+    let note = nodes["note"].as_str().unwrap_or_default();
+    assert!(note.contains("not a control node"), "{nodes}");
+    let table = read(&["nodes"]).expect_ok();
+    assert_eq!(table.trim_end(), note, "{table}");
 
     // No change.
     let deploy = read(&["deploy", "shop", "--upstream", &upstream.addr.to_string()]);

@@ -321,6 +321,7 @@ impl Config {
             ));
         }
         self.validate_tls()?;
+        self.validate_process()?;
         self.validate_node(&env)?;
         let mut listeners = vec![
             ("proxy.listen", self.proxy.listen),
@@ -419,6 +420,44 @@ impl Config {
             return Err(error("control.token", "is shorter than 16 characters"));
         }
         control.token = Some(token);
+        Ok(())
+    }
+
+    /// `[runtime.process]`: a wildcard `bind` needs a concrete `advertise`, and
+    /// `advertise` is an address one can connect to, of `bind`'s family when
+    /// `bind` is a wildcard.
+    fn validate_process(&self) -> Result<(), ConfigError> {
+        let process = &self.runtime.process;
+        let Some(advertise) = process.advertise else {
+            if process.bind.is_unspecified() {
+                return Err(error(
+                    "runtime.process.advertise",
+                    format!(
+                        "is empty, but runtime.process.bind = \"{}\" listens on every interface and is no address to connect to; give the IP of this machine that proxies and replicas reach processes at, for example advertise = \"10.0.0.5\"",
+                        process.bind
+                    ),
+                ));
+            }
+            return Ok(());
+        };
+        if advertise.is_unspecified() || advertise.is_multicast() {
+            return Err(error(
+                "runtime.process.advertise",
+                format!(
+                    "{advertise} is not an address to connect to; give a concrete unicast IP of this machine (for example 10.0.0.5), or \"\" for the bind IP"
+                ),
+            ));
+        }
+        if process.bind.is_unspecified() && process.bind.is_ipv4() != advertise.is_ipv4() {
+            return Err(error(
+                "runtime.process.advertise",
+                format!(
+                    "{advertise} is not of the family of runtime.process.bind = \"{}\"; give an {} address",
+                    process.bind,
+                    if process.bind.is_ipv4() { "IPv4" } else { "IPv6" }
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -677,6 +716,71 @@ stop_grace = "10s"
         expected.tls = Some(crate::TlsSettings::default());
         assert_eq!(example, expected);
         assert_eq!(example.admin.tokens.len(), 1);
+    }
+
+    #[test]
+    fn process_bind_defaults_to_loopback_and_advertise_to_bind() {
+        let config = parse("").unwrap();
+        assert_eq!(config.runtime.process.bind.to_string(), "127.0.0.1");
+        assert_eq!(config.runtime.process.advertise, None);
+        assert_eq!(config.runtime.process.advertised().to_string(), "127.0.0.1");
+        let config = parse("[runtime.process]\nbind = \"127.0.0.2\"\nadvertise = \"\"").unwrap();
+        assert_eq!(config.runtime.process.advertised().to_string(), "127.0.0.2");
+        let config =
+            parse("[runtime.process]\nbind = \"0.0.0.0\"\nadvertise = \"10.0.0.5\"").unwrap();
+        assert_eq!(config.runtime.process.bind.to_string(), "0.0.0.0");
+        assert_eq!(config.runtime.process.advertised().to_string(), "10.0.0.5");
+        let config = parse("[runtime.process]\nbind = \"::\"\nadvertise = \"fd00::5\"").unwrap();
+        assert_eq!(config.runtime.process.advertised().to_string(), "fd00::5");
+        // A specific bind may advertise another address (a NAT in front).
+        let config =
+            parse("[runtime.process]\nbind = \"10.0.0.5\"\nadvertise = \"192.0.2.7\"").unwrap();
+        assert_eq!(config.runtime.process.advertised().to_string(), "192.0.2.7");
+    }
+
+    #[test]
+    fn process_bind_and_advertise_errors_name_the_key() {
+        assert_eq!(
+            error_of("[runtime.process]\nbind = \"localhost\""),
+            "runtime.process.bind: \"localhost\" is not an IP address; write one without a port, for example 127.0.0.1, 10.0.0.5, 0.0.0.0 or ::1"
+        );
+        let e = error_of("[runtime.process]\nbind = \"127.0.0.1:3000\"");
+        assert!(
+            e.starts_with("runtime.process.bind: \"127.0.0.1:3000\" is not an IP address"),
+            "{e}"
+        );
+        let e = error_of("[runtime.process]\nbind = \"0.0.0.0\"");
+        assert!(
+            e.starts_with("runtime.process.advertise: is empty, but runtime.process.bind = \"0.0.0.0\" listens on every interface"),
+            "{e}"
+        );
+        let e = error_of("[runtime.process]\nbind = \"::\"");
+        assert!(e.starts_with("runtime.process.advertise: is empty"), "{e}");
+        let e = error_of("[runtime.process]\nbind = \"0.0.0.0\"\nadvertise = \"0.0.0.0\"");
+        assert!(
+            e.starts_with("runtime.process.advertise: 0.0.0.0 is not an address to connect to"),
+            "{e}"
+        );
+        let e = error_of("[runtime.process]\nadvertise = \"::\"");
+        assert!(
+            e.starts_with("runtime.process.advertise: :: is not an address to connect to"),
+            "{e}"
+        );
+        let e = error_of("[runtime.process]\nadvertise = \"edge-1.internal\"");
+        assert!(
+            e.starts_with("runtime.process.advertise: \"edge-1.internal\" is not an IP address"),
+            "{e}"
+        );
+        let e = error_of("[runtime.process]\nbind = \"0.0.0.0\"\nadvertise = \"fd00::5\"");
+        assert!(
+            e.starts_with("runtime.process.advertise: fd00::5 is not of the family of runtime.process.bind = \"0.0.0.0\"; give an IPv4 address"),
+            "{e}"
+        );
+        let e = error_of("[runtime.process]\nport = 3000");
+        assert!(
+            e.starts_with("runtime.process.port: unknown field `port`"),
+            "{e}"
+        );
     }
 
     #[test]

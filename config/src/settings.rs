@@ -3,7 +3,7 @@
 //! Every section and every field may be left out; a missing one takes the default
 //! written next to it. Unknown keys are refused (`deny_unknown_fields`).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -368,6 +368,8 @@ pub struct RuntimeSettings {
     /// often single-process dev servers that drop connections when a woken burst
     /// arrives all at once. Default 64; 0 = no limit.
     pub max_conns_per_instance: usize,
+    /// `[runtime.process]`: where `--command` processes listen.
+    pub process: ProcessSettings,
 }
 
 impl Default for RuntimeSettings {
@@ -377,7 +379,42 @@ impl Default for RuntimeSettings {
             drain_timeout: secs(30),
             start_timeout: secs(60),
             max_conns_per_instance: 64,
+            process: ProcessSettings::default(),
         }
+    }
+}
+
+/// `[runtime.process]`: the address of `--command` processes. A process is told
+/// to listen on `$HOST:$PORT` (`HOST` = `bind`, `PORT` a free port on it), and
+/// the proxies, its readiness probe and replicas reach it at `advertise:PORT`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProcessSettings {
+    /// The IP a process listens on (`HOST`). Default `127.0.0.1`: reachable from
+    /// this machine only. `0.0.0.0` (or `::`) listens on every interface and
+    /// needs `advertise`.
+    #[serde(deserialize_with = "ip_addr")]
+    pub bind: IpAddr,
+    /// The IP written into the version's endpoints (what proxies, replicas and
+    /// the readiness probe connect to). Default empty: the `bind` IP. Required
+    /// when `bind` is a wildcard; never a wildcard itself.
+    #[serde(deserialize_with = "optional_ip_addr")]
+    pub advertise: Option<IpAddr>,
+}
+
+impl Default for ProcessSettings {
+    fn default() -> Self {
+        Self {
+            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            advertise: None,
+        }
+    }
+}
+
+impl ProcessSettings {
+    /// The IP processes are reached at: `advertise`, else `bind`.
+    pub fn advertised(&self) -> IpAddr {
+        self.advertise.unwrap_or(self.bind)
     }
 }
 
@@ -515,6 +552,30 @@ impl Default for ActivitySettings {
 
 fn secs(seconds: u64) -> ConfigDuration {
     ConfigDuration(Duration::from_secs(seconds))
+}
+
+fn ip_addr<'de, D: Deserializer<'de>>(deserializer: D) -> Result<IpAddr, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    text.parse().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "{text:?} is not an IP address; write one without a port, for example 127.0.0.1, 10.0.0.5, 0.0.0.0 or ::1"
+        ))
+    })
+}
+
+/// An IP address, or empty for none.
+fn optional_ip_addr<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<IpAddr>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse().map(Some).map_err(|_| {
+        serde::de::Error::custom(format!(
+            "{text:?} is not an IP address; write the IP other machines reach this one at, without a port (for example 10.0.0.5), or \"\" for the bind IP"
+        ))
+    })
 }
 
 fn socket_addr<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SocketAddr, D::Error> {

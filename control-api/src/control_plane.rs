@@ -25,7 +25,9 @@ use crate::model::{
 };
 use crate::names::{check_app_name, normalise_label, parse_route_host};
 use crate::pools::{Observed, PoolEvent, PoolSettings, Pools};
-use crate::runtime::{process_tree, ProcessRuntime, Runtimes, SandboxLedger, StaticRuntime};
+use crate::runtime::{
+    process_tree, Network, ProcessRuntime, Runtimes, SandboxLedger, StaticRuntime,
+};
 use crate::store::Store;
 
 /// The actor name of automatic changes in the audit log.
@@ -124,6 +126,9 @@ pub struct VersionView {
     /// The command of a process version.
     pub command: Option<String>,
     pub upstreams: Vec<SocketAddr>,
+    /// Where its running instances are reached now (while ready): the static
+    /// upstreams, or a process's `runtime.process.advertise` IP and port.
+    pub addresses: Vec<SocketAddr>,
     /// Where the version is reachable: `http://label.host` for a live preview,
     /// `http://host` for the active version.
     pub urls: Vec<String>,
@@ -166,6 +171,9 @@ pub struct PlaneSettings {
     /// sandboxes are recorded (none in tests that need no restart clean-up).
     pub sandbox_scope: String,
     pub sandbox_ledger: Option<Arc<dyn SandboxLedger>>,
+    /// `runtime.process.bind` and the IP it is reached at
+    /// (`runtime.process.advertise`, else the bind IP).
+    pub process_network: Network,
 }
 
 impl PlaneSettings {
@@ -186,6 +194,10 @@ impl PlaneSettings {
             },
             sandbox_scope: process_tree::scope_of(&config.store.data_dir),
             sandbox_ledger: None,
+            process_network: Network {
+                bind: config.runtime.process.bind,
+                advertise: config.runtime.process.advertised(),
+            },
         }
     }
 }
@@ -238,10 +250,12 @@ impl ControlPlane {
         let runtimes = Runtimes {
             static_runtime: Arc::new(StaticRuntime),
             process_runtime: Arc::new(
-                ProcessRuntime::new(&settings.log_dir, settings.start_timeout).with_sandboxes(
-                    settings.sandbox_scope.clone(),
-                    settings.sandbox_ledger.clone(),
-                ),
+                ProcessRuntime::new(&settings.log_dir, settings.start_timeout)
+                    .with_sandboxes(
+                        settings.sandbox_scope.clone(),
+                        settings.sandbox_ledger.clone(),
+                    )
+                    .with_network(settings.process_network),
             ),
         };
         let (pools, events) = Pools::new(
@@ -464,6 +478,7 @@ impl ControlPlane {
             desired_state: version.desired,
             observed_state: observed.observed,
             failure: observed.failure,
+            addresses: observed.addresses,
             last_activity_at_ms,
             pending: state.schedules.get(&version.id).cloned(),
             created_at_ms: version.created_at_ms,

@@ -120,20 +120,32 @@ impl tonic::service::Interceptor for Authenticator {
 /// The longest wait a wake may ask for (`ingressctl wake --timeout`).
 pub const MAX_WAKE_WAIT_MS: u64 = 600_000;
 
+/// On a control node: the routing stream and the replicas following it, for
+/// `ListNodes`.
+#[derive(Clone)]
+pub struct Replicas {
+    pub feed: Arc<crate::replication::Feed>,
+    pub nodes: Arc<crate::replication::Nodes>,
+}
+
 /// The admin service over a control plane.
 pub struct AdminService {
     plane: Arc<ControlPlane>,
     certs: Arc<Certs>,
+    /// `None` on a node that serves no replicas.
+    replicas: Option<Replicas>,
     /// Becomes true when the ingress stops; ends open `Watch` streams so that the
     /// server can drain.
     stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The admin service with authentication, ready for a tonic `Server`. Open `Watch`
-/// streams end when `stopping` becomes true.
+/// streams end when `stopping` becomes true. `replicas` is set on a control
+/// node (`ListNodes` lists them).
 pub fn admin_service(
     plane: Arc<ControlPlane>,
     certs: Arc<Certs>,
+    replicas: Option<Replicas>,
     authenticator: Authenticator,
     stopping: tokio::sync::watch::Receiver<bool>,
 ) -> InterceptedService<AdminServer<AdminService>, Authenticator> {
@@ -141,6 +153,7 @@ pub fn admin_service(
         AdminService {
             plane,
             certs,
+            replicas,
             stopping,
         },
         authenticator,
@@ -259,6 +272,7 @@ fn version_info(view: VersionView) -> proto::VersionInfo {
         created_at_ms: view.created_at_ms,
         cloned_from: view.cloned_from,
         upstreams: view.upstreams.iter().map(ToString::to_string).collect(),
+        addresses: view.addresses.iter().map(ToString::to_string).collect(),
         urls: view.urls,
         observed_state: view.observed_state.as_str().to_string(),
         failure: view.failure,
@@ -413,6 +427,46 @@ fn snapshot_message(generation: u64, input: ingress_proxy::SnapshotInput) -> pro
                 }
             })
             .collect(),
+    }
+}
+
+/// What `ListNodes` answers at `now_ms`: the live replicas with their lag
+/// behind `replicas`' feed, or, on a node without replicas, an empty list with
+/// a note and the routing generation of `plane`.
+fn node_list(plane: &ControlPlane, replicas: Option<&Replicas>, now_ms: u64) -> proto::NodeList {
+    let Some(replicas) = replicas else {
+        return proto::NodeList {
+            serves_replicas: false,
+            note: "this node serves no replicas: it is not a control node (node.role = \"control\"); ask the control node, or set its role".to_string(),
+            epoch: String::new(),
+            generation: *plane.subscribe().borrow(),
+            now_ms,
+            nodes: Vec::new(),
+        };
+    };
+    let epoch = replicas.feed.epoch().to_string();
+    let generation = replicas.feed.generation();
+    let nodes = replicas
+        .nodes
+        .live(now_ms)
+        .into_iter()
+        .map(|node| proto::NodeInfo {
+            lag: (node.epoch == epoch).then(|| generation.saturating_sub(node.applied_generation)),
+            id: node.id,
+            address: node.address,
+            epoch: node.epoch,
+            applied_generation: node.applied_generation,
+            reported_at_ms: node.reported_at_ms,
+            reported_ago_ms: now_ms.saturating_sub(node.reported_at_ms),
+        })
+        .collect();
+    proto::NodeList {
+        serves_replicas: true,
+        note: String::new(),
+        epoch,
+        generation,
+        now_ms,
+        nodes,
     }
 }
 
@@ -786,6 +840,19 @@ impl Admin for AdminService {
                 })
                 .collect(),
         }))
+    }
+
+    async fn list_nodes(
+        &self,
+        request: Request<proto::Empty>,
+    ) -> Result<Response<proto::NodeList>, Status> {
+        authorize(&request, Rpc::ListNodes)?;
+        let now_ms = ingress_proxy::time::now_unix_millis();
+        Ok(Response::new(node_list(
+            &self.plane,
+            self.replicas.as_ref(),
+            now_ms,
+        )))
     }
 
     async fn cert_check(

@@ -32,6 +32,7 @@ fn service(dir: &std::path::Path) -> AdminService {
     AdminService {
         plane,
         certs,
+        replicas: None,
         stopping,
     }
 }
@@ -204,6 +205,10 @@ async fn call(service: &AdminService, rpc: Rpc, role: Role) -> Result<(), Status
             ))
             .await
             .map(drop),
+        Rpc::ListNodes => service
+            .list_nodes(request(proto::Empty {}, role))
+            .await
+            .map(drop),
     }
 }
 
@@ -265,5 +270,68 @@ async fn every_call_checks_the_role_first() {
             .iter()
             .map(|e| (&e.actor, &e.action))
             .collect::<Vec<_>>()
+    );
+}
+
+fn report(node: &str, epoch: &str, applied: u64) -> proto::ActivityReport {
+    proto::ActivityReport {
+        node_id: node.into(),
+        address: format!("127.0.0.1:80{}", node.len()),
+        epoch: epoch.into(),
+        applied_generation: applied,
+        versions: Vec::new(),
+    }
+}
+
+#[test]
+fn list_nodes_gives_each_live_replica_its_lag_or_resync() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut service = service(dir.path());
+    // Not a control node: an empty list that says why.
+    let list = node_list(&service.plane, service.replicas.as_ref(), 5_000);
+    assert!(!list.serves_replicas && list.nodes.is_empty());
+    assert!(
+        list.note.contains("node.role = \"control\""),
+        "{}",
+        list.note
+    );
+    let feed = Arc::new(crate::replication::Feed::new());
+    for _ in 0..5 {
+        feed.routing(&ingress_proxy::SnapshotDelta::default());
+    }
+    let nodes = Arc::new(crate::replication::Nodes::new(Duration::from_secs(1)));
+    let activity = ingress_proxy::ActivityRegistry::default();
+    let epoch = feed.epoch().to_string();
+    nodes.report(report("current", &epoch, 5), 4_000, &activity);
+    nodes.report(report("behind", &epoch, 3), 4_500, &activity);
+    nodes.report(report("other-run", "0011", 9), 4_900, &activity);
+    nodes.report(report("silent", &epoch, 5), 1_000, &activity);
+    service.replicas = Some(Replicas {
+        feed: Arc::clone(&feed),
+        nodes,
+    });
+    let list = node_list(&service.plane, service.replicas.as_ref(), 5_000);
+    assert!(list.serves_replicas && list.note.is_empty());
+    assert_eq!((list.epoch.as_str(), list.generation), (epoch.as_str(), 5));
+    let rows: Vec<(&str, u64, Option<u64>, u64)> = list
+        .nodes
+        .iter()
+        .map(|n| {
+            (
+                n.id.as_str(),
+                n.applied_generation,
+                n.lag,
+                n.reported_ago_ms,
+            )
+        })
+        .collect();
+    // "silent" reported 4 s ago, past three 1 s intervals: not listed.
+    assert_eq!(
+        rows,
+        [
+            ("behind", 3, Some(2), 500),
+            ("current", 5, Some(0), 1_000),
+            ("other-run", 9, None, 100),
+        ]
     );
 }

@@ -16,6 +16,7 @@
 //! exited).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -69,6 +70,8 @@ pub struct VersionRuntime {
     pub failure: Option<String>,
     /// Unix milliseconds since when its pool has been ready.
     pub ready_since_ms: Option<u64>,
+    /// Where its instances are reached, while ready.
+    pub addresses: Vec<SocketAddr>,
 }
 
 /// What the pools tell the control plane.
@@ -411,6 +414,7 @@ impl Pools {
                 observed: Observed::Stopped,
                 failure: None,
                 ready_since_ms: None,
+                addresses: Vec::new(),
             };
         };
         let held_since = pool.holders.get(version).copied();
@@ -423,6 +427,10 @@ impl Pools {
             (Phase::Ready { .. }, true) => (Observed::Ready, None),
             (Phase::Failed { reason, .. }, true) => (Observed::Failed, Some(reason.clone())),
         };
+        let addresses = match (&pool.phase, observed) {
+            (Phase::Ready { grant, .. }, Observed::Ready) => grant.addrs.clone(),
+            _ => Vec::new(),
+        };
         VersionRuntime {
             observed,
             failure,
@@ -432,6 +440,7 @@ impl Pools {
                 (Observed::Ready, Some(ready), Some(held)) => Some(ready.max(held)),
                 _ => None,
             },
+            addresses,
         }
     }
 

@@ -6,7 +6,8 @@
 //!
 //! Roles (`admin.tokens[i].role`):
 //! - `admin`: every call (the default, and the only role before roles existed);
-//! - `read`: listings, show and check, the audit log, logs and `Watch`;
+//! - `read`: listings (also of a control node's replicas), show and check, the
+//!   audit log, logs and `Watch`;
 //! - `replica`: what a proxy-only replica needs from its control node: `Watch`
 //!   here, and the whole `Replication` service (routing stream, wakes, activity
 //!   reports), which admits `replica` and `admin` tokens only
@@ -39,6 +40,7 @@ pub enum Rpc {
     CertRemove,
     CertReload,
     CertCheck,
+    ListNodes,
 }
 
 /// Who may make a call.
@@ -49,7 +51,7 @@ const ROUTING: &[Role] = &[Role::Admin, Role::Read, Role::Replica];
 
 impl Rpc {
     /// Every call, in the order of the proto.
-    pub const ALL: [Rpc; 22] = [
+    pub const ALL: [Rpc; 23] = [
         Rpc::CreateApp,
         Rpc::DeleteApp,
         Rpc::ListApps,
@@ -72,6 +74,7 @@ impl Rpc {
         Rpc::CertRemove,
         Rpc::CertReload,
         Rpc::CertCheck,
+        Rpc::ListNodes,
     ];
 
     /// The scope table: the roles that may make this call.
@@ -99,7 +102,8 @@ impl Rpc {
             | Rpc::Audit
             | Rpc::CertList
             | Rpc::CertShow
-            | Rpc::CertCheck => READ,
+            | Rpc::CertCheck
+            | Rpc::ListNodes => READ,
             // The routing stream.
             Rpc::Watch => ROUTING,
         }
@@ -130,6 +134,7 @@ impl Rpc {
             Rpc::CertRemove => "CertRemove",
             Rpc::CertReload => "CertReload",
             Rpc::CertCheck => "CertCheck",
+            Rpc::ListNodes => "ListNodes",
         }
     }
 
@@ -158,6 +163,7 @@ impl Rpc {
             Rpc::CertRemove => "cert remove",
             Rpc::CertReload => "cert reload",
             Rpc::CertCheck => "cert check",
+            Rpc::ListNodes => "nodes",
         }
     }
 }
@@ -243,7 +249,8 @@ mod tests {
                 "Watch",
                 "CertList",
                 "CertShow",
-                "CertCheck"
+                "CertCheck",
+                "ListNodes"
             ]
         );
         assert_eq!(allowed(Role::Replica), ["Watch"]);

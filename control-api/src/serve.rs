@@ -190,6 +190,13 @@ async fn serve(
         .add_service(admin_service(
             Arc::clone(&plane),
             Arc::clone(&settings.certs),
+            settings
+                .replication
+                .as_ref()
+                .map(|replication| crate::grpc::Replicas {
+                    feed: Arc::clone(&replication.feed),
+                    nodes: Arc::clone(&replication.nodes),
+                }),
             authenticator,
             stopped.clone(),
         ))

@@ -88,6 +88,12 @@ fn run(config: &Config) -> Result<(), String> {
         std::net::TcpListener::bind(tls.listen)
             .map_err(|e| format!("tls.listen {}: cannot listen: {e}", tls.listen))?;
     }
+    // Processes get a free port on runtime.process.bind: an IP this machine
+    // does not have would fail every start; say so now.
+    let process_bind = config.runtime.process.bind;
+    std::net::TcpListener::bind((process_bind, 0)).map_err(|e| {
+        format!("runtime.process.bind {process_bind}: cannot listen: {e}; give an IP of this machine (default 127.0.0.1)")
+    })?;
     let metrics = Arc::new(Metrics::new().map_err(|e| format!("cannot set up metrics: {e}"))?);
     let certs = Arc::new(CertStore::from_config(config, Some(Arc::clone(&metrics))));
     let snapshots =

@@ -81,7 +81,8 @@ enum Command {
             required_unless_present_any = ["version", "command"]
         )]
         upstream: Vec<String>,
-        /// A command run with `sh -c` on this machine, PORT set (process runtime).
+        /// A command run with `sh -c` on this machine (process runtime); it must
+        /// listen on $HOST:$PORT (runtime.process.bind and a free port).
         #[arg(long, conflicts_with = "version")]
         command: Option<String>,
         /// Readiness of --command: HTTP GET of this path (default /).
@@ -158,6 +159,9 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
+    /// List the replicas following this control node: applied generation, lag
+    /// behind the control node, last report.
+    Nodes,
 }
 
 #[derive(Subcommand)]
@@ -816,6 +820,14 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::Cert { command } => {
             cert::run(&mut client, output, command, refused).await?;
         }
+        Command::Nodes => {
+            let list = client
+                .list_nodes(proto::Empty {})
+                .await
+                .map_err(refused)?
+                .into_inner();
+            print_nodes(output, &list);
+        }
         Command::Audit { limit } => {
             let entries = client
                 .audit(proto::AuditRequest { limit })
@@ -852,6 +864,82 @@ async fn run(cli: Cli) -> Result<(), String> {
     Ok(())
 }
 
+/// `ingressctl nodes`: a line about the control node, then one row per
+/// replica; in JSON, one object with the replicas in `nodes`.
+fn print_nodes(output: Output, list: &proto::NodeList) {
+    let lag_text = |node: &proto::NodeInfo| match node.lag {
+        Some(lag) => lag.to_string(),
+        None => "resync".to_string(),
+    };
+    let ago = |node: &proto::NodeInfo| node.reported_ago_ms as f64 / 1000.0;
+    if output == Output::Json {
+        let nodes: Vec<Value> = list
+            .nodes
+            .iter()
+            .map(|n| {
+                json!({
+                    "id": n.id,
+                    "address": n.address,
+                    "epoch": n.epoch,
+                    "applied_generation": n.applied_generation,
+                    "lag": n.lag,
+                    "state": match n.lag {
+                        None => "resync",
+                        Some(0) => "current",
+                        Some(_) => "behind",
+                    },
+                    "last_report": format_unix_millis(n.reported_at_ms),
+                    "last_report_ago_s": ago(n),
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            json!({
+                "serves_replicas": list.serves_replicas,
+                "note": (!list.note.is_empty()).then_some(&list.note),
+                "epoch": list.epoch,
+                "generation": list.generation,
+                "nodes": nodes,
+            })
+        );
+        return;
+    }
+    if !list.serves_replicas {
+        println!("{}", list.note);
+        return;
+    }
+    println!(
+        "control node: generation {} (epoch {}), {} replica(s)",
+        list.generation,
+        list.epoch,
+        list.nodes.len()
+    );
+    let rows = list
+        .nodes
+        .iter()
+        .map(|n| {
+            vec![
+                n.id.clone(),
+                n.address.clone(),
+                n.applied_generation.to_string(),
+                lag_text(n),
+                format!(
+                    "{} ({:.1}s ago)",
+                    format_unix_millis(n.reported_at_ms),
+                    ago(n)
+                ),
+            ]
+        })
+        .collect();
+    listing(
+        output,
+        Value::Null,
+        &["ID", "ADDRESS", "APPLIED", "LAG", "LAST REPORT"],
+        rows,
+    );
+}
+
 fn route_json(route: &proto::RouteInfo) -> Value {
     json!({ "host": route.host, "kind": route.kind, "app": route.app })
 }
@@ -880,6 +968,7 @@ fn version_json(v: &proto::VersionInfo) -> Value {
         "runtime": v.runtime,
         "command": v.command,
         "upstreams": v.upstreams,
+        "addresses": v.addresses,
         "urls": v.urls,
     })
 }

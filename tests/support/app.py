@@ -1,4 +1,5 @@
-"""A small app for the process-runtime tests, run by the ingress with PORT set.
+"""A small app for the process-runtime tests, run by the ingress with HOST and
+PORT set: it listens on $HOST:$PORT (HOST defaults to 127.0.0.1).
 
 Options:
   --starts FILE    append one line to FILE at each start (to count starts)
@@ -9,11 +10,13 @@ Options:
   --ignore-term    ignore SIGTERM (only SIGKILL stops it)
 
 Paths: /slow?ms=N answers after N ms; anything else answers at once with the
-version id from INGRESS_VERSION.
+version id from INGRESS_VERSION. Every answer says in `x-served-on` the address
+(IP:PORT) the request arrived at.
 """
 import http.server
 import os
 import signal
+import socket
 import sys
 import time
 import urllib.parse
@@ -50,6 +53,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("content-type", "text/plain")
         self.send_header("content-length", str(len(body)))
+        local = self.connection.getsockname()
+        self.send_header("x-served-on", f"{local[0]}:{local[1]}")
         self.end_headers()
         self.wfile.write(body)
 
@@ -62,12 +67,15 @@ class Server(http.server.ThreadingHTTPServer):
     request_queue_size = 1024
 
 
-server = Server(("127.0.0.1", int(os.environ["PORT"])), Handler)
+host = os.environ.get("HOST", "127.0.0.1")
+if ":" in host:
+    Server.address_family = socket.AF_INET6
+server = Server((host, int(os.environ["PORT"])), Handler)
 pid = option("--pid")
 if pid:
     with open(pid, "w") as f:
         f.write(str(os.getpid()))
-print(f"app {version}: listening on {os.environ['PORT']}", flush=True)
+print(f"app {version}: listening on {host} port {os.environ['PORT']}", flush=True)
 ready_file = option("--ready-file")
 if ready_file:
     with open(ready_file + ".tmp", "w") as f:

@@ -481,11 +481,16 @@ impl ReplicaNode {
 
     /// SIGKILL, then start again on the same ports.
     pub fn kill9_and_restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    /// SIGKILL (it sends no more reports); not started again.
+    pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
             child.kill().expect("kill -9");
             child.wait().expect("reap");
         }
-        self.spawn();
     }
 }
 

@@ -122,9 +122,20 @@ impl Nodes {
         })
     }
 
-    /// Every live replica, by id.
+    /// Every replica not yet forgotten, by id.
     pub fn list(&self) -> Vec<Node> {
         self.lock().values().cloned().collect()
+    }
+
+    /// Every live replica at `now_ms`, by id: those that reported within the
+    /// expiry, whether or not the periodic [`Nodes::expire`] has run since.
+    pub fn live(&self, now_ms: u64) -> Vec<Node> {
+        let limit = u64::try_from(self.expiry.as_millis()).unwrap_or(u64::MAX);
+        self.lock()
+            .values()
+            .filter(|n| now_ms.saturating_sub(n.reported_at_ms) <= limit)
+            .cloned()
+            .collect()
     }
 }
 
@@ -162,5 +173,8 @@ mod tests {
         assert_eq!(nodes.expire(5_000, &activity), ["b"]);
         assert_eq!(v1.in_flight(), 0);
         assert_eq!(nodes.list().len(), 1);
+        // A listing leaves out a replica past the expiry before it is expired.
+        assert_eq!(nodes.live(5_000).len(), 1);
+        assert!(nodes.live(5_001).is_empty());
     }
 }

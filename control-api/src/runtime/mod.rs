@@ -4,7 +4,8 @@
 //!
 //! - [`StaticRuntime`]: fixed upstream addresses; starting and stopping are
 //!   no-ops, so a static version is ready the moment it is woken.
-//! - [`ProcessRuntime`]: `sh -c CMD` on this machine with `PORT` set, readiness
+//! - [`ProcessRuntime`]: `sh -c CMD` on this machine with `HOST` and `PORT` set
+//!   (`runtime.process.bind`; reached at `runtime.process.advertise`), readiness
 //!   probed, SIGTERM then SIGKILL to its whole process tree
 //!   ([`process_tree`]), output in a log file per pool; a restart stops what a
 //!   previous run left ([`reaper`]).
@@ -27,6 +28,7 @@ use crate::model::RuntimeSpec;
 pub use process_runtime::ProcessRuntime;
 pub use reaper::{reap_leftovers, SandboxLedger, SandboxRecord};
 pub use static_runtime::StaticRuntime;
+pub use supervisor::Network;
 
 /// A future that resolves when an instance ends on its own, with how it ended.
 pub type ExitFuture = Pin<Box<dyn Future<Output = String> + Send + 'static>>;

@@ -1,5 +1,6 @@
 //! The `process` runtime (SPEC §9): each pool is one child process, `sh -c CMD`
-//! with `PORT` and `INGRESS_VERSION` set, its output appended to
+//! with `HOST` (`runtime.process.bind`), `PORT` and `INGRESS_VERSION` set, reached
+//! at `runtime.process.advertise` and that port, its output appended to
 //! `<store.data_dir>/logs/<pool>.log`. Each start gets a fresh sandbox marker
 //! and, with a ledger, is recorded durably until its stop has reaped its whole
 //! process tree (see `reaper.rs` for what a restart does with the records).
@@ -13,7 +14,7 @@ use async_trait::async_trait;
 
 use super::process_tree;
 use super::reaper::{SandboxLedger, SandboxRecord};
-use super::supervisor::{Process, Readiness};
+use super::supervisor::{Network, Process, Readiness};
 use super::{ExitFuture, Instance, Runtime};
 use crate::model::{ReadyCheck, RuntimeSpec};
 
@@ -25,6 +26,8 @@ pub struct ProcessRuntime {
     /// The first part of every sandbox marker (see `process_tree.rs`).
     scope: String,
     ledger: Option<Arc<dyn SandboxLedger>>,
+    /// Where processes listen and are reached.
+    network: Network,
 }
 
 /// How long a start that failed gives its tree to go after SIGTERM.
@@ -39,7 +42,15 @@ impl ProcessRuntime {
             start_timeout,
             scope: process_tree::random_scope(),
             ledger: None,
+            network: Network::default(),
         }
+    }
+
+    /// Processes listen on `network.bind` (`HOST`) and are reached at
+    /// `network.advertise` (default: loopback both ways).
+    pub fn with_network(mut self, network: Network) -> ProcessRuntime {
+        self.network = network;
+        self
     }
 
     /// Marks sandboxes with `scope` (the data directory's) and records each
@@ -151,7 +162,7 @@ impl Runtime for ProcessRuntime {
         };
         let log = Self::log_path(&self.log_dir, pool);
         let marker = process_tree::new_marker(&self.scope, pool);
-        let process = Process::spawn(command, pool, &log, &marker)
+        let process = Process::spawn_on(command, pool, &log, &marker, self.network)
             .await
             .map_err(|e| e.to_string())?;
         self.record(&process, pool);

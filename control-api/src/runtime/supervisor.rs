@@ -1,5 +1,6 @@
 //! One supervised child process, the building block of the `process` runtime
-//! (SPEC §9): `sh -c CMD` with `PORT` and `INGRESS_VERSION` set, output appended to
+//! (SPEC §9): `sh -c CMD` with `HOST`, `PORT` and `INGRESS_VERSION` set (it must
+//! listen on `$HOST:$PORT`), output appended to
 //! a log file, readiness probed with back-off, stopped with SIGTERM and then
 //! SIGKILL after a grace period. The child runs in its own process group and
 //! carries its sandbox's marker in `INGRESS_SANDBOX`, so that stopping it stops
@@ -9,7 +10,7 @@
 //! so in practice when the ingress dies); what `sh` starts does not inherit that,
 //! which is why a restart also reaps what a previous run left (`reaper.rs`).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -19,6 +20,25 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::process_tree::{self, Tree, SANDBOX_ENV};
+
+/// Where processes listen (`runtime.process.bind`, told to them as `HOST`) and
+/// where they are reached (`runtime.process.advertise`: the readiness probe,
+/// the proxies and replicas connect there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Network {
+    pub bind: IpAddr,
+    pub advertise: IpAddr,
+}
+
+impl Default for Network {
+    /// Loopback only: `127.0.0.1` both ways.
+    fn default() -> Self {
+        Network {
+            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            advertise: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        }
+    }
+}
 
 /// How a started process is known to be ready.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,7 +109,7 @@ const PROBE_FIRST: Duration = Duration::from_millis(1);
 const PROBE_MAX: Duration = Duration::from_millis(5);
 
 impl Process {
-    /// Starts `sh -c command` on a free loopback port, with `PORT`,
+    /// Starts `sh -c command` on a free loopback port, with `HOST`, `PORT`,
     /// `INGRESS_VERSION` and `INGRESS_SANDBOX` (= `marker`) set and stdout and
     /// stderr appended to `log_path`.
     pub async fn spawn(
@@ -98,7 +118,24 @@ impl Process {
         log_path: &Path,
         marker: &str,
     ) -> Result<Process, StartError> {
-        let port = free_port().map_err(|e| StartError::Spawn(format!("no free port: {e}")))?;
+        Process::spawn_on(command, version_id, log_path, marker, Network::default()).await
+    }
+
+    /// Like [`Process::spawn`], on a free port of `network.bind` (`HOST`); the
+    /// process is reached (and probed) at `network.advertise` and that port.
+    pub async fn spawn_on(
+        command: &str,
+        version_id: &str,
+        log_path: &Path,
+        marker: &str,
+        network: Network,
+    ) -> Result<Process, StartError> {
+        let port = free_port(network.bind).map_err(|e| {
+            StartError::Spawn(format!(
+                "no free port on {} (runtime.process.bind): {e}",
+                network.bind
+            ))
+        })?;
         if let Some(dir) = log_path.parent() {
             std::fs::create_dir_all(dir)
                 .map_err(|e| StartError::Spawn(format!("log directory {}: {e}", dir.display())))?;
@@ -115,6 +152,7 @@ impl Process {
         command_line
             .arg("-c")
             .arg(command)
+            .env("HOST", network.bind.to_string())
             .env("PORT", port.to_string())
             .env("INGRESS_VERSION", version_id)
             .env(SANDBOX_ENV, marker)
@@ -149,7 +187,7 @@ impl Process {
             exited.send_replace(Some(status));
         });
         Ok(Process {
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            addr: SocketAddr::new(network.advertise, port),
             pid,
             log_path: log_path.to_path_buf(),
             exit,
@@ -163,7 +201,8 @@ impl Process {
         &self.tree
     }
 
-    /// The address the process was told to listen on (`PORT`).
+    /// Where the process is reached: the advertised IP and the port it was told
+    /// to listen on (`PORT`).
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
@@ -319,8 +358,9 @@ fn signal_group(pid: i32, signal: i32) {
     process_tree::signal_group(pid, signal);
 }
 
-fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+/// A port free on `ip` now (the process binds it soon after).
+fn free_port(ip: IpAddr) -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind(SocketAddr::new(ip, 0))?
         .local_addr()?
         .port())
 }
@@ -482,6 +522,44 @@ mod tests {
             status.contains("signal") || status.contains("exit"),
             "{status}"
         );
+    }
+
+    #[tokio::test]
+    async fn listens_on_host_and_is_reached_at_the_advertised_ip() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("v2.log");
+        // 127.0.0.0/8 is all loopback: a process on 127.0.0.2 only is not on
+        // 127.0.0.1, so a ready probe proves it went to the advertised IP.
+        let ip: IpAddr = "127.0.0.2".parse().unwrap();
+        let command = "echo \"host=$HOST\"; exec python3 -m http.server \"$PORT\" --bind \"$HOST\"";
+        let process = Process::spawn_on(
+            command,
+            "v2",
+            &log,
+            &marker(),
+            Network {
+                bind: ip,
+                advertise: ip,
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(process.addr().ip(), ip);
+        process
+            .wait_ready(
+                &Readiness::Http { path: "/".into() },
+                Duration::from_secs(20),
+            )
+            .await
+            .unwrap();
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(text.contains("host=127.0.0.2"), "{text}");
+        let loopback = SocketAddr::from(([127, 0, 0, 1], process.addr().port()));
+        assert!(
+            std::net::TcpStream::connect(loopback).is_err(),
+            "listens on $HOST only"
+        );
+        process.stop(Duration::from_secs(5)).await;
     }
 
     #[tokio::test]
