@@ -383,49 +383,14 @@ fn deploy_request(request: proto::DeployRequest) -> Result<DeployRequest, Status
 }
 
 fn snapshot_message(generation: u64, input: ingress_proxy::SnapshotInput) -> proto::Snapshot {
-    use ingress_proxy::RouteHost;
+    use crate::replication::wire::{app_message, route_message};
     proto::Snapshot {
         generation,
-        apps: input
-            .apps
-            .into_iter()
-            .map(|app| proto::SnapshotApp {
-                name: app.name,
-                active_version: app.active.map(|v| v.id),
-                previews: app
-                    .previews
-                    .into_iter()
-                    .map(|p| proto::SnapshotPreview {
-                        label: p.label,
-                        version: p.version.id,
-                        expires_at_ms: p.expires_at_ms,
-                    })
-                    .collect(),
-                expired_labels: app
-                    .expired_labels
-                    .into_iter()
-                    .map(|e| proto::SnapshotExpiredLabel {
-                        label: e.label,
-                        expired_at_ms: e.expired_at_ms,
-                    })
-                    .collect(),
-            })
-            .collect(),
+        apps: input.apps.into_iter().map(app_message).collect(),
         routes: input
             .routes
             .into_iter()
-            .map(|r| {
-                let (host, kind) = match r.host {
-                    RouteHost::Exact(host) => (host, "exact"),
-                    RouteHost::Wildcard(suffix) => (format!("*.{suffix}"), "wildcard"),
-                    RouteHost::Default => (crate::model::DEFAULT_ROUTE_KEY.to_string(), "default"),
-                };
-                proto::RouteInfo {
-                    host,
-                    kind: kind.to_string(),
-                    app: r.app,
-                }
-            })
+            .map(|r| route_message(r.host, r.app))
             .collect(),
     }
 }

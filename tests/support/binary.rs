@@ -50,20 +50,25 @@ fn config_text(
     )
 }
 
+/// SIGTERM to `child`, then SIGKILL if it has not exited within 10 s.
+fn stop(mut child: Child) {
+    // SAFETY: plain signal to our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 impl Drop for Ingress {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // SAFETY: plain signal to our own child's pid.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(child) = self.child.take() {
+            stop(child);
         }
     }
 }
@@ -404,18 +409,8 @@ pub struct ReplicaNode {
 
 impl Drop for ReplicaNode {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // SAFETY: plain signal to our own child's pid.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(child) = self.child.take() {
+            stop(child);
         }
     }
 }

@@ -107,13 +107,27 @@ pub async fn handshake(
     ),
     String,
 > {
-    let connector = tokio_rustls::TlsConnector::from(ca.client_config(alpn));
+    let name = rustls::pki_types::ServerName::try_from(sni.to_string())
+        .map_err(|e| format!("server name: {e}"))?;
+    connect(ca.client_config(alpn), addr, name).await
+}
+
+/// A TLS connection to `addr` for `name` with `config`, and the served leaf.
+async fn connect(
+    config: Arc<rustls::ClientConfig>,
+    addr: std::net::SocketAddr,
+    name: rustls::pki_types::ServerName<'static>,
+) -> Result<
+    (
+        tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+        Vec<u8>,
+    ),
+    String,
+> {
     let tcp = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connect: {e}"))?;
-    let name = rustls::pki_types::ServerName::try_from(sni.to_string())
-        .map_err(|e| format!("server name: {e}"))?;
-    let stream = connector
+    let stream = tokio_rustls::TlsConnector::from(config)
         .connect(name, tcp)
         .await
         .map_err(|e| e.to_string())?;
@@ -197,25 +211,10 @@ pub async fn handshake_unverified(
         .with_custom_certificate_verifier(Arc::new(AcceptAnything(provider)))
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
     let name = match sni {
         Some(sni) => rustls::pki_types::ServerName::try_from(sni.to_string())
             .map_err(|e| format!("server name: {e}"))?,
         None => rustls::pki_types::ServerName::IpAddress(addr.ip().into()),
     };
-    let stream = connector
-        .connect(name, tcp)
-        .await
-        .map_err(|e| e.to_string())?;
-    let leaf = stream
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|chain| chain.first())
-        .map(|der| der.as_ref().to_vec())
-        .unwrap_or_default();
-    Ok((stream, leaf))
+    connect(Arc::new(config), addr, name).await
 }
