@@ -986,7 +986,7 @@ def replicas(args, workdir):
     full_bytes = stream_bytes(control.grpc).get(fresh.process.pid, 0)
     rss = control.rss_bytes()
     lines = [
-        f"Machine: {machine()}",
+        f"Machine: {machine().split(';')[0]}",
         f"Setup: release build; a control node with {args.apps} apps x {args.labels} preview "
         f"labels imported with `ingressctl import` ({import_seconds:.1f} s), two replicas on "
         "loopback; `visible` (benches/load/visible.rs) redeploys a preview label of "
