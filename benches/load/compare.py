@@ -38,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -306,8 +307,9 @@ http://:{port} {{
 class Ingress:
     """The `ingress` release binary with its own data directory and ports."""
 
-    def __init__(self, workdir, threads, proxy_extra="", extra_config=""):
+    def __init__(self, workdir, threads, proxy_extra="", extra_config="", extra_tokens=""):
         self.workdir = workdir
+        self.extra_tokens = extra_tokens
         self.port = free_port()
         self.grpc = free_port()
         self.http = free_port()
@@ -331,7 +333,7 @@ threads = {self.threads}
 [admin]
 grpc_listen = "{LOOPBACK}:{self.grpc}"
 http_listen = "{LOOPBACK}:{self.http}"
-tokens = [{{ name = "load", secret = "{TOKEN}" }}]
+tokens = [{{ name = "load", secret = "{TOKEN}" }}{self.extra_tokens}]
 [store]
 data_dir = "{data}"
 {self.extra_config}
@@ -820,6 +822,198 @@ def publish(args, workdir):
         f"max {max(r['max_ms'] for r in churn_reports):.1f} ms; "
         f"achieved {changes / (args.rounds * (args.seconds + 1)):.0f} changes/s",
         f"- proxy p99 publishing / idle: {busy_p99 / idle_p99:.2f} (goal ≤ 1.20)",
+    ]
+    print("\n".join(lines))
+
+
+# ------------------------------------------------------------------ replicas (--replicas)
+#
+# A control node (`node.role = "control"`) with --apps apps imported and two
+# proxy-only replicas following its routing stream: change-to-visible on each
+# replica (the `visible` example, benches/load/visible.rs), the routing stream's
+# bytes per change, and the time a fresh replica takes to get the whole state.
+
+REPLICA_TOKEN = "load-replica-token-0123456789abcdef"
+
+
+class Replica:
+    """A proxy-only `ingress` (release binary) following a control node."""
+
+    def __init__(self, workdir, node_id, control_grpc):
+        self.workdir = workdir
+        self.node_id = node_id
+        self.control_grpc = control_grpc
+        self.port = free_port()
+        self.grpc = free_port()
+        self.http = free_port()
+        self.process = None
+
+    def start(self):
+        config = os.path.join(self.workdir, f"{self.node_id}.toml")
+        with open(config, "w") as f:
+            f.write(f"""
+[node]
+role = "proxy"
+id = "{self.node_id}"
+[control]
+endpoints = ["http://{LOOPBACK}:{self.control_grpc}"]
+token = "{REPLICA_TOKEN}"
+[proxy]
+listen = "{LOOPBACK}:{self.port}"
+[admin]
+grpc_listen = "{LOOPBACK}:{self.grpc}"
+http_listen = "{LOOPBACK}:{self.http}"
+""")
+        env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "warn"))
+        self.process = start(
+            [os.path.join(RELEASE, "ingress"), "--config", config], self.node_id, self.workdir,
+            env=env,
+        )
+
+
+def routing(http_port, wait, timeout_ms):
+    """`/routing?wait_generation=G&timeout_ms=T` on an admin listener: (status,
+    generation applied); (0, 0) when it does not answer."""
+    url = f"http://{LOOPBACK}:{http_port}/routing?wait_generation={wait}&timeout_ms={timeout_ms}"
+    try:
+        status, _, body = http_get(url, timeout=timeout_ms / 1000 + 5)
+    except urllib.error.HTTPError as e:
+        status, body = e.code, e.read()
+    except OSError:
+        return 0, 0
+    try:
+        return status, json.loads(body)["generation"]
+    except (ValueError, KeyError):
+        return status, 0
+
+
+def stream_bytes(grpc_port):
+    """Bytes received so far by each process on its established TCP connections
+    to `grpc_port` (`ss -tinp`'s bytes_received: TCP payload, that is HTTP/2
+    frames, without IP and TCP headers), by pid."""
+    out = subprocess.run(
+        ["ss", "-tinpH", "state", "established", f"( dport = :{grpc_port} )"],
+        capture_output=True, text=True, timeout=30,
+    ).stdout
+    received = {}
+    pid = None
+    for line in out.splitlines():
+        found = re.search(r"pid=(\d+)", line)
+        if found:
+            pid = int(found.group(1))
+        count = re.search(r"bytes_received:(\d+)", line)
+        if count and pid is not None:
+            received[pid] = received.get(pid, 0) + int(count.group(1))
+    return received
+
+
+def fresh_replica(workdir, node_id, control, limit=120):
+    """Starts a replica and times it: until its ports answer, and until its
+    /routing reports the control node's generation (the whole state applied).
+    Returns (replica, listening s, current s, generation)."""
+    wanted = routing(control.http, 0, 0)[1]
+    replica = Replica(workdir, node_id, control.grpc)
+    started = time.monotonic()
+    replica.start()
+    wait_for_port(replica.http, f"replica {node_id}", timeout=limit)
+    listening = time.monotonic() - started
+    deadline = started + limit
+    while time.monotonic() < deadline:
+        status, _ = routing(replica.http, wanted, 5000)
+        if status == 200:
+            return replica, listening, time.monotonic() - started, wanted
+    raise SystemExit(f"replica {node_id} did not apply generation {wanted} within {limit}s")
+
+
+def replicas(args, workdir):
+    upstream_port = free_port()
+    start_upstream(workdir, upstream_port)
+    control = Ingress(
+        workdir, args.threads, proxy_extra=proxy_extra(args),
+        extra_config='[node]\nrole = "control"\n',
+        extra_tokens=f', {{ name = "edge", secret = "{REPLICA_TOKEN}", role = "replica" }}',
+    )
+    control.start()
+    import_seconds = import_apps(control, args.apps, args.labels, upstream_port)
+    # The preview labels the changes redeploy (churn-0..4 of app0) exist
+    # before anything is measured.
+    for k in range(5):
+        control.ctl("deploy", app_name(0), "--upstream", f"{LOOPBACK}:{upstream_port}",
+                    "--ephemeral", f"churn-{k}")
+    followers = []
+    initial = []
+    for i in range(2):
+        replica, listening, current, generation = fresh_replica(workdir, f"r{i}", control)
+        followers.append(replica)
+        initial.append((listening, current))
+        log(f"replica r{i}: listening after {listening:.2f}s, whole state (generation "
+            f"{generation}) after {current:.2f}s")
+    time.sleep(1)
+    before_generation = routing(control.http, 0, 0)[1]
+    before = stream_bytes(control.grpc)
+    visible_bin = os.path.join(RELEASE, "examples", "visible")
+    out = subprocess.run(
+        [
+            visible_bin,
+            "--server", f"http://{LOOPBACK}:{control.grpc}",
+            "--token", TOKEN,
+            "--app", app_name(0),
+            "--upstream", f"{LOOPBACK}:{upstream_port}",
+            "--control-http", f"{LOOPBACK}:{control.http}",
+            "--replica-http", ",".join(f"{LOOPBACK}:{r.http}" for r in followers),
+            "--changes", str(args.changes),
+            "--interval-ms", str(args.interval_ms),
+        ],
+        capture_output=True, text=True, timeout=600,
+    )
+    if out.returncode != 0:
+        raise SystemExit(f"visible failed: {out.stderr.strip()}")
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    log(f"visible: {report}")
+    # Settled: the endpoint updates that follow the last deploys have reached
+    # both replicas before the bytes are read again.
+    time.sleep(1)
+    after_generation = routing(control.http, 0, 0)[1]
+    for r in followers:
+        routing(r.http, after_generation, 5000)
+    after = stream_bytes(control.grpc)
+    updates = after_generation - before_generation
+    per_replica_bytes = [after.get(r.process.pid, 0) - before.get(r.process.pid, 0)
+                         for r in followers]
+    # A fresh replica now, with the control node idle.
+    fresh, listening, current, generation = fresh_replica(workdir, "r-fresh", control)
+    time.sleep(0.5)
+    full_bytes = stream_bytes(control.grpc).get(fresh.process.pid, 0)
+    rss = control.rss_bytes()
+    lines = [
+        f"Machine: {machine().split(';')[0]}",
+        f"Setup: release build; a control node with {args.apps} apps x {args.labels} preview "
+        f"labels imported with `ingressctl import` ({import_seconds:.1f} s), two replicas on "
+        "loopback; `visible` (benches/load/visible.rs) redeploys a preview label of "
+        f"{app_name(0)} {args.changes} times, every {args.interval_ms} ms, over one gRPC "
+        "connection.",
+        "",
+        "| replica | changes seen | p50 ms | p99 ms | max ms | waits timed out |",
+        "|---|---|---|---|---|---|",
+    ]
+    for i, r in enumerate(report["replicas"]):
+        lines.append(f"| r{i} | {r['samples']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+                     f"{r['max_ms']:.2f} | {r['missed']} |")
+    lines += [
+        "",
+        f"- changes: {report['changes']} in {report['seconds']:.1f} s ({report['failed']} refused); "
+        f"deploy call p50 {report['deploy_p50_ms']:.2f} ms, p99 {report['deploy_p99_ms']:.2f} ms",
+        f"- routing stream: generations {before_generation} -> {after_generation} "
+        f"({updates} updates for {args.changes} changes); bytes received per replica on its "
+        f"connection to the control node: " + ", ".join(
+            f"r{i} {b} ({b / args.changes:.0f} per change, {b / max(updates, 1):.0f} per update)"
+            for i, b in enumerate(per_replica_bytes)),
+        f"- the first two replicas got the whole state (generation after import) in "
+        + ", ".join(f"{c:.2f} s (listening after {l:.2f} s)" for l, c in initial),
+        f"- a fresh replica with the control node idle: listening after {listening:.2f} s, "
+        f"whole state (generation {generation}) applied after {current:.2f} s; "
+        f"{full_bytes} bytes received ({full_bytes / 1048576:.2f} MiB)",
+        f"- control node RSS {rss / 1048576:.0f} MiB",
     ]
     print("\n".join(lines))
 
@@ -1494,7 +1688,14 @@ def main():
     parser.add_argument("--scale-counts", default="10,10000,100000")
     parser.add_argument("--publish", action="store_true",
                         help="p99 while a change is published every --interval-ms")
-    parser.add_argument("--interval-ms", type=int, default=10)
+    parser.add_argument("--interval-ms", type=int, default=None,
+                        help="--publish: ms between changes (10); --replicas: (30)")
+    parser.add_argument("--replicas", action="store_true",
+                        help="a control node with --apps apps and two replicas: "
+                             "change-to-visible on each replica, the routing stream's "
+                             "bytes per change, a fresh replica's time to the whole state")
+    parser.add_argument("--changes", type=int, default=100,
+                        help="--replicas: changes made (1..1000)")
     parser.add_argument(
         "--tls", action="store_true",
         help="HTTPS against nginx with the same ECDSA P-256 certificate, TLS 1.3, with "
@@ -1511,9 +1712,15 @@ def main():
     args = parser.parse_args()
     if not 1 <= args.rounds <= 50 or not 1 <= args.seconds <= 120:
         parser.error("--rounds must be 1..50 and --seconds 1..120")
-    if args.tls and (args.scale or args.publish):
-        parser.error("--tls, --scale and --publish are separate runs")
-    if args.tls:
+    if sum(map(bool, (args.tls, args.scale, args.publish, args.replicas))) > 1:
+        parser.error("--tls, --scale, --publish and --replicas are separate runs")
+    if not 1 <= args.changes <= 1000:
+        parser.error("--changes must be 1..1000")
+    if args.interval_ms is None:
+        args.interval_ms = 30 if args.replicas else 10
+    if args.replicas:
+        tools = ("ss", "nginx")
+    elif args.tls:
         tools = ("wrk", "nginx", "h2load", "openssl") + (("haproxy",) if args.tls_haproxy else ())
     elif args.scale or args.publish:
         tools = ("wrk", "nginx")
@@ -1532,6 +1739,8 @@ def main():
             publish(args, workdir)
         elif args.tls:
             tls(args, workdir)
+        elif args.replicas:
+            replicas(args, workdir)
         else:
             compare(args, workdir)
     finally:

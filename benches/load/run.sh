@@ -18,6 +18,11 @@
 #                                       # connection per request, plain HTTP for the reference
 #                                       # ratio, and handshakes with 10 vs 10,000 certificates
 #   benches/load/run.sh --tls --rounds 2 --seconds 3   # its quick check
+#   benches/load/run.sh --replicas      # a control node with 10,000 apps and two replicas:
+#                                       # change-to-visible per replica over 100 changes 30 ms
+#                                       # apart, the routing stream's bytes per change, and a
+#                                       # fresh replica's time to the whole state
+#   benches/load/run.sh --replicas --apps 100 --changes 20   # its quick check
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 missing=()
@@ -40,5 +45,5 @@ if [ "${#missing[@]}" -gt 0 ]; then
   scripts/install-system-packages "${missing[@]}"
 fi
 export PATH="$PATH:/usr/sbin"
-cargo build --release --bins --example churn
+cargo build --release --bins --example churn --example visible
 exec python3 benches/load/compare.py "$@"

@@ -422,8 +422,14 @@ impl ReplicaNode {
         let [proxy, grpc_unused, http] =
             free_ports().map(|port| SocketAddr::from(([127, 0, 0, 1], port)));
         let config = dir.join(format!("{id}.toml"));
+        // INGRESS_TEST_FAST_PATH=off reaches replicas too.
+        let fast_path = if fast_path_off() {
+            "fast_path = false\n"
+        } else {
+            ""
+        };
         let text = format!(
-            "[node]\nrole = \"proxy\"\nid = \"{id}\"\n\n[control]\nendpoints = [\"http://{grpc}\"]\ntoken = \"{token}\"\n\n[proxy]\nlisten = \"{proxy}\"\n\n[admin]\ngrpc_listen = \"{grpc_unused}\"\nhttp_listen = \"{http}\"\n\n{extra}\n"
+            "[node]\nrole = \"proxy\"\nid = \"{id}\"\n\n[control]\nendpoints = [\"http://{grpc}\"]\ntoken = \"{token}\"\n\n[proxy]\nlisten = \"{proxy}\"\n{fast_path}\n[admin]\ngrpc_listen = \"{grpc_unused}\"\nhttp_listen = \"{http}\"\n\n{extra}\n"
         );
         std::fs::write(&config, text).expect("write replica config");
         let mut node = ReplicaNode {
@@ -541,4 +547,102 @@ pub fn run_bounded(mut command: Command, limit: Duration) -> (CtlOutput, Duratio
     }
     let output = child.wait_with_output().expect("collect the output");
     (CtlOutput(output), elapsed)
+}
+
+// ---------------------------------------------------------------------------
+// For the multi-node suite (tests/multi_node.rs): pausing a process (SIGCONT
+// guaranteed), a replica killed and started again as two steps, its pid, and
+// `/routing` and other admin HTTP reads from async code.
+// ---------------------------------------------------------------------------
+
+/// A process paused with SIGSTOP. Resumed (SIGCONT) by [`Paused::resume`] or
+/// when dropped, so a failing test never leaves it stopped.
+pub struct Paused {
+    pid: i32,
+}
+
+impl Paused {
+    /// Sends SIGSTOP to `pid` (a child of this test).
+    pub fn stop(pid: u32) -> Paused {
+        let pid = pid as i32;
+        // SAFETY: plain signal to our own child's pid.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        Paused { pid }
+    }
+
+    /// Sends SIGCONT.
+    pub fn resume(self) {}
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        // SAFETY: plain signal to our own child's pid.
+        unsafe { libc::kill(self.pid, libc::SIGCONT) };
+    }
+}
+
+impl ReplicaNode {
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGKILL (and reap); [`ReplicaNode::restart`] starts it again.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("kill -9");
+            child.wait().expect("reap");
+        }
+    }
+
+    /// Starts again on the same ports after [`ReplicaNode::kill9`]; returns
+    /// once its ports answer.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "still running");
+        self.spawn();
+    }
+}
+
+/// [`routing_generation`] from async code: `GET
+/// /routing?wait_generation=G&timeout_ms=T` on the admin listener `http`; the
+/// status (0 when unreachable) and the generation the node has applied.
+pub async fn wait_routing(http: SocketAddr, wait: u64, timeout_ms: u64) -> (u16, u64) {
+    let path = format!("/routing?wait_generation={wait}&timeout_ms={timeout_ms}");
+    let limit = Duration::from_millis(timeout_ms) + Duration::from_secs(5);
+    let (status, text) = admin_get(http, &path, limit).await;
+    let generation = text
+        .split("\"generation\":")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    (status, generation)
+}
+
+/// `GET path` on an admin HTTP listener (a new connection, `Connection:
+/// close`), bounded by `limit`: the status (0 when unreachable or too slow) and
+/// the body.
+pub async fn admin_get(http: SocketAddr, path: &str, limit: Duration) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(http).await.ok()?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut bytes = Vec::new();
+        stream.read_to_end(&mut bytes).await.ok()?;
+        Some(String::from_utf8_lossy(&bytes).into_owned())
+    };
+    let Ok(Some(text)) = tokio::time::timeout(limit, exchange).await else {
+        return (0, String::new());
+    };
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default();
+    (status, body)
 }
