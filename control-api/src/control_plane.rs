@@ -542,6 +542,12 @@ impl ControlPlane {
         self.pools.endpoints()
     }
 
+    /// The pools changed since the last call, with their versions' endpoints
+    /// (`None`: every pool may have changed).
+    pub fn changed_endpoints(&self) -> Option<Vec<(String, Vec<crate::pools::EndpointView>)>> {
+        self.pools.take_changed()
+    }
+
     /// Changes whenever a pool changed.
     pub fn subscribe_pool_changes(&self) -> tokio::sync::watch::Receiver<u64> {
         self.pools.subscribe_changes()

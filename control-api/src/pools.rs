@@ -15,7 +15,7 @@
 //! [`PoolEvent`]s (a request woke a version, a pool became ready, failed or
 //! exited).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -157,7 +157,46 @@ struct Pool {
 #[derive(Default)]
 struct Table {
     pool_of: HashMap<String, String>,
+    pools: PoolMap,
+}
+
+/// The pools by id, remembering which were written to since the replication
+/// feed last asked ([`Pools::take_changed`]), so a change is sent as the
+/// endpoints of its pool rather than by comparing every version's.
+#[derive(Default)]
+struct PoolMap {
     pools: HashMap<String, Pool>,
+    changed: HashSet<String>,
+    /// Every pool may have changed (a shutdown).
+    all_changed: bool,
+}
+
+impl PoolMap {
+    fn get(&self, id: &str) -> Option<&Pool> {
+        self.pools.get(id)
+    }
+
+    fn get_mut(&mut self, id: &str) -> Option<&mut Pool> {
+        if !self.changed.contains(id) {
+            self.changed.insert(id.to_string());
+        }
+        self.pools.get_mut(id)
+    }
+
+    fn entry(&mut self, id: String) -> std::collections::hash_map::Entry<'_, String, Pool> {
+        self.changed.insert(id.clone());
+        self.pools.entry(id)
+    }
+
+    fn remove(&mut self, id: &str) -> Option<Pool> {
+        self.changed.insert(id.to_string());
+        self.pools.remove(id)
+    }
+
+    fn values_mut(&mut self) -> std::collections::hash_map::ValuesMut<'_, String, Pool> {
+        self.all_changed = true;
+        self.pools.values_mut()
+    }
 }
 
 struct Shared {
@@ -200,6 +239,47 @@ pub trait DrainGate: Send + Sync {
     fn begin(&self, versions: &[String]);
     /// Whether that drain may end.
     fn settled(&self, versions: &[String]) -> bool;
+}
+
+/// `version`'s endpoint in `pool` (`pool_id`) at `now`.
+fn endpoint_view(version: &str, pool_id: &str, pool: &Pool, now: Instant) -> EndpointView {
+    let mut view = EndpointView {
+        version: version.to_string(),
+        pool: pool_id.to_string(),
+        addrs: Vec::new(),
+        incarnation: pool.incarnation,
+        state: "stopped",
+        ready_at_ms: 0,
+        failure: String::new(),
+        retry_after_ms: 0,
+    };
+    if !pool.holders.contains_key(version) {
+        return view;
+    }
+    match &pool.phase {
+        Phase::Ready { grant, .. } => {
+            view.state = "ready";
+            view.addrs = grant.addrs.clone();
+            view.ready_at_ms = grant.ready_at_ms;
+        }
+        Phase::Starting => view.state = "starting",
+        Phase::Draining { .. } | Phase::Stopping => view.state = "stopping",
+        Phase::Stopped => {}
+        Phase::Failed {
+            reason,
+            during_start,
+        } => {
+            view.state = "failed";
+            view.failure = reason.clone();
+            if *during_start {
+                let wait = pool
+                    .retry_at
+                    .map_or(Duration::ZERO, |at| at.saturating_duration_since(now));
+                view.retry_after_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+            }
+        }
+    }
+    view
 }
 
 /// Where one version's instances are, as replicas are told (`Endpoint`).
@@ -288,45 +368,41 @@ impl Pools {
             let Some(pool) = table.pools.get(pool_id) else {
                 continue;
             };
-            let mut view = EndpointView {
-                version: version.clone(),
-                pool: pool_id.clone(),
-                addrs: Vec::new(),
-                incarnation: pool.incarnation,
-                state: "stopped",
-                ready_at_ms: 0,
-                failure: String::new(),
-                retry_after_ms: 0,
-            };
-            if pool.holders.contains_key(version) {
-                match &pool.phase {
-                    Phase::Ready { grant, .. } => {
-                        view.state = "ready";
-                        view.addrs = grant.addrs.clone();
-                        view.ready_at_ms = grant.ready_at_ms;
-                    }
-                    Phase::Starting => view.state = "starting",
-                    Phase::Draining { .. } | Phase::Stopping => view.state = "stopping",
-                    Phase::Stopped => {}
-                    Phase::Failed {
-                        reason,
-                        during_start,
-                    } => {
-                        view.state = "failed";
-                        view.failure = reason.clone();
-                        if *during_start {
-                            let wait = pool
-                                .retry_at
-                                .map_or(Duration::ZERO, |at| at.saturating_duration_since(now));
-                            view.retry_after_ms =
-                                u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
-                        }
-                    }
-                }
-            }
-            all.insert(version.clone(), view);
+            all.insert(version.clone(), endpoint_view(version, pool_id, pool, now));
         }
         all
+    }
+
+    /// The pools written to since the last call, each with its versions'
+    /// endpoints now (none for a pool that is gone); `None` when every pool may
+    /// have changed (ask [`Pools::endpoints`] then).
+    pub fn take_changed(&self) -> Option<Vec<(String, Vec<EndpointView>)>> {
+        // Taking the marks is a write the feed need not hear about.
+        let mut guard = self.shared.lock();
+        guard.wrote = false;
+        let table = &mut guard.guard;
+        let all = std::mem::take(&mut table.pools.all_changed);
+        let changed = std::mem::take(&mut table.pools.changed);
+        if all {
+            return None;
+        }
+        let now = Instant::now();
+        let changes = changed
+            .into_iter()
+            .map(|pool_id| {
+                let views = match table.pools.get(&pool_id) {
+                    Some(pool) => pool
+                        .members
+                        .iter()
+                        .filter(|v| table.pool_of.get(*v) == Some(&pool_id))
+                        .map(|v| endpoint_view(v, &pool_id, pool, now))
+                        .collect(),
+                    None => Vec::new(),
+                };
+                (pool_id, views)
+            })
+            .collect();
+        Some(changes)
     }
 
     /// Makes every drain also wait for `gate`. Later calls change nothing.

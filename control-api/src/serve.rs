@@ -63,6 +63,7 @@ async fn replication_loop(
     let mut changes = plane.subscribe_pool_changes();
     let mut ticker = tokio::time::interval(report_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let _ = plane.changed_endpoints();
     feed.endpoints(&plane.endpoints());
     loop {
         tokio::select! {
@@ -70,7 +71,11 @@ async fn replication_loop(
                 if changed.is_err() {
                     return;
                 }
-                feed.endpoints(&plane.endpoints());
+                // Only the pools that changed, unless all may have.
+                match plane.changed_endpoints() {
+                    Some(changes) => feed.pools_changed(changes),
+                    None => feed.endpoints(&plane.endpoints()),
+                }
             }
             _ = ticker.tick() => {
                 let now = ingress_proxy::time::now_unix_millis();

@@ -587,14 +587,6 @@ impl ReplicaNode {
         self.child.as_ref().map(Child::id)
     }
 
-    /// SIGKILL (and reap); [`ReplicaNode::restart`] starts it again.
-    pub fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().expect("kill -9");
-            child.wait().expect("reap");
-        }
-    }
-
     /// Starts again on the same ports after [`ReplicaNode::kill9`]; returns
     /// once its ports answer.
     pub fn restart(&mut self) {

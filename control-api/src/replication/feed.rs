@@ -6,7 +6,7 @@
 //! replica that asks from a generation the log no longer holds, from another
 //! epoch, or from nothing, gets the whole state instead, in chunks.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use ingress_proxy::{SnapshotDelta, SnapshotInput};
@@ -35,6 +35,8 @@ struct FeedState {
     log: VecDeque<Arc<proto::RoutingUpdate>>,
     /// Endpoints as last sent, by version.
     endpoints: BTreeMap<String, proto::Endpoint>,
+    /// The versions of each pool in `endpoints`.
+    by_pool: HashMap<String, BTreeSet<String>>,
 }
 
 /// What a replica asking from some point gets first.
@@ -59,6 +61,7 @@ impl Feed {
                 generation: 0,
                 log: VecDeque::new(),
                 endpoints: BTreeMap::new(),
+                by_pool: HashMap::new(),
             }),
             latest: watch::channel(0).0,
         }
@@ -137,15 +140,76 @@ impl Feed {
         if update.upsert_endpoints.is_empty() && update.remove_endpoints.is_empty() {
             return;
         }
-        for message in &update.upsert_endpoints {
-            state
-                .endpoints
-                .insert(message.version.clone(), message.clone());
-        }
-        for version in &update.remove_endpoints {
-            state.endpoints.remove(version);
-        }
+        Self::record(&mut state, &update);
         self.push(&mut state, update);
+    }
+
+    /// Records the endpoints of the pools that changed (each with its versions'
+    /// endpoints now; none for a pool that is gone): one update with what
+    /// differs from what replicas were told, or nothing. Costs what the changed
+    /// pools hold, not what all do.
+    pub fn pools_changed(&self, changes: Vec<(String, Vec<EndpointView>)>) {
+        let mut state = self.lock();
+        let mut update = proto::RoutingUpdate::default();
+        for (pool, views) in changes {
+            let now: BTreeSet<&str> = views.iter().map(|v| v.version.as_str()).collect();
+            if let Some(before) = state.by_pool.get(&pool) {
+                for version in before {
+                    let moved = state.endpoints.get(version).is_some_and(|e| e.pool != pool);
+                    if !now.contains(version.as_str()) && !moved {
+                        update.remove_endpoints.push(version.clone());
+                    }
+                }
+            }
+            for view in &views {
+                let message = endpoint_message(view);
+                if state.endpoints.get(&view.version) != Some(&message) {
+                    update.upsert_endpoints.push(message);
+                }
+            }
+        }
+        // A version that moved to another pool that changed too is upserted,
+        // not removed.
+        let upserted: BTreeSet<String> = update
+            .upsert_endpoints
+            .iter()
+            .map(|e| e.version.clone())
+            .collect();
+        update.remove_endpoints.retain(|v| !upserted.contains(v));
+        if update.upsert_endpoints.is_empty() && update.remove_endpoints.is_empty() {
+            return;
+        }
+        Self::record(&mut state, &update);
+        self.push(&mut state, update);
+    }
+
+    /// Remembers what `update` tells replicas of endpoints.
+    fn record(state: &mut FeedState, update: &proto::RoutingUpdate) {
+        for version in &update.remove_endpoints {
+            if let Some(old) = state.endpoints.remove(version) {
+                if let Some(versions) = state.by_pool.get_mut(&old.pool) {
+                    versions.remove(version);
+                }
+            }
+        }
+        for message in &update.upsert_endpoints {
+            if let Some(old) = state
+                .endpoints
+                .insert(message.version.clone(), message.clone())
+            {
+                if old.pool != message.pool {
+                    if let Some(versions) = state.by_pool.get_mut(&old.pool) {
+                        versions.remove(&message.version);
+                    }
+                }
+            }
+            state
+                .by_pool
+                .entry(message.pool.clone())
+                .or_default()
+                .insert(message.version.clone());
+        }
+        state.by_pool.retain(|_, versions| !versions.is_empty());
     }
 
     /// The state of `version`'s endpoint as replicas were last told
@@ -299,6 +363,30 @@ mod tests {
         };
         assert_eq!(all[1].upsert_endpoints[0].state, "ready");
         assert_eq!(all[2].remove_endpoints, ["v1"]);
+    }
+
+    #[test]
+    fn changed_pools_send_only_their_endpoints() {
+        let feed = Feed::new();
+        let mut all = BTreeMap::new();
+        all.insert("v1".to_string(), view("v1", "stopped"));
+        all.insert("v2".to_string(), view("v2", "stopped"));
+        feed.endpoints(&all);
+        assert_eq!(feed.generation(), 1);
+        // v1's pool started: only v1 goes out.
+        feed.pools_changed(vec![("v1".into(), vec![view("v1", "ready")])]);
+        // Nothing new for v2's pool: no update.
+        feed.pools_changed(vec![("v2".into(), vec![view("v2", "stopped")])]);
+        // v2's pool is gone: v2 is removed.
+        feed.pools_changed(vec![("v2".into(), Vec::new())]);
+        let Since::Updates(all) = feed.since(feed.epoch(), 1) else {
+            panic!("in the log");
+        };
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[0].upsert_endpoints.len(), 1);
+        assert_eq!(all[0].upsert_endpoints[0].version, "v1");
+        assert_eq!(all[1].remove_endpoints, ["v2"]);
+        assert_eq!(feed.endpoint_state("v2"), None);
     }
 
     #[test]
