@@ -22,6 +22,11 @@ use crate::scopes::{self, Role, Rpc};
 /// The generated protobuf types and gRPC client and server.
 pub mod proto {
     tonic::include_proto!("ingress.v1");
+
+    /// `proto/ingress.proto` as an encoded `FileDescriptorSet` (with its
+    /// comments), for gRPC server reflection ([`crate::grpc_tools`]).
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/ingress_descriptor.bin"));
 }
 
 use proto::admin_server::{Admin, AdminServer};

@@ -6,6 +6,7 @@
 pub mod certs;
 pub mod control_plane;
 pub mod grpc;
+pub mod grpc_tools;
 pub mod metrics;
 pub mod model;
 pub mod names;

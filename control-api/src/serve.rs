@@ -1,5 +1,6 @@
 //! Runs the control plane's network side on a thread of its own (Pingora owns the
-//! main thread and its own runtimes): the gRPC admin API, the admin HTTP listener
+//! main thread and its own runtimes): the gRPC admin API (with server reflection
+//! and the health service, [`crate::grpc_tools`]), the admin HTTP listener
 //! (`/metrics`, `/healthz`, `/readyz`), the TTL garbage-collection loop and the
 //! lifecycle loop (idle sweep and stored schedules).
 
@@ -191,6 +192,12 @@ async fn serve(
             stopped.clone(),
         ))
     });
+    // Reflection and health beside the admin API (crate::grpc_tools):
+    // reflection behind the bearer check, health open.
+    let own = crate::grpc_tools::own_services(settings.replication.is_some());
+    let reflection_v1 = crate::grpc_tools::reflection_v1(&own, authenticator.clone())?;
+    let reflection_v1alpha = crate::grpc_tools::reflection_v1alpha(&own, authenticator.clone())?;
+    let health = crate::grpc_tools::health_service(&own, stopped.clone()).await;
     let grpc_server = tonic::transport::Server::builder()
         .add_service(admin_service(
             Arc::clone(&plane),
@@ -206,6 +213,9 @@ async fn serve(
             stopped.clone(),
         ))
         .add_optional_service(replication)
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(grpc),
             until_stopped(stopped.clone()),
