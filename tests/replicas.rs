@@ -11,8 +11,8 @@ use support::binary::{routing_generation, Ingress, ReplicaNode, TOKEN};
 use support::{raw_request, RawResponse, Upstream};
 
 const APP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/app.py");
-const CONTROL: &str = "[node]\nrole = \"control\"\n\n[activity]\nreport_interval = \"300ms\"\n\n[runtime]\nstop_grace = \"2s\"\n";
-const REPLICA: &str = "[activity]\nreport_interval = \"300ms\"\n";
+const CONTROL: &str = "[node]\nrole = \"control\"\n\n[activity]\nreport_interval = \"300ms\"\n\n[runtime]\nstop_grace = \"2s\"\n\n[wake]\ntimeout = \"5s\"\n";
+const REPLICA: &str = "[activity]\nreport_interval = \"300ms\"\n\n[wake]\ntimeout = \"5s\"\n";
 /// The replicas' token (role replica) and a read-only one.
 const REPLICA_TOKEN: &str = "replica-token-0123456789abcdef";
 const READ_TOKEN: &str = "read-token-0123456789abcdef";
@@ -558,4 +558,51 @@ async fn a_process_bound_and_advertised_on_another_ip_is_reached_there_from_ever
         log.contains(&format!("listening on 127.0.0.2 port {port}")),
         "{log}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_held_for_a_label_that_is_redeployed_meanwhile_follows_the_label() {
+    let upstream = Upstream::start("static").await;
+    let cluster = Cluster::start(1);
+    let command = format!(
+        "exec python3 {APP} --starts {} --pid {} --delay-ms 1500",
+        cluster.dir.path().join("slow.starts").display(),
+        cluster.dir.path().join("slow.pid").display()
+    );
+    cluster
+        .control
+        .ctl(&[
+            "deploy",
+            "shop",
+            "--command",
+            &command,
+            "--ephemeral",
+            "moving",
+        ])
+        .expect_ok();
+    cluster.converge();
+    let mut held = Vec::new();
+    for addr in [cluster.control.proxy, cluster.replicas[0].proxy] {
+        held.push(tokio::spawn(async move {
+            get(addr, "moving.shop.example.com").await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The label moves to another version while both requests are held.
+    cluster
+        .control
+        .ctl(&[
+            "deploy",
+            "shop",
+            "--upstream",
+            &upstream.addr.to_string(),
+            "--ephemeral",
+            "moving",
+        ])
+        .expect_ok();
+    for request in held {
+        let answer = request.await.expect("request");
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        assert_eq!(answer.header("x-upstream"), Some("static"));
+    }
 }

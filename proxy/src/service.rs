@@ -157,6 +157,14 @@ impl IngressProxy {
         &self.metrics
     }
 
+    /// What `request`'s host routes to now, when that is another version than
+    /// `target`'s.
+    fn moved_on(&self, request: &RequestHeader, target: &Arc<Target>) -> Option<Arc<Target>> {
+        let snapshot = self.snapshots.load();
+        let resolved = resolve(&snapshot, request_host(request), now_unix_millis()).ok()?;
+        (resolved.target.version_id != target.version_id).then(|| Arc::clone(resolved.target))
+    }
+
     /// The lease of `target`: from the cache, else from the lease source, waking
     /// the version when it sleeps and this request may wake it.
     async fn lease_for(
@@ -634,7 +642,7 @@ impl ProxyHttp for IngressProxy {
             resolve(&snapshot, request_host(request), now_ms)
                 .map(|resolved| (resolved.kind, Arc::clone(resolved.target)))
         };
-        let target = match resolved {
+        let mut target = match resolved {
             Ok((kind, target)) => {
                 ctx.kind = Some(kind);
                 target
@@ -660,7 +668,21 @@ impl ProxyHttp for IngressProxy {
         if !ignored {
             ctx.in_flight = Some(target.activity.enter(now_ms));
         }
-        match self.lease_for(session, ctx, &target, ignored, now_ms).await {
+        let mut lease = self.lease_for(session, ctx, &target, ignored, now_ms).await;
+        if matches!(lease, Err(NoLease::Answer(_))) {
+            // The host may have moved on while this request waited (its label
+            // redeployed: the version it woke is gone). Once, with what the
+            // host routes to now.
+            if let Some(next) = self.moved_on(session.req_header(), &target) {
+                let now_ms = now_unix_millis();
+                if !ignored {
+                    ctx.in_flight = Some(next.activity.enter(now_ms));
+                }
+                target = next;
+                lease = self.lease_for(session, ctx, &target, ignored, now_ms).await;
+            }
+        }
+        match lease {
             Ok(lease) => ctx.lease = Some(lease),
             Err(NoLease::Answer(answer)) => {
                 write_error(session, &answer, self.hsts(ctx.tls)).await?;
