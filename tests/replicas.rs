@@ -58,6 +58,20 @@ impl Cluster {
         }
     }
 
+    /// Deploys `upstream` (a static version) as preview `label` of `shop`.
+    fn deploy_preview(&self, upstream: SocketAddr, label: &str) {
+        self.control
+            .ctl(&[
+                "deploy",
+                "shop",
+                "--upstream",
+                &upstream.to_string(),
+                "--ephemeral",
+                label,
+            ])
+            .expect_ok();
+    }
+
     /// The control node's routing generation now.
     fn generation(&self) -> u64 {
         routing_generation(self.control.http, 0, 0).1
@@ -102,17 +116,7 @@ async fn replicas_route_every_host_like_the_control_node_and_follow_changes() {
     }
     // A change reaches every replica: each one applies the next generation.
     let before = cluster.generation();
-    cluster
-        .control
-        .ctl(&[
-            "deploy",
-            "shop",
-            "--upstream",
-            &preview.addr.to_string(),
-            "--ephemeral",
-            "pr-1",
-        ])
-        .expect_ok();
+    cluster.deploy_preview(preview.addr, "pr-1");
     let after = cluster.converge();
     assert!(after > before);
     for replica in &cluster.replicas {
@@ -172,17 +176,7 @@ async fn replicas_keep_serving_while_the_control_node_is_down_and_converge_after
     // state and sees changes made after the restart.
     cluster.control.kill9_and_restart();
     let green = Upstream::start("green").await;
-    cluster
-        .control
-        .ctl(&[
-            "deploy",
-            "shop",
-            "--upstream",
-            &green.addr.to_string(),
-            "--ephemeral",
-            "after",
-        ])
-        .expect_ok();
+    cluster.deploy_preview(green.addr, "after");
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let answer = get(cluster.replicas[0].proxy, "after.shop.example.com").await;
@@ -481,17 +475,7 @@ async fn ingressctl_nodes_lists_the_replicas_current_and_forgets_a_killed_one() 
     }
     // The one left keeps reporting, and a change it applies shows as lag 0.
     let green = Upstream::start("green").await;
-    cluster
-        .control
-        .ctl(&[
-            "deploy",
-            "shop",
-            "--upstream",
-            &green.addr.to_string(),
-            "--ephemeral",
-            "pr-2",
-        ])
-        .expect_ok();
+    cluster.deploy_preview(green.addr, "pr-2");
     let after = cluster.generation();
     assert!(after > generation);
     let (status, _) = routing_generation(cluster.replicas[0].http, after, 10_000);
@@ -589,17 +573,7 @@ async fn a_request_held_for_a_label_that_is_redeployed_meanwhile_follows_the_lab
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     // The label moves to another version while both requests are held.
-    cluster
-        .control
-        .ctl(&[
-            "deploy",
-            "shop",
-            "--upstream",
-            &upstream.addr.to_string(),
-            "--ephemeral",
-            "moving",
-        ])
-        .expect_ok();
+    cluster.deploy_preview(upstream.addr, "moving");
     for request in held {
         let answer = request.await.expect("request");
         assert_eq!(answer.status, 200, "{}", answer.body);
