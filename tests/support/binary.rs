@@ -50,6 +50,47 @@ fn config_text(
     )
 }
 
+/// Runs `command --config CONFIG` with its output appended to `log`, and waits
+/// (at most 20 s) until every one of `ports` accepts connections; panics with
+/// the log if it exits or does not listen in time.
+fn start_and_wait(
+    mut command: Command,
+    config: &Path,
+    log: &Path,
+    ports: &[SocketAddr],
+    what: &str,
+) -> Child {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("open log");
+    let mut child = command
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().expect("log"))
+        .stderr(file)
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {what}: {e}"));
+    let log_text = || std::fs::read_to_string(log).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        let up = ports
+            .iter()
+            .all(|addr| std::net::TcpStream::connect(addr).is_ok());
+        if up {
+            return child;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited with {status}:\n{}", log_text());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop(child);
+    panic!("{what} did not listen within 20 s:\n{}", log_text());
+}
+
 /// SIGTERM to `child`, then SIGKILL if it has not exited within 10 s.
 fn stop(mut child: Child) {
     // SAFETY: plain signal to our own child's pid.
@@ -163,11 +204,6 @@ impl Ingress {
     }
 
     fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("open log");
         let mut command = Command::new(env!("CARGO_BIN_EXE_ingress"));
         if let Some((soft, hard)) = self.nofile {
             use std::os::unix::process::CommandExt;
@@ -185,30 +221,17 @@ impl Ingress {
                 });
             }
         }
-        let child = command
-            .arg("--config")
-            .arg(&self.config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("start ingress");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            let up = [self.proxy, self.grpc, self.http]
-                .iter()
-                .chain(self.tls.iter())
-                .all(|addr| std::net::TcpStream::connect(addr).is_ok());
-            if up {
-                return;
-            }
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
-                panic!("ingress exited with {status}:\n{}", self.log_text());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("ingress did not listen within 20 s:\n{}", self.log_text());
+        let ports: Vec<SocketAddr> = [self.proxy, self.grpc, self.http]
+            .into_iter()
+            .chain(self.tls)
+            .collect();
+        self.child = Some(start_and_wait(
+            command,
+            &self.config,
+            &self.log,
+            &ports,
+            "ingress",
+        ));
     }
 
     /// The process id, while it runs.
@@ -445,34 +468,15 @@ impl ReplicaNode {
     }
 
     fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("open log");
-        let child = Command::new(env!("CARGO_BIN_EXE_ingress"))
-            .arg("--config")
-            .arg(&self.config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("start replica");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            let up = [self.proxy, self.http]
-                .iter()
-                .all(|addr| std::net::TcpStream::connect(addr).is_ok());
-            if up {
-                return;
-            }
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
-                panic!("replica exited with {status}:\n{}", self.log_text());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("replica did not listen within 20 s:\n{}", self.log_text());
+        let command = Command::new(env!("CARGO_BIN_EXE_ingress"));
+        let ports = [self.proxy, self.http];
+        self.child = Some(start_and_wait(
+            command,
+            &self.config,
+            &self.log,
+            &ports,
+            "replica",
+        ));
     }
 
     /// What the replica has logged.
