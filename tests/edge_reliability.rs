@@ -321,8 +321,13 @@ async fn past_max_connections_new_ones_are_closed_and_open_ones_keep_working() {
 async fn cold_burst(boot_ms: u64, concurrent: usize) -> (Vec<u16>, usize) {
     raise_own_descriptor_limit(8192);
     let dir = tempfile::tempdir().expect("temp dir");
-    let ingress = Ingress::start(
+    // A request the sandbox dropped waits out TCP's retransmission backoff (the
+    // kernel drops the handshake's last ACK when the accept queue is full): with
+    // 64 connects at once, seconds to a minute. A 5 s read timeout turns such a
+    // wait into a 504, so the test sees an overrun however lucky the timing.
+    let ingress = Ingress::start_with_proxy(
         dir.path(),
+        "read_timeout = \"5s\"\n",
         "[wake]\ntimeout = \"60s\"\n\n[runtime]\nstop_grace = \"2s\"\nstart_timeout = \"30s\"\n",
     );
     ingress.ctl(&["app", "create", "shop"]).expect_ok();

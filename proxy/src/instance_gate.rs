@@ -8,6 +8,17 @@
 //! otherwise connect at once, and a server with a backlog of 5 drops most of a
 //! burst of 200 connects. With the gate it sees at most the limit at once.
 //!
+//! **Fresh instances** (ready within [`FRESH_WINDOW_MS`]) get a limit that
+//! adapts, like TCP's congestion window: it starts at [`FIRST_LIMIT`], grows by
+//! one per clean exchange (slow start), halves when an exchange shows the
+//! instance dropping connections (a failed connect, or TCP retransmissions on
+//! the upstream socket: the kernel dropped the handshake's last ACK because the
+//! accept queue was full, and the request waits out retransmission backoff, up
+//! to a minute), then grows by one per window of clean exchanges. When the
+//! window ends the gate opens to the configured limit. Python's `http.server`
+//! (backlog 5) answers 64 concurrent connects in up to 28 s; at 4 to 6 in
+//! milliseconds.
+//!
 //! One gate per instance address, shared by every lease over that address (so a
 //! lease refresh or a clone sharing the process keeps the same count). Gates are
 //! looked up when a lease is cached, never on the hit path, which only clones
@@ -15,12 +26,201 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
+/// An instance that became ready this long ago or less is fresh: its connects
+/// are retried and its limit adapts.
+pub const FRESH_WINDOW_MS: u64 = 5_000;
+
+/// The limit a fresh instance starts with: inside the smallest listen backlog
+/// seen in practice (5, Python's `socketserver`; Linux queues backlog + 1).
+pub const FIRST_LIMIT: usize = 4;
+
+/// True while an instance that became ready at `ready_at_ms` (0: not known to be
+/// fresh) is in its first [`FRESH_WINDOW_MS`].
+pub fn is_fresh(ready_at_ms: u64, now_ms: u64) -> bool {
+    ready_at_ms > 0 && now_ms.saturating_sub(ready_at_ms) < FRESH_WINDOW_MS
+}
+
 /// The slots of one instance. FIFO: tokio's semaphore serves waiters in order.
-pub type Gate = Semaphore;
+#[derive(Debug)]
+pub struct Gate {
+    slots: Semaphore,
+    max: usize,
+    /// Set once the limit is `max` for good: releases skip the adaptive state.
+    settled: AtomicBool,
+    adapt: Mutex<Adapt>,
+}
+
+/// The adaptive limit of a fresh instance.
+#[derive(Debug)]
+struct Adapt {
+    /// Slots in circulation (free and taken).
+    limit: usize,
+    /// What `limit` moves toward as slots come back.
+    target: usize,
+    /// Growing by one per clean exchange, until the first sign of trouble.
+    slow_start: bool,
+    /// Clean exchanges since the last increase (after slow start).
+    clean: usize,
+}
+
+/// What an exchange showed about its instance (its verdict).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exchange {
+    /// Not judged (the client left, a reused connection, a settled gate).
+    Unknown,
+    /// Connected and answered without retransmissions.
+    Clean,
+    /// A connect failed or the exchange needed retransmissions.
+    Congested,
+}
+
+/// A slot taken on a [`Gate`], given back (and the exchange's exchange applied)
+/// when dropped.
+#[derive(Debug)]
+pub struct Slot {
+    gate: Arc<Gate>,
+    exchange: Exchange,
+}
+
+impl Slot {
+    /// Records what the exchange showed; the last call wins.
+    pub fn judge(&mut self, exchange: Exchange) {
+        self.exchange = exchange;
+    }
+
+    /// True while the gate adapts, so a exchange is worth measuring.
+    pub fn wants_verdict(&self) -> bool {
+        !self.gate.settled.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.gate.give_back(self.exchange);
+    }
+}
+
+impl Gate {
+    /// A gate of `max` slots; `adaptive` starts it at [`FIRST_LIMIT`] until
+    /// [`Gate::open`].
+    fn new(max: usize, adaptive: bool) -> Gate {
+        let first = if adaptive { FIRST_LIMIT.min(max) } else { max };
+        Gate {
+            slots: Semaphore::new(first),
+            max,
+            settled: AtomicBool::new(first == max),
+            adapt: Mutex::new(Adapt {
+                limit: first,
+                target: first,
+                slow_start: true,
+                clean: 0,
+            }),
+        }
+    }
+
+    /// A slot at once, if one is free.
+    pub fn try_take(self: &Arc<Gate>) -> Option<Slot> {
+        let permit = self.slots.try_acquire().ok()?;
+        permit.forget();
+        Some(self.slot())
+    }
+
+    /// A slot, waiting in FIFO order. Cancel-safe: dropping the future before it
+    /// completes takes nothing.
+    pub async fn take(self: &Arc<Gate>) -> Slot {
+        // The semaphore is never closed; were it, the request would go through
+        // unlimited rather than fail.
+        if let Ok(permit) = self.slots.acquire().await {
+            permit.forget();
+        }
+        self.slot()
+    }
+
+    fn slot(self: &Arc<Gate>) -> Slot {
+        Slot {
+            gate: Arc::clone(self),
+            exchange: Exchange::Unknown,
+        }
+    }
+
+    /// Free slots now.
+    pub fn available(&self) -> usize {
+        self.slots.available_permits()
+    }
+
+    /// Ends adaptation: the limit becomes the configured one.
+    pub fn open(&self) {
+        let mut adapt = self.lock();
+        if self.settled.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.slots.add_permits(self.max.saturating_sub(adapt.limit));
+        adapt.limit = self.max;
+        adapt.target = self.max;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Adapt> {
+        // A poisoned lock only means a panic elsewhere mid-update; the numbers
+        // are still usable.
+        self.adapt
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn give_back(&self, exchange: Exchange) {
+        if self.settled.load(Ordering::Acquire) {
+            self.slots.add_permits(1);
+            return;
+        }
+        let mut adapt = self.lock();
+        if self.settled.load(Ordering::Acquire) {
+            // Opened meanwhile: `open` counted this slot in the limit.
+            self.slots.add_permits(1);
+            return;
+        }
+        match exchange {
+            Exchange::Unknown => {}
+            Exchange::Congested => {
+                adapt.slow_start = false;
+                adapt.clean = 0;
+                adapt.target = (adapt.limit / 2).max(1);
+            }
+            Exchange::Clean if adapt.slow_start => adapt.target += 1,
+            Exchange::Clean => {
+                adapt.clean += 1;
+                if adapt.clean >= adapt.target {
+                    adapt.clean = 0;
+                    adapt.target += 1;
+                }
+            }
+        }
+        adapt.target = adapt.target.min(self.max);
+        if adapt.limit > adapt.target {
+            // This slot leaves circulation: the limit shrinks by one.
+            adapt.limit -= 1;
+        } else {
+            let grow = adapt.target - adapt.limit;
+            adapt.limit = adapt.target;
+            self.slots.add_permits(1 + grow);
+        }
+    }
+
+    #[cfg(test)]
+    fn limit(&self) -> usize {
+        self.lock().limit
+    }
+
+    #[cfg(test)]
+    fn wants_verdict_for_test(&self) -> bool {
+        !self.settled.load(Ordering::Acquire)
+    }
+}
 
 /// The gates of every instance that has a cached lease.
 pub struct InstanceGates {
@@ -58,11 +258,24 @@ impl InstanceGates {
     }
 
     /// The gate of each of `addrs`, or `None` when there is no limit. Called when
-    /// a lease is cached.
-    pub fn gates_for(&self, addrs: &[SocketAddr]) -> Option<Box<[Arc<Gate>]>> {
+    /// a lease is cached, with when its instances became ready: a gate made for a
+    /// fresh instance adapts until the fresh window ends (a timer opens it; with
+    /// no runtime to run one, it starts open).
+    pub fn gates_for(
+        &self,
+        addrs: &[SocketAddr],
+        ready_at_ms: u64,
+        now_ms: u64,
+    ) -> Option<Box<[Arc<Gate>]>> {
         if self.max == 0 {
             return None;
         }
+        let open_in = is_fresh(ready_at_ms, now_ms)
+            .then(|| ready_at_ms + FRESH_WINDOW_MS - now_ms)
+            .and_then(|ms| {
+                let runtime = tokio::runtime::Handle::try_current().ok()?;
+                Some((runtime, Duration::from_millis(ms)))
+            });
         // A poisoned lock only means another thread panicked mid-insert; the map
         // of weak pointers is still usable.
         let mut registry = self
@@ -80,13 +293,49 @@ impl InstanceGates {
                 if let Some(gate) = gates.get(addr).and_then(Weak::upgrade) {
                     return gate;
                 }
-                let gate = Arc::new(Semaphore::new(self.max));
+                let gate = Arc::new(Gate::new(self.max, open_in.is_some()));
+                if let Some((runtime, after)) = &open_in {
+                    let weak = Arc::downgrade(&gate);
+                    let after = *after;
+                    runtime.spawn(async move {
+                        tokio::time::sleep(after).await;
+                        if let Some(gate) = weak.upgrade() {
+                            gate.open();
+                        }
+                    });
+                }
                 gates.insert(*addr, Arc::downgrade(&gate));
                 gate
             })
             .collect();
         Some(found)
     }
+}
+
+/// Whether the kernel retransmitted anything on the TCP socket `fd` (a SYN or
+/// data): the peer dropped part of the exchange. `None` when it cannot tell.
+pub fn retransmitted(fd: std::os::unix::io::RawFd) -> Option<bool> {
+    let mut info = std::mem::MaybeUninit::<libc::tcp_info>::zeroed();
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: `info` is a writable buffer of `len` bytes; the kernel writes at
+    // most `len` bytes of `struct tcp_info` and reports how many. `fd` is the
+    // request's own upstream socket, open while its response is being read.
+    let result = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if result != 0 {
+        return None;
+    }
+    // SAFETY: zeroed, then (partly) written by the kernel: every field is an
+    // integer, valid for any bytes.
+    let info = unsafe { info.assume_init() };
+    Some(info.tcpi_total_retrans > 0)
 }
 
 #[cfg(test)]
@@ -100,24 +349,120 @@ mod tests {
     #[test]
     fn one_gate_per_address_shared_while_held() {
         let gates = InstanceGates::new(2);
-        let first = gates.gates_for(&[addr(1), addr(2)]).unwrap();
-        let again = gates.gates_for(&[addr(1)]).unwrap();
+        let first = gates.gates_for(&[addr(1), addr(2)], 0, 0).unwrap();
+        let again = gates.gates_for(&[addr(1)], 0, 0).unwrap();
         assert!(Arc::ptr_eq(&first[0], &again[0]));
         assert!(!Arc::ptr_eq(&first[0], &first[1]));
-        let slot = Arc::clone(&first[0]).try_acquire_owned().unwrap();
-        let other = Arc::clone(&again[0]).try_acquire_owned().unwrap();
-        assert!(first[0].try_acquire().is_err(), "two slots, both taken");
+        let slot = first[0].try_take().unwrap();
+        let other = again[0].try_take().unwrap();
+        assert!(first[0].try_take().is_none(), "two slots, both taken");
         drop((slot, other, first, again));
-        let fresh = gates.gates_for(&[addr(1)]).unwrap();
-        assert_eq!(
-            fresh[0].available_permits(),
-            2,
-            "a forgotten gate starts anew"
-        );
+        let fresh = gates.gates_for(&[addr(1)], 0, 0).unwrap();
+        assert_eq!(fresh[0].available(), 2, "a forgotten gate starts anew");
     }
 
     #[test]
     fn no_limit_no_gates() {
-        assert!(InstanceGates::new(0).gates_for(&[addr(1)]).is_none());
+        assert!(InstanceGates::new(0).gates_for(&[addr(1)], 0, 0).is_none());
+    }
+
+    /// Takes `n` slots and gives them back with `exchange`.
+    fn exchanges(gate: &Arc<Gate>, n: usize, exchange: Exchange) {
+        let mut slots: Vec<Slot> = (0..n).map_while(|_| gate.try_take()).collect();
+        assert_eq!(slots.len(), n, "{n} slots free");
+        for slot in &mut slots {
+            slot.judge(exchange);
+        }
+    }
+
+    #[test]
+    fn a_fresh_limit_starts_small_grows_per_clean_exchange_and_halves_on_congestion() {
+        let gate = Arc::new(Gate::new(64, true));
+        assert_eq!(gate.available(), FIRST_LIMIT);
+        assert!(gate.wants_verdict_for_test());
+        exchanges(&gate, 4, Exchange::Clean);
+        assert_eq!(gate.limit(), 8, "slow start: one more per clean exchange");
+        exchanges(&gate, 8, Exchange::Clean);
+        assert_eq!(gate.limit(), 16);
+        exchanges(&gate, 1, Exchange::Congested);
+        assert_eq!(gate.limit(), 15, "shrinks one slot per release toward 8");
+        exchanges(&gate, 15, Exchange::Unknown);
+        assert_eq!(gate.limit(), 8);
+        assert_eq!(gate.available(), 8);
+        exchanges(&gate, 8, Exchange::Clean);
+        assert_eq!(
+            gate.limit(),
+            9,
+            "after trouble: one more per window of clean ones"
+        );
+        exchanges(&gate, 3, Exchange::Unknown);
+        assert_eq!(gate.limit(), 9, "an unjudged exchange changes nothing");
+        let held = gate.try_take().unwrap();
+        gate.open();
+        assert_eq!(gate.available(), 63, "open: the configured limit");
+        drop(held);
+        assert_eq!(gate.available(), 64);
+        exchanges(&gate, 64, Exchange::Congested);
+        assert_eq!(gate.available(), 64, "an open gate no longer adapts");
+    }
+
+    #[test]
+    fn the_limit_never_drops_below_one_slot() {
+        let gate = Arc::new(Gate::new(64, true));
+        for _ in 0..5 {
+            let n = gate.available();
+            exchanges(&gate, n, Exchange::Congested);
+        }
+        assert_eq!(gate.limit(), 1);
+        assert_eq!(gate.available(), 1);
+    }
+
+    #[test]
+    fn a_gate_of_fewer_slots_than_the_first_limit_keeps_its_own() {
+        let gate = Arc::new(Gate::new(2, true));
+        assert_eq!(gate.available(), 2);
+        assert!(!gate.wants_verdict_for_test());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_gate_made_for_a_fresh_instance_opens_when_the_window_ends() {
+        let gates = InstanceGates::new(64);
+        let now = 1_000_000;
+        let fresh = gates.gates_for(&[addr(1)], now - 1_000, now).unwrap();
+        let old = gates
+            .gates_for(&[addr(2)], now - FRESH_WINDOW_MS, now)
+            .unwrap();
+        assert_eq!(fresh[0].available(), FIRST_LIMIT);
+        assert_eq!(old[0].available(), 64, "past its window: open at once");
+        tokio::time::sleep(Duration::from_millis(3_999)).await;
+        assert_eq!(fresh[0].available(), FIRST_LIMIT);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        assert_eq!(fresh[0].available(), 64);
+    }
+
+    #[tokio::test]
+    async fn a_waiter_is_served_when_a_slot_comes_back() {
+        let gate = Arc::new(Gate::new(1, false));
+        let held = gate.try_take().unwrap();
+        let waiter = tokio::spawn({
+            let gate = Arc::clone(&gate);
+            async move { gate.take().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        drop(held);
+        let slot = waiter.await.unwrap();
+        assert_eq!(gate.available(), 0);
+        drop(slot);
+        assert_eq!(gate.available(), 1);
+    }
+
+    #[test]
+    fn a_fresh_socket_shows_no_retransmissions() {
+        use std::os::unix::io::AsRawFd;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        assert_eq!(retransmitted(client.as_raw_fd()), Some(false));
+        assert_eq!(retransmitted(-1), None, "not a socket: cannot tell");
     }
 }

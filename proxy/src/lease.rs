@@ -199,7 +199,9 @@ impl LeaseCache {
             expires_at_ms,
             grant.validity,
         )?;
-        lease.gates = self.gates.gates_for(&lease.addrs);
+        lease.gates = self
+            .gates
+            .gates_for(&lease.addrs, grant.ready_at_ms, now_ms);
         lease.ready_at_ms = grant.ready_at_ms;
         let lease = Arc::new(lease);
         self.leases

@@ -31,12 +31,11 @@ use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
-use tokio::sync::OwnedSemaphorePermit;
 
 use crate::activity::InFlightGuard;
 use crate::error_response::{accepts_json, connection_header_problem, starting_page, ErrorAnswer};
 use crate::http1::drain::Drain;
-use crate::instance_gate::Gate;
+use crate::instance_gate::{is_fresh, retransmitted, Exchange, Gate, Slot};
 use crate::lease::{Lease, LeaseCache};
 use crate::lease_source::{Grant, LeaseAnswer, LeaseError, LeaseSource};
 use crate::metrics::{Metrics, WakeOutcome};
@@ -313,23 +312,22 @@ impl IngressProxy {
         session: &mut Session,
         gate: Arc<Gate>,
         ctx: &mut RequestCtx,
-    ) -> Result<OwnedSemaphorePermit> {
-        let gate = match Arc::clone(&gate).try_acquire_owned() {
-            Ok(slot) => return Ok(slot),
-            Err(_) => gate,
-        };
+    ) -> Result<Slot> {
+        if let Some(slot) = gate.try_take() {
+            return Ok(slot);
+        }
         let started = Instant::now();
         let waited = {
             // A guard, so the gauge is right even if this future is dropped.
             let _queued = GaugeGuard::inc(&self.metrics.queue_length);
             unless_client_leaves(
                 session,
-                tokio::time::timeout(self.options.queue_timeout, gate.acquire_owned()),
+                tokio::time::timeout(self.options.queue_timeout, gate.take()),
             )
             .await
         };
         match waited {
-            Some(Ok(Ok(slot))) => {
+            Some(Ok(slot)) => {
                 self.metrics
                     .queue_wait
                     .observe(started.elapsed().as_secs_f64());
@@ -338,9 +336,7 @@ impl IngressProxy {
             None => Err(client_gone(
                 "the client hung up while waiting for a slot on its instance",
             )),
-            // The gate is never closed, so an acquire error cannot happen; treat
-            // it as a full queue all the same.
-            Some(Ok(Err(_))) | Some(Err(_)) => {
+            Some(Err(_)) => {
                 self.metrics.queue_rejections.inc();
                 let target = ctx.target.as_deref();
                 ctx.answer = Some(ErrorAnswer {
@@ -421,19 +417,11 @@ fn remove_nominated_fields(response: &mut ResponseHeader) {
     }
 }
 
-/// Connects to an instance that became ready this long ago or less are retried.
-const FRESH_WINDOW_MS: u64 = 5_000;
 /// At most this many such retries per request (about 4 s of pauses).
 const MAX_FRESH_RETRIES: u32 = 12;
 
-/// True while an instance that became ready at `ready_at_ms` (0: not known to be
-/// fresh) is in its first [`FRESH_WINDOW_MS`].
-pub(crate) fn is_fresh(ready_at_ms: u64, now_ms: u64) -> bool {
-    ready_at_ms > 0 && now_ms.saturating_sub(ready_at_ms) < FRESH_WINDOW_MS
-}
-
 /// The pause before retrying a failed connect to `lease`'s instances, when they
-/// became ready within [`FRESH_WINDOW_MS`]: nothing was sent, so a retry is safe
+/// became ready within [`crate::instance_gate::FRESH_WINDOW_MS`]: nothing was sent, so a retry is safe
 /// for any method. 25 ms, doubling to 500 ms.
 fn fresh_retry_pause(lease: &Lease, retries_so_far: u32, now_ms: u64) -> Option<Duration> {
     (is_fresh(lease.ready_at_ms(), now_ms) && retries_so_far < MAX_FRESH_RETRIES)
@@ -455,7 +443,9 @@ pub struct RequestCtx {
     cold_start_ms: Option<u64>,
     /// This request's slot on its instance (`runtime.max_conns_per_instance`),
     /// held until the exchange ends.
-    slot: Option<OwnedSemaphorePermit>,
+    slot: Option<Slot>,
+    /// The upstream socket, kept while the slot's verdict is wanted.
+    upstream_fd: Option<std::os::unix::io::RawFd>,
     /// Connect retries on a fresh instance so far, and the pause before the next.
     fresh_retries: u32,
     connect_backoff: Option<Duration>,
@@ -745,6 +735,11 @@ impl ProxyHttp for IngressProxy {
         // Try each address of the lease once before giving up; keep trying, with
         // a pause, an instance that only just became ready.
         ctx.failed_connects += 1;
+        // A fresh instance that refuses or drops a connect is overrun: its
+        // adaptive limit halves (the slot is given back at the retry).
+        if let Some(slot) = &mut ctx.slot {
+            slot.judge(Exchange::Congested);
+        }
         let Some(lease) = &ctx.lease else {
             return e;
         };
@@ -789,12 +784,43 @@ impl ProxyHttp for IngressProxy {
         Ok(())
     }
 
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora_core::protocols::Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // Only a new connection to an instance whose limit adapts is judged: a
+        // reused one did not pass its accept queue.
+        ctx.upstream_fd = None;
+        if let Some(slot) = &mut ctx.slot {
+            if reused || !slot.wants_verdict() {
+                slot.judge(Exchange::Unknown);
+            } else {
+                ctx.upstream_fd = Some(fd);
+            }
+        }
+        Ok(())
+    }
+
     async fn upstream_response_filter(
         &self,
         _session: &mut Session,
         _upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // The answer began: a clean exchange unless the kernel had to retransmit
+        // the handshake or the request (the instance's accept queue overflowed).
+        if let (Some(fd), Some(slot)) = (ctx.upstream_fd.take(), &mut ctx.slot) {
+            slot.judge(match retransmitted(fd) {
+                Some(false) => Exchange::Clean,
+                Some(true) => Exchange::Congested,
+                None => Exchange::Unknown,
+            });
+        }
         if let Some(started) = ctx.upstream_started.take() {
             self.metrics
                 .upstream_latency

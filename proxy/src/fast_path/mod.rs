@@ -26,10 +26,11 @@ use tokio::time::Instant;
 use crate::error_response::ErrorAnswer;
 use crate::http1::answer::answer_bytes;
 use crate::http1::head::Head;
+use crate::instance_gate::is_fresh;
 use crate::lease::Lease;
 use crate::lease_source::LeaseAnswer;
 use crate::resolve::resolve;
-use crate::service::{is_fresh, upstream_error_answer, IngressProxy};
+use crate::service::{upstream_error_answer, IngressProxy};
 use crate::snapshot::Target;
 use crate::time::now_unix_millis;
 use crate::tls::{ConnTls, Verdict};
@@ -188,10 +189,10 @@ impl FastPath {
             }
         }
         let slot = match plan.lease.gate_at(plan.turn) {
-            Some(gate) => match Arc::clone(gate).try_acquire_owned() {
-                Ok(slot) => Some(slot),
+            Some(gate) => match gate.try_take() {
+                Some(slot) => Some(slot),
                 // A saturated instance: Pingora's path queues, watching the client.
-                Err(_) => return Outcome::Delegate,
+                None => return Outcome::Delegate,
             },
             None => None,
         };
