@@ -594,3 +594,45 @@ fn a_bad_config_names_the_key_and_exits_2() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listings_print_aligned_columns_and_completions_need_no_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let ingress = shop(&dir, "");
+    ingress
+        .ctl(&["app", "create", "a-much-longer-name"])
+        .expect_ok();
+    let text = ingress.ctl(&["app", "list"]).expect_ok();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "a header and two apps: {text}");
+    assert!(lines[0].starts_with("NAME"), "{text}");
+    // Every row's second column starts where the header's does, two spaces
+    // after the longest name.
+    let column = lines[0].find("ACTIVE").expect("an ACTIVE column");
+    assert_eq!(column, "a-much-longer-name".len() + 2, "{text}");
+    for line in &lines[1..] {
+        assert_eq!(line.trim_end(), *line, "no trailing spaces: {line:?}");
+        let name = line.split_whitespace().next().unwrap_or_default();
+        assert!(["shop", "a-much-longer-name"].contains(&name), "{text}");
+        assert_eq!(&line[column - 2..column], "  ", "{text}");
+        assert_ne!(&line[column..column + 1], " ", "{text}");
+    }
+
+    // Completions are printed without a server or a token.
+    for shell in ["bash", "zsh", "fish"] {
+        let mut command = ingress.ctl_command(None, &["completions", shell]);
+        command.env("INGRESS_SERVER", "http://127.0.0.1:1");
+        let output = command.output().expect("run ingressctl");
+        let script = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{shell}: {script}");
+        assert!(script.contains("ingressctl"), "{shell}: {script}");
+        assert!(script.contains("deploy"), "{shell}: {script}");
+    }
+    let refused = ingress.ctl_with_token(None, &["completions", "tcsh"]);
+    assert!(!refused.ok());
+    assert!(
+        refused.stderr().contains("possible values"),
+        "{}",
+        refused.stderr()
+    );
+}

@@ -1,5 +1,6 @@
 //! Durations as operators write them in the config file and on the command line:
-//! a whole number followed by a unit, `250ms`, `90s`, `30m`, `24h`, `7d`.
+//! a number followed by a unit, `250ms`, `90s`, `30m`, `24h`, `7d`, or a sum
+//! (`1h 30m`), parsed by the `humantime` crate.
 
 use std::fmt;
 use std::time::Duration;
@@ -9,39 +10,40 @@ use serde::Deserialize;
 
 /// The units a duration may be written in, for error messages.
 pub const DURATION_RULE: &str =
-    "write a whole number followed by ms, s, m, h or d (for example 90s, 30m, 24h, 7d)";
+    "write a number followed by ms, s, m, h or d (for example 90s, 30m, 24h, 7d, or 1h 30m)";
 
-/// Parses `250ms`, `90s`, `30m`, `24h` or `7d` into a [`Duration`].
+/// Parses `250ms`, `90s`, `30m`, `24h`, `7d` (or a sum, `1h 30m`; the `humantime`
+/// crate's syntax) into a [`Duration`] of whole milliseconds.
 ///
 /// Returns an error message (without the key name) that states the rule when the
-/// text is not of that form or overflows.
+/// text is not of that form, overflows, or is finer than a millisecond.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let trimmed = text.trim();
-    let split = trimmed
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(trimmed.len());
-    let (number, unit) = trimmed.split_at(split);
-    let bad = || format!("{text:?} is not a duration; {DURATION_RULE}");
-    if number.is_empty() {
-        return Err(bad());
+    // humantime reads a bare "0" as zero; a duration here always names its unit.
+    if trimmed.is_empty() || trimmed.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("{text:?} is not a duration; {DURATION_RULE}"));
     }
-    let value: u64 = number.parse().map_err(|_| bad())?;
-    let millis_per_unit: u64 = match unit {
-        "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => return Err(bad()),
-    };
-    let millis = value
-        .checked_mul(millis_per_unit)
-        .ok_or_else(|| format!("{text:?} is too long a duration"))?;
-    Ok(Duration::from_millis(millis))
+    let duration = humantime::parse_duration(trimmed).map_err(|e| match e {
+        humantime::DurationError::NumberOverflow => {
+            format!("{text:?} is not a duration: it is too long")
+        }
+        other => format!("{text:?} is not a duration ({other}); {DURATION_RULE}"),
+    })?;
+    if duration.subsec_nanos() % 1_000_000 != 0 {
+        return Err(format!(
+            "{text:?} is not a duration of whole milliseconds; {DURATION_RULE}"
+        ));
+    }
+    if u64::try_from(duration.as_millis()).is_err() {
+        return Err(format!("{text:?} is not a duration: it is too long"));
+    }
+    Ok(duration)
 }
 
-/// Formats a duration in the largest unit that divides it exactly (`90s`, `30m`, `7d`),
-/// so that `parse_duration(format_duration(d)) == d` for whole milliseconds.
+/// Formats a duration as one token in the largest unit that divides it exactly
+/// (`90s`, `30m`, `7d`), so that `parse_duration(format_duration(d)) == d` for
+/// whole milliseconds. (Not humantime's `1m 30s`: messages suggest the value as
+/// a command-line argument or a config value, where one token pastes as is.)
 pub fn format_duration(duration: Duration) -> String {
     let millis = duration.as_millis();
     if millis == 0 {
@@ -106,21 +108,24 @@ mod tests {
         assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
         assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
         assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("1.5h"), Ok(Duration::from_secs(5400)));
     }
 
     #[test]
     fn rejects_what_is_not_a_duration_and_states_the_rule() {
-        for bad in ["", "s", "90", "1.5h", "-1s", "10 parsecs", "3x", "h1"] {
+        for bad in ["", "s", "90", "-1s", "10 parsecs", "3x", "h1"] {
             let error = parse_duration(bad).unwrap_err();
             assert!(error.contains("is not a duration"), "{bad}: {error}");
             assert!(error.contains("ms, s, m, h or d"), "{bad}: {error}");
         }
-        assert!(parse_duration("99999999999999999999d")
+        for too_long in ["99999999999999999999d", "999999999999999999d"] {
+            let error = parse_duration(too_long).unwrap_err();
+            assert!(error.contains("too long"), "{too_long}: {error}");
+        }
+        assert!(parse_duration("500us")
             .unwrap_err()
-            .contains("not a duration"));
-        assert!(parse_duration("999999999999999999d")
-            .unwrap_err()
-            .contains("too long"));
+            .contains("whole milliseconds"));
     }
 
     #[test]

@@ -805,9 +805,9 @@ stop_grace = "10s"
 
     #[test]
     fn bad_values_name_the_key_and_the_rule() {
-        let e = error_of("[ephemeral]\nmax_ttl = \"30 days\"");
+        let e = error_of("[ephemeral]\nmax_ttl = \"30 fortnights\"");
         assert!(
-            e.starts_with("ephemeral.max_ttl: \"30 days\" is not a duration"),
+            e.starts_with("ephemeral.max_ttl: \"30 fortnights\" is not a duration"),
             "{e}"
         );
         let e = error_of("[wake]\nignore_paths = [\"healthz\"]");

@@ -1,6 +1,6 @@
 //! Wall-clock time as Unix milliseconds, the unit of expiries and activity.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Milliseconds since the Unix epoch, now (0 if the clock is before 1970).
 pub fn now_unix_millis() -> u64 {
@@ -11,34 +11,13 @@ pub fn now_unix_millis() -> u64 {
 }
 
 /// Formats Unix milliseconds as RFC 3339 UTC with second precision
-/// (`2023-11-14T22:13:20Z`).
+/// (`2023-11-14T22:13:20Z`), through the `humantime` crate.
 pub fn format_unix_millis(millis: u64) -> String {
-    let seconds = millis / 1000;
-    let days = seconds / 86_400;
-    let of_day = seconds % 86_400;
-    let (year, month, day) = civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        of_day / 3600,
-        of_day % 3600 / 60,
-        of_day % 60
-    )
-}
-
-/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar
-/// (Howard Hinnant's `civil_from_days`, for non-negative day counts).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let day_of_era = z % 146_097;
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let mp = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = year_of_era + era * 400 + u64::from(month <= 2);
-    (year, month, day)
+    // humantime writes four-digit years: later instants (a far expiry) show as
+    // the last second of 9999.
+    const LAST_SECOND_OF_9999: u64 = 253_402_300_799;
+    let at = UNIX_EPOCH + Duration::from_secs((millis / 1000).min(LAST_SECOND_OF_9999));
+    humantime::format_rfc3339_seconds(at).to_string()
 }
 
 #[cfg(test)]
@@ -57,6 +36,7 @@ mod tests {
             format_unix_millis(4_102_444_799_999),
             "2099-12-31T23:59:59Z"
         );
+        assert_eq!(format_unix_millis(u64::MAX), "9999-12-31T23:59:59Z");
     }
 
     #[test]

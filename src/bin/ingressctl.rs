@@ -162,6 +162,12 @@ enum Command {
     /// List the replicas following this control node: applied generation, lag
     /// behind the control node, last report.
     Nodes,
+    /// Print a shell completion script (no server needed), for example
+    /// `ingressctl completions bash > /etc/bash_completion.d/ingressctl`.
+    Completions {
+        /// The shell to complete in.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Subcommand)]
@@ -504,6 +510,20 @@ async fn connect(server: &str, token: Option<String>, bounds: &Bounds) -> Result
 }
 
 async fn run(cli: Cli) -> Result<(), String> {
+    if let Command::Completions { shell } = cli.command {
+        // Into a buffer first: clap_complete panics when its writer fails (a
+        // closed pipe), and a closed pipe is an ordinary end here.
+        let mut script = Vec::new();
+        let mut command = <Cli as clap::CommandFactory>::command();
+        clap_complete::generate(shell, &mut command, "ingressctl", &mut script);
+        use std::io::Write;
+        return match std::io::stdout().write_all(&script) {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                Err(format!("cannot write the completion script: {e}"))
+            }
+            _ => Ok(()),
+        };
+    }
     let bounds = Bounds::new(&cli.command, cli.timeout)?;
     let mut client = connect(&cli.server, cli.token, &bounds).await?;
     let server = cli.server;
@@ -820,6 +840,8 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::Cert { command } => {
             cert::run(&mut client, output, command, refused).await?;
         }
+        // Answered before connecting, above.
+        Command::Completions { .. } => {}
         Command::Nodes => {
             let list = client
                 .list_nodes(proto::Empty {})
@@ -999,22 +1021,17 @@ fn listing(output: Output, doc: Value, header: &[&str], rows: Vec<Vec<String>>) 
         println!("{doc}");
         return;
     }
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in &rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.len());
-        }
+    // comfy-table without borders: columns two spaces apart, as `kubectl get`
+    // prints, so the text stays easy to read and to `awk`.
+    let mut table = comfy_table::Table::new();
+    table
+        .load_preset(comfy_table::presets::NOTHING)
+        .set_header(header.iter().copied())
+        .add_rows(rows);
+    for column in table.column_iter_mut() {
+        column.set_padding((0, 2));
     }
-    let line = |cells: Vec<&str>| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(cell, width)| format!("{cell:<width$}"))
-            .collect();
-        println!("{}", padded.join("  ").trim_end());
-    };
-    line(header.to_vec());
-    for row in &rows {
-        line(row.iter().map(String::as_str).collect());
+    for line in table.lines() {
+        println!("{}", line.trim_end());
     }
 }
