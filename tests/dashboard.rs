@@ -40,6 +40,34 @@ async fn screenshot(browser: &Browser, name: &str) {
     }
 }
 
+/// When screenshots are asked for: some requests for 3 s (to pr-7, and to a
+/// label that does not exist), so that the page has rates to show, then the
+/// screenshot `name`.
+async fn screenshot_with_traffic(browser: &Browser, ingress: &Ingress, name: &str) {
+    if screenshot_dir().is_none() {
+        return;
+    }
+    let proxy = ingress.proxy;
+    let traffic = tokio::spawn(async move {
+        let end = std::time::Instant::now() + Duration::from_secs(3);
+        let mut n = 0;
+        while std::time::Instant::now() < end {
+            let host = if n % 5 == 4 { "pr-404" } else { "pr-7" };
+            raw_request(
+                proxy,
+                &format!("GET / HTTP/1.1\r\nHost: {host}.shop.example.com"),
+            )
+            .await;
+            n += 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    // Two samples of the counters, 2 s apart, make a rate.
+    tokio::time::sleep(Duration::from_millis(2600)).await;
+    screenshot(browser, name).await;
+    let _ = traffic.await;
+}
+
 /// The text of `cell` in the row of preview `label`.
 async fn cell(browser: &Browser, label: &str, cell: &str) -> Result<String, String> {
     browser
@@ -150,7 +178,7 @@ async fn the_dashboard_in_a_browser() {
     // The first request wakes pr-7.
     assert_eq!(request_preview(&ingress, "pr-7").await, (200, true));
 
-    let browser = Browser::start(&binaries, dir.path(), 1440, 1000).await;
+    let browser = Browser::start(&binaries, dir.path(), 1440, 1280).await;
     let ui = format!("http://{}/ui", ingress.http);
     browser.goto(&ui).await;
     screenshot(&browser, "login").await;
@@ -219,9 +247,7 @@ async fn the_dashboard_in_a_browser() {
         }
     })
     .await;
-    // Let the rates have two samples for the screenshot.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    screenshot(&browser, "admin").await;
+    screenshot_with_traffic(&browser, &ingress, "admin").await;
 
     // Stop with the button: stopped, and audited under the token's name.
     browser
@@ -261,7 +287,7 @@ async fn the_dashboard_in_a_browser() {
         browser.find_all("#apps button").await.is_empty(),
         "a read token sees no stop or wake buttons"
     );
-    screenshot(&browser, "read-only").await;
+    screenshot_with_traffic(&browser, &ingress, "read-only").await;
     browser.quit().await;
 
     // And the server refuses its stop whatever a page shows, as gRPC does.

@@ -251,8 +251,11 @@
       ['5xx answers', (m) => m.requests.by_status['5xx'] || 0],
       ['4xx answers', (m) => m.requests.by_status['4xx'] || 0],
     ];
+    // Resolution kinds that have seen requests (the rest are all zero).
     for (const kind of Object.keys(data.requests.by_kind)) {
-      series.push(['host resolved as ' + kind, (m) => m.requests.by_kind[kind] || 0]);
+      if (data.requests.by_kind[kind] > 0) {
+        series.push(['host resolved as ' + kind, (m) => m.requests.by_kind[kind] || 0]);
+      }
     }
     const rows = series.map(([name, get]) => el('tr', {},
       el('td', { textContent: name }),
