@@ -314,3 +314,33 @@ async fn the_dashboard_in_a_browser() {
         .unwrap_or_default();
     assert_eq!(row["desired_state"], "running", "{versions}");
 }
+
+/// A proxy-only replica serves no dashboard: `/ui` there is a JSON 404 naming
+/// the control node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_points_at_the_control_node() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let secret = "replica-token-0123456789abcdef";
+    let control = Ingress::start_with_tokens(
+        dir.path(),
+        &format!("{{ name = \"edge\", secret = \"{secret}\", role = \"replica\" }}"),
+        "[node]\nrole = \"control\"\n",
+    );
+    let replica =
+        support::binary::ReplicaNode::start(dir.path(), "edge-1", control.grpc, secret, "");
+    for path in ["/ui", "/ui/api/apps"] {
+        let (status, body) =
+            support::binary::admin_get(replica.http, path, Duration::from_secs(10)).await;
+        assert_eq!(status, 404, "{path}: {body}");
+        let body: Value = serde_json::from_str(&body).expect("a JSON error");
+        assert!(
+            body["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("open /ui on the control node")),
+            "{body}"
+        );
+    }
+    let (status, _) =
+        support::binary::admin_get(control.http, "/ui", Duration::from_secs(10)).await;
+    assert_eq!(status, 200);
+}

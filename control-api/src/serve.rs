@@ -457,8 +457,8 @@ pub async fn serve_admin_http(
                                 Some(dashboard) => dashboard.handle(request).await,
                                 None => text(
                                     404,
-                                    "text/plain",
-                                    "no dashboard here: this node is a proxy-only replica; open /ui on the control node\n"
+                                    "application/json",
+                                    "{\"error\":\"no dashboard here: this node is a proxy-only replica; open /ui on the control node\",\"code\":\"not_found\"}\n"
                                         .to_string(),
                                 ),
                             });

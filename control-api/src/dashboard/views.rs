@@ -89,8 +89,11 @@ pub fn audit_json(entry: &AuditEntry) -> Value {
 /// One sample of `name{labels} value` from the Prometheus text format.
 #[derive(Debug, PartialEq)]
 pub struct Sample<'a> {
+    /// The metric's name (`ingress_requests_total`, `ingress_wake_seconds_sum`).
     pub name: &'a str,
+    /// Its labels in the order written, values unescaped.
     pub labels: Vec<(&'a str, String)>,
+    /// Its value (a timestamp after it is ignored).
     pub value: f64,
 }
 
