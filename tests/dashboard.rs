@@ -288,6 +288,28 @@ async fn the_dashboard_in_a_browser() {
         "a read token sees no stop or wake buttons"
     );
     screenshot_with_traffic(&browser, &ingress, "read-only").await;
+
+    // The name filter narrows the apps shown.
+    let filter = browser.find("#filter").await.expect("the app filter");
+    browser
+        .type_into(&filter, "blog")
+        .await
+        .expect("type a filter");
+    wait_for("no app for the filter", WAIT, || async {
+        let text = browser.text_of("#apps .empty").await.unwrap_or_default();
+        if text == "No app name contains this." {
+            Ok(())
+        } else {
+            Err(text)
+        }
+    })
+    .await;
+    browser.clear(&filter).await.expect("clear the filter");
+    browser
+        .type_into(&filter, "sho")
+        .await
+        .expect("type a filter");
+    wait_state(&browser, "pr-7", "ready", "running").await;
     browser.quit().await;
 
     // And the server refuses its stop whatever a page shows, as gRPC does.

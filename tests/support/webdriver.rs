@@ -287,6 +287,13 @@ impl Browser {
         .map(drop)
     }
 
+    /// Empties the input `element`.
+    pub async fn clear(&self, element: &Element) -> Result<(), String> {
+        self.session_post(&format!("/element/{}/clear", element.0), json!({}))
+            .await
+            .map(drop)
+    }
+
     /// Runs `script` (a function body; `arguments` are `args`) in the page and
     /// returns what it returns.
     pub async fn script(&self, script: &str, args: Value) -> Value {

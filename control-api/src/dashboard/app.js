@@ -7,6 +7,7 @@
 (function () {
   const TOKEN_KEY = 'ingress-dashboard-token';
   const REFRESH_MS = 2000;
+  const APPS_SHOWN = 50; // the first apps by name; the filter narrows them
 
   let session = null;
   let refreshTimer = null;
@@ -225,7 +226,12 @@
       }
       cards.push(card);
     }
-    if (cards.length === 0) cards.push(el('p', { class: 'empty', textContent: 'No apps yet: ingressctl app create NAME' }));
+    if (cards.length === 0) {
+      cards.push(el('p', {
+        class: 'empty',
+        textContent: data.total_apps ? 'No app name contains this.' : 'No apps yet: ingressctl app create NAME',
+      }));
+    }
     container.replaceChildren(...cards);
   }
 
@@ -286,8 +292,9 @@
   async function refresh() {
     if (!session) return;
     try {
+      const filter = byId('filter').value.trim().toLowerCase();
       const [apps, audit, metrics] = await Promise.all([
-        api('/ui/api/apps'),
+        api('/ui/api/apps?limit=' + APPS_SHOWN + (filter ? '&q=' + encodeURIComponent(filter) : '')),
         api('/ui/api/audit?limit=50'),
         api('/ui/api/metrics'),
       ]);
@@ -297,6 +304,9 @@
         appsSignature = signature;
         renderApps(apps);
       }
+      byId('apps-count').textContent = apps.apps.length === apps.total_apps
+        ? apps.total_apps + ' app(s)'
+        : 'showing ' + apps.apps.length + ' of ' + apps.matched_apps + ' matching, ' + apps.total_apps + ' app(s) in all';
       renderAudit(audit);
       renderMetrics(metrics);
       tick();
@@ -389,6 +399,14 @@
     start();
   });
   byId('logout').addEventListener('click', () => logout(''));
+  let filterTimer = null;
+  byId('filter').addEventListener('input', () => {
+    clearTimeout(filterTimer);
+    filterTimer = setTimeout(() => {
+      appsSignature = '';
+      refresh();
+    }, 300);
+  });
 
   if (token()) start();
   else show(false);

@@ -23,7 +23,7 @@
 //! | `GET /ui` | nothing | the page |
 //! | `GET /ui/app.js`, `/ui/style.css` | nothing | its script and style |
 //! | `GET /ui/api/session` | a token that may list apps | the token's name and role, and whether it may stop and wake |
-//! | `GET /ui/api/apps` | `read` | apps with hosts, active version and previews ([`views::app_json`]) |
+//! | `GET /ui/api/apps?q=PART&limit=N` | `read` | apps whose name contains PART (all by default), the first N (1 to 500, default 50), with hosts, active version and previews ([`views::app_json`]), and how many apps there are and matched |
 //! | `GET /ui/api/audit?limit=N` | `read` | the latest N (1 to 1000, default 50) audit entries |
 //! | `GET /ui/api/metrics` | `read` | request and wake counters from `/metrics` ([`views::metrics_json`]) |
 //! | `POST /ui/api/stop` `{"app", "version", "force"?}` | `admin` | the version after the stop |
@@ -59,6 +59,12 @@ const MAX_BODY_BYTES: usize = 16 * 1024;
 
 /// The most audit entries one call returns.
 pub const MAX_AUDIT_LIMIT: usize = 1000;
+/// Audit entries when no `limit` is given.
+const DEFAULT_AUDIT: usize = 50;
+/// The most apps one call returns: each costs a pass over the versions.
+pub const MAX_APPS: usize = 500;
+/// Apps when no `limit` is given.
+const DEFAULT_APPS: usize = 50;
 
 /// What the page may load and talk to: only this listener, no inline script.
 const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
@@ -215,15 +221,15 @@ impl Dashboard {
                     .map(|value| value.as_bytes()),
             )
             .map_err(|message| Failure::new(401, "unauthenticated", message))?;
-        let allowed: &[&str] = if path == "/ui/api/audit" {
-            &["limit"]
-        } else {
-            &[]
+        let allowed: &[&str] = match path {
+            "/ui/api/audit" => &["limit"],
+            "/ui/api/apps" => &["q", "limit"],
+            _ => &[],
         };
         check_query(request.uri().query(), path, allowed)?;
         match path {
             "/ui/api/session" => self.session(&caller),
-            "/ui/api/apps" => self.apps(&caller).await,
+            "/ui/api/apps" => self.apps(&caller, request.uri().query()).await,
             "/ui/api/audit" => self.audit(&caller, request.uri().query()).await,
             "/ui/api/metrics" => self.metrics(&caller),
             "/ui/api/stop" => {
@@ -252,24 +258,34 @@ impl Dashboard {
         }))
     }
 
-    async fn apps(&self, caller: &Caller) -> Result<Value, Failure> {
+    async fn apps(&self, caller: &Caller, query: Option<&str>) -> Result<Value, Failure> {
         for rpc in [Rpc::ListApps, Rpc::ListRoutes, Rpc::ListVersions] {
             authorize(caller, rpc)?;
         }
-        blocking(&self.plane, |plane| {
+        let filter = apps_filter(query)?;
+        let limit = query_limit(query, DEFAULT_APPS, MAX_APPS)?;
+        blocking(&self.plane, move |plane| {
+            let all = plane.apps();
+            let total = all.len();
+            let matched: Vec<_> = all
+                .into_iter()
+                .filter(|app| app.name.contains(filter.as_str()))
+                .collect();
             let routes = plane.routes();
             let mut apps = Vec::new();
-            for app in plane.apps() {
+            for app in matched.iter().take(limit) {
                 let versions = match plane.versions(&app.name, false) {
                     Ok(versions) => versions,
                     // Deleted between the two reads: leave it out.
                     Err(e) if e.kind == ErrorKind::NotFound => continue,
                     Err(e) => return Err(e),
                 };
-                apps.push(views::app_json(&app, &routes, &versions));
+                apps.push(views::app_json(app, &routes, &versions));
             }
             Ok(json!({
                 "now_ms": ingress_proxy::time::now_unix_millis(),
+                "total_apps": total,
+                "matched_apps": matched.len(),
                 "apps": apps,
             }))
         })
@@ -278,7 +294,7 @@ impl Dashboard {
 
     async fn audit(&self, caller: &Caller, query: Option<&str>) -> Result<Value, Failure> {
         authorize(caller, Rpc::Audit)?;
-        let limit = audit_limit(query)?;
+        let limit = query_limit(query, DEFAULT_AUDIT, MAX_AUDIT_LIMIT)?;
         let entries = blocking(&self.plane, move |plane| plane.audit_log(limit)).await?;
         Ok(json!({ "entries": entries.iter().map(views::audit_json).collect::<Vec<_>>() }))
     }
@@ -373,21 +389,41 @@ fn check_query(query: Option<&str>, path: &str, allowed: &[&str]) -> Result<(), 
     Ok(())
 }
 
-/// `limit` of `/ui/api/audit`: 1 to [`MAX_AUDIT_LIMIT`], default 50.
-fn audit_limit(query: Option<&str>) -> Result<usize, Failure> {
-    let value = query
-        .unwrap_or("")
-        .split('&')
-        .find_map(|pair| pair.strip_prefix("limit="));
-    let Some(value) = value else {
-        return Ok(50);
+/// The value of parameter `key` in `query`, if given.
+fn query_value<'a>(query: Option<&'a str>, key: &str) -> Option<&'a str> {
+    query.unwrap_or("").split('&').find_map(|pair| {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (name == key).then_some(value)
+    })
+}
+
+/// `limit`: 1 to `max`, `default` when not given.
+fn query_limit(query: Option<&str>, default: usize, max: usize) -> Result<usize, Failure> {
+    let Some(value) = query_value(query, "limit") else {
+        return Ok(default);
     };
     match value.parse::<usize>() {
-        Ok(limit) if (1..=MAX_AUDIT_LIMIT).contains(&limit) => Ok(limit),
+        Ok(limit) if (1..=max).contains(&limit) => Ok(limit),
         _ => Err(Failure::bad_request(format!(
-            "limit={value:?} is not a number from 1 to {MAX_AUDIT_LIMIT}"
+            "limit={value:?} is not a number from 1 to {max}"
         ))),
     }
+}
+
+/// `q` of `/ui/api/apps`: part of an app name (what app names may hold: a-z,
+/// 0-9 and '-'), empty for all.
+fn apps_filter(query: Option<&str>) -> Result<String, Failure> {
+    let value = query_value(query, "q").unwrap_or("");
+    let fits = value.len() <= 63
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !fits {
+        return Err(Failure::bad_request(format!(
+            "q={value:?} cannot be part of an app name: at most 63 characters of a-z, 0-9 and '-'"
+        )));
+    }
+    Ok(value.to_string())
 }
 
 /// Reads a JSON request body of at most [`MAX_BODY_BYTES`] into `T`; the

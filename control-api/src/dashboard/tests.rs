@@ -202,6 +202,18 @@ async fn a_read_token_sees_everything_and_may_not_stop_or_wake() {
         "a preview sleeps until woken"
     );
     assert!(row["expires_at_ms"].as_u64().is_some());
+    assert_eq!(apps["total_apps"], 1);
+    assert_eq!(apps["matched_apps"], 1);
+    dashboard.plane.create_app("ops", "blog").unwrap();
+    let (status, some) = get(&dashboard, "/ui/api/apps?q=ho&limit=1", Some(READ)).await;
+    assert_eq!(status, 200, "{some}");
+    assert_eq!(some["total_apps"], 2);
+    assert_eq!(some["matched_apps"], 1);
+    assert_eq!(some["apps"][0]["name"], "shop");
+    let (_, first) = get(&dashboard, "/ui/api/apps?limit=1", Some(READ)).await;
+    assert_eq!(first["matched_apps"], 2);
+    assert_eq!(first["apps"].as_array().map(Vec::len), Some(1));
+    assert_eq!(first["apps"][0]["name"], "blog", "by name");
     let (status, audit) = get(&dashboard, "/ui/api/audit?limit=2", Some(READ)).await;
     assert_eq!(status, 200);
     assert_eq!(audit["entries"].as_array().unwrap().len(), 2);
@@ -219,7 +231,7 @@ async fn a_read_token_sees_everything_and_may_not_stop_or_wake() {
         );
     }
     assert_eq!(dashboard.plane.audit_log(1000).unwrap().len(), audit_before);
-    let (_, apps) = get(&dashboard, "/ui/api/apps", Some(READ)).await;
+    let (_, apps) = get(&dashboard, "/ui/api/apps?q=shop", Some(READ)).await;
     let row = apps["apps"][0]["versions"]
         .as_array()
         .unwrap()
@@ -409,7 +421,39 @@ async fn bad_requests_get_a_json_error_naming_the_problem() {
             None,
             String::new(),
             400,
-            "takes no parameters",
+            "unknown parameter \"all\"; /ui/api/apps takes only q, limit",
+        ),
+        (
+            "GET",
+            "/ui/api/apps?q=Shop",
+            None,
+            String::new(),
+            400,
+            "q=\"Shop\" cannot be part of an app name",
+        ),
+        (
+            "GET",
+            "/ui/api/apps?q=%3Cb%3E",
+            None,
+            String::new(),
+            400,
+            "cannot be part of an app name",
+        ),
+        (
+            "GET",
+            "/ui/api/apps?limit=501",
+            None,
+            String::new(),
+            400,
+            "limit=\"501\" is not a number from 1 to 500",
+        ),
+        (
+            "GET",
+            "/ui/api/session?x",
+            None,
+            String::new(),
+            400,
+            "/ui/api/session takes no parameters",
         ),
     ];
     for (method, path, content_type, body, status, message) in cases {
