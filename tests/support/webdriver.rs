@@ -6,7 +6,8 @@
 //!
 //! chromedriver runs on a free loopback port in a process group of its own;
 //! dropping the [`Browser`] kills that group (chromedriver and the Chromium it
-//! started), and [`Browser::quit`] first ends the session cleanly.
+//! started; Chromium's crash handlers, which leave the group, exit with it),
+//! and [`Browser::quit`] first ends the session cleanly.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
