@@ -1,5 +1,6 @@
 # The two commands of the README: `make run` and `make test`. Each installs what a
-# fresh machine lacks first (Pingora's zlib-ng build needs cmake).
+# fresh machine lacks first (Pingora's zlib-ng build needs cmake; the dashboard's
+# browser test, tests/dashboard.rs, needs Debian's chromium and chromium-driver).
 
 CARGO ?= cargo
 
@@ -28,3 +29,4 @@ deps:
 	@command -v $(CARGO) >/dev/null 2>&1 || { echo "cargo is missing: install Rust (rustup) first" >&2; exit 1; }
 	@command -v cmake >/dev/null 2>&1 || scripts/install-system-packages cmake
 	@command -v curl >/dev/null 2>&1 || scripts/install-system-packages curl
+	@{ command -v chromium && command -v chromedriver; } >/dev/null 2>&1 || scripts/install-system-packages chromium chromium-driver

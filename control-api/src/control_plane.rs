@@ -117,6 +117,9 @@ pub struct VersionView {
     pub failure: Option<String>,
     /// Unix milliseconds of its latest request since the ingress started.
     pub last_activity_at_ms: Option<u64>,
+    /// How long its latest start (a cold start) took, in milliseconds, since
+    /// the ingress started; `None` before one.
+    pub last_start_ms: Option<u64>,
     /// Its pending desired-state change.
     pub pending: Option<Schedule>,
     pub created_at_ms: u64,
@@ -480,6 +483,7 @@ impl ControlPlane {
             failure: observed.failure,
             addresses: observed.addresses,
             last_activity_at_ms,
+            last_start_ms: observed.last_start_ms,
             pending: state.schedules.get(&version.id).cloned(),
             created_at_ms: version.created_at_ms,
             cloned_from: version.cloned_from.clone(),

@@ -56,10 +56,12 @@ fn digest(secret: &[u8]) -> [u8; 32] {
 
 /// The token that authenticated a request (a request extension): its name and
 /// role.
-#[derive(Clone)]
-struct Caller {
-    name: String,
-    role: Role,
+#[derive(Clone, Debug)]
+pub struct Caller {
+    /// The token's name: the audit log's actor.
+    pub name: String,
+    /// What the token may call.
+    pub role: Role,
 }
 
 /// Checks `authorization: Bearer <secret>` against every token in constant time.
@@ -85,18 +87,26 @@ impl Authenticator {
     }
 
     fn check(&self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        let Some(header) = request.metadata().get("authorization") else {
-            return Err(Status::unauthenticated(
-                "missing bearer token: pass --token or set INGRESS_TOKEN",
-            ));
+        let header = request
+            .metadata()
+            .get("authorization")
+            .map(|value| value.as_bytes());
+        let caller = self.authenticate(header).map_err(Status::unauthenticated)?;
+        request.extensions_mut().insert(caller);
+        Ok(request)
+    }
+
+    /// The token an `authorization` header value (`Bearer <secret>`) presents,
+    /// if it is one of the accepted tokens; else why not, in one line. Shared by
+    /// the gRPC API and the dashboard ([`crate::dashboard`]).
+    pub fn authenticate(&self, header: Option<&[u8]>) -> Result<Caller, String> {
+        let Some(header) = header else {
+            return Err("missing bearer token: pass --token or set INGRESS_TOKEN".to_string());
         };
-        let presented = header
-            .to_str()
+        let presented = std::str::from_utf8(header)
             .ok()
             .and_then(|value| value.strip_prefix("Bearer "))
-            .ok_or_else(|| {
-                Status::unauthenticated("the authorization header must be `Bearer <token>`")
-            })?;
+            .ok_or_else(|| "the authorization header must be `Bearer <token>`".to_string())?;
         // Compare digests (fixed length) against every token, without stopping
         // early, in constant time. Config refuses two tokens with one secret.
         let presented = digest(presented.as_bytes());
@@ -109,10 +119,7 @@ impl Authenticator {
                 });
             }
         }
-        let caller =
-            caller.ok_or_else(|| Status::unauthenticated("the bearer token is not valid"))?;
-        request.extensions_mut().insert(caller);
-        Ok(request)
+        caller.ok_or_else(|| "the bearer token is not valid".to_string())
     }
 }
 
@@ -124,6 +131,31 @@ impl tonic::service::Interceptor for Authenticator {
 
 /// The longest wait a wake may ask for (`ingressctl wake --timeout`).
 pub const MAX_WAKE_WAIT_MS: u64 = 600_000;
+
+/// How long a wake waits for readiness: `None` when it does not wait, the
+/// plane's default (`wake.timeout`) for a `timeout_ms` of 0, else `timeout_ms`,
+/// which may be at most [`MAX_WAKE_WAIT_MS`] (else the refusal names
+/// `field`). Shared by `WakeVersion` and the dashboard.
+pub(crate) fn wake_wait(
+    plane: &ControlPlane,
+    wait: bool,
+    timeout_ms: u64,
+    field: &str,
+) -> Result<Option<Duration>, String> {
+    if timeout_ms > MAX_WAKE_WAIT_MS {
+        return Err(format!(
+            "{field} may be at most {}s",
+            MAX_WAKE_WAIT_MS / 1000
+        ));
+    }
+    Ok(wait.then(|| {
+        if timeout_ms == 0 {
+            plane.default_wake_wait()
+        } else {
+            Duration::from_millis(timeout_ms)
+        }
+    }))
+}
 
 /// On a control node: the routing stream and the replicas following it, for
 /// `ListNodes`.
@@ -642,19 +674,8 @@ impl Admin for AdminService {
             wait,
             timeout_ms,
         } = request.into_inner();
-        if timeout_ms > MAX_WAKE_WAIT_MS {
-            return Err(Status::invalid_argument(format!(
-                "--timeout may be at most {}s",
-                MAX_WAKE_WAIT_MS / 1000
-            )));
-        }
-        let wait = wait.then(|| {
-            if timeout_ms == 0 {
-                self.plane.default_wake_wait()
-            } else {
-                Duration::from_millis(timeout_ms)
-            }
-        });
+        let wait = wake_wait(&self.plane, wait, timeout_ms, "--timeout")
+            .map_err(Status::invalid_argument)?;
         // The wake's store commit takes a few milliseconds; the wait for
         // readiness is asynchronous.
         let view = self

@@ -5,6 +5,7 @@
 
 pub mod certs;
 pub mod control_plane;
+pub mod dashboard;
 pub mod grpc;
 pub mod grpc_tools;
 pub mod metrics;

@@ -70,6 +70,9 @@ pub struct VersionRuntime {
     pub failure: Option<String>,
     /// Unix milliseconds since when its pool has been ready.
     pub ready_since_ms: Option<u64>,
+    /// How long its pool's latest successful start took, in milliseconds (from
+    /// the start to readiness), since the ingress started; `None` before one.
+    pub last_start_ms: Option<u64>,
     /// Where its instances are reached, while ready.
     pub addresses: Vec<SocketAddr>,
 }
@@ -151,6 +154,10 @@ struct Pool {
     failures: u32,
     retry_at: Option<Instant>,
     ready_since_ms: Option<u64>,
+    /// When the start under way began.
+    start_began: Option<Instant>,
+    /// How long the latest successful start took, in milliseconds.
+    last_start_ms: Option<u64>,
     outcome: watch::Sender<Outcome>,
 }
 
@@ -437,6 +444,8 @@ impl Pools {
             failures: 0,
             retry_at: None,
             ready_since_ms: None,
+            start_began: None,
+            last_start_ms: None,
             outcome: watch::channel(Outcome::Pending).0,
         });
         entry.members.insert(version.to_string());
@@ -490,6 +499,7 @@ impl Pools {
                 observed: Observed::Stopped,
                 failure: None,
                 ready_since_ms: None,
+                last_start_ms: None,
                 addresses: Vec::new(),
             };
         };
@@ -516,6 +526,7 @@ impl Pools {
                 (Observed::Ready, Some(ready), Some(held)) => Some(ready.max(held)),
                 _ => None,
             },
+            last_start_ms: pool.last_start_ms,
             addresses,
         }
     }
@@ -658,6 +669,7 @@ impl Shared {
 
     fn begin_start(self: &Arc<Self>, pool: &mut Pool) {
         pool.phase = Phase::Starting;
+        pool.start_began = Some(Instant::now());
         pool.turn += 1;
         pool.outcome.send_replace(Outcome::Pending);
         let turn = pool.turn;
@@ -707,6 +719,11 @@ impl Shared {
                         pool.failures = 0;
                         pool.retry_at = None;
                         pool.ready_since_ms = Some(ready_at_ms);
+                        if let Some(began) = pool.start_began.take() {
+                            pool.last_start_ms = Some(
+                                u64::try_from(began.elapsed().as_millis()).unwrap_or(u64::MAX),
+                            );
+                        }
                         pool.outcome.send_replace(Outcome::Ready(grant.clone()));
                         pool.phase = Phase::Ready { instance, grant };
                         pool.incarnation += 1;

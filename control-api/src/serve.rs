@@ -1,7 +1,8 @@
 //! Runs the control plane's network side on a thread of its own (Pingora owns the
 //! main thread and its own runtimes): the gRPC admin API (with server reflection
 //! and the health service, [`crate::grpc_tools`]), the admin HTTP listener
-//! (`/metrics`, `/healthz`, `/readyz`), the TTL garbage-collection loop and the
+//! (`/metrics`, `/healthz`, `/readyz`, `/routing` and the dashboard at `/ui`,
+//! [`crate::dashboard`]), the TTL garbage-collection loop and the
 //! lifecycle loop (idle sweep and stored schedules).
 
 use std::convert::Infallible;
@@ -18,6 +19,7 @@ use tokio::sync::watch;
 
 use crate::certs::Certs;
 use crate::control_plane::ControlPlane;
+use crate::dashboard::Dashboard;
 use crate::grpc::{admin_service, Authenticator, Token};
 
 /// How long open gRPC calls may take to finish once the ingress stops.
@@ -172,6 +174,11 @@ async fn serve(
         let _ = stopped.wait_for(|stop| *stop).await;
     };
     let authenticator = Authenticator::new(settings.tokens);
+    let dashboard = Arc::new(crate::dashboard::Dashboard::new(
+        Arc::clone(&plane),
+        authenticator.clone(),
+        Arc::clone(&metrics),
+    ));
     let replication = settings.replication.as_ref().map(|replication| {
         crate::grpc::proto::replication_server::ReplicationServer::with_interceptor(
             crate::replication::ReplicationService {
@@ -229,6 +236,7 @@ async fn serve(
             Some(replication) => replication.feed.subscribe(),
             None => plane.subscribe(),
         },
+        Some(dashboard),
         stopped.clone(),
     ));
     let gc_task = tokio::spawn(gc_loop(
@@ -407,13 +415,15 @@ async fn lifecycle_loop(
 /// connections on `proxy_listen` and `proxy_full` has nothing to say) and
 /// `/routing?wait_generation=G&timeout_ms=T` (answers once the routing
 /// generation `generation` reaches G, or with 504 after T ms; at most 60 s) on
-/// `listener` until `stopped`.
+/// `listener` until `stopped`; and `/ui` and below with `dashboard` (the
+/// control plane's; a proxy-only replica has none and answers 404 there).
 pub async fn serve_admin_http(
     listener: TcpListener,
     proxy_listen: SocketAddr,
     proxy_full: Arc<dyn Fn() -> Option<String> + Send + Sync>,
     metrics: Arc<dyn Fn() -> String + Send + Sync>,
     generation: watch::Receiver<u64>,
+    dashboard: Option<Arc<Dashboard>>,
     mut stopped: watch::Receiver<bool>,
 ) {
     loop {
@@ -433,13 +443,26 @@ pub async fn serve_admin_http(
         let metrics = Arc::clone(&metrics);
         let proxy_full = Arc::clone(&proxy_full);
         let generation = generation.clone();
+        let dashboard = dashboard.clone();
         tokio::spawn(async move {
-            let service =
-                hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+            let service = hyper::service::service_fn(
+                move |request: Request<hyper::body::Incoming>| {
                     let metrics = Arc::clone(&metrics);
                     let proxy_full = Arc::clone(&proxy_full);
                     let generation = generation.clone();
+                    let dashboard = dashboard.clone();
                     async move {
+                        if Dashboard::serves(request.uri().path()) {
+                            return Ok::<_, Infallible>(match dashboard {
+                                Some(dashboard) => dashboard.handle(request).await,
+                                None => text(
+                                    404,
+                                    "application/json",
+                                    "{\"error\":\"no dashboard here: this node is a proxy-only replica; open /ui on the control node\",\"code\":\"not_found\"}\n"
+                                        .to_string(),
+                                ),
+                            });
+                        }
                         let answer = match request.uri().path() {
                             "/metrics" => text(200, "text/plain; version=0.0.4", metrics()),
                             "/healthz" => text(200, "text/plain", "ok\n".to_string()),
@@ -448,13 +471,14 @@ pub async fn serve_admin_http(
                             _ => text(
                                 404,
                                 "text/plain",
-                                "not found; try /metrics, /healthz, /readyz or /routing\n"
+                                "not found; try /metrics, /healthz, /readyz, /routing or /ui\n"
                                     .to_string(),
                             ),
                         };
                         Ok::<_, Infallible>(answer)
                     }
-                });
+                },
+            );
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
                 .await;

@@ -7,6 +7,7 @@ pub mod binary;
 pub mod certs;
 pub mod raw;
 pub mod scripted;
+pub mod webdriver;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -108,6 +108,7 @@ pub fn run(config: &Config) -> Result<(), String> {
         }),
         Arc::new(move || render.encode_text()),
         status.subscribe(),
+        None,
         stopped.clone(),
     ));
     runtime.spawn(Arc::clone(&replica).follow(stopped.clone()));
