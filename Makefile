@@ -4,13 +4,13 @@
 
 CARGO ?= cargo
 
-.PHONY: run test deps
+.PHONY: run test deps test-deps
 
 run: deps
 	$(CARGO) build --release --bins
 	./target/release/ingress --config config/example.toml
 
-test: deps
+test: deps test-deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	# Benches as a smoke check only: they must build and run. Under `cargo test`
@@ -29,4 +29,7 @@ deps:
 	@command -v $(CARGO) >/dev/null 2>&1 || { echo "cargo is missing: install Rust (rustup) first" >&2; exit 1; }
 	@command -v cmake >/dev/null 2>&1 || scripts/install-system-packages cmake
 	@command -v curl >/dev/null 2>&1 || scripts/install-system-packages curl
+
+# What only the tests need: `make run` does not install a browser.
+test-deps:
 	@{ command -v chromium && command -v chromedriver; } >/dev/null 2>&1 || scripts/install-system-packages chromium chromium-driver
