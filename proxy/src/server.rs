@@ -47,6 +47,10 @@ pub struct ServerOptions {
     /// This process takes over the listening sockets of a running one
     /// (`ingress --upgrade`) instead of binding them.
     pub upgrade: bool,
+    /// The caller registers [`ProxyServer::on_graceful_stop`], which ends the
+    /// process: Pingora then keeps its runtimes for a grace period after it
+    /// stopped accepting (in-flight requests of an upgrade finish there).
+    pub stop_hook: bool,
 }
 
 impl ServerOptions {
@@ -70,12 +74,16 @@ impl ServerOptions {
                 .display()
                 .to_string(),
             upgrade: false,
+            stop_hook: false,
         }
     }
 
-    /// These options for a process started with `--upgrade`.
+    /// These options for the `ingress` binary: with `upgrade`, taking over
+    /// the listening sockets of the running process (`--upgrade`); with a stop
+    /// hook ([`ProxyServer::on_graceful_stop`]).
     pub fn upgrading(mut self, upgrade: bool) -> ServerOptions {
         self.upgrade = upgrade;
+        self.stop_hook = true;
         self
     }
 
@@ -117,12 +125,12 @@ struct ShutdownWatch {
 const DRAIN_LIMIT: Duration = Duration::from_secs(5);
 
 impl ShutdownWatch {
-    /// Drains client connections, then lets Pingora stop at once: the drain
-    /// did the waiting (Pingora's grace period is for upgrades only).
+    /// Drains client connections, then lets Pingora stop (the stop hook, when
+    /// set, ends the process then).
     async fn drained(&self) -> ShutdownSignal {
         self.drain.start();
         self.drain.settled(DRAIN_LIMIT).await;
-        ShutdownSignal::FastShutdown
+        ShutdownSignal::GracefulTerminate
     }
 }
 
@@ -198,10 +206,14 @@ impl Listeners {
             threads: options.threads,
             work_stealing: options.work_stealing,
             upstream_keepalive_pool_size: options.upstream_keepalive_pool_size,
-            // Only a graceful upgrade waits out this period (SIGTERM drains
-            // first and stops at once): in-flight requests of the old process
-            // finish once it stopped accepting.
-            grace_period_seconds: Some(DRAIN_LIMIT.as_secs()),
+            // With a stop hook (`ProxyServer::on_graceful_stop`), which ends
+            // the process within it: the old process of an upgrade finishes
+            // its requests in this period, after it stopped accepting.
+            grace_period_seconds: Some(if options.stop_hook {
+                DRAIN_LIMIT.as_secs() + 5
+            } else {
+                0
+            }),
             graceful_shutdown_timeout_seconds: Some(5),
             upgrade_sock: options.upgrade_sock.clone(),
             ..ServerConf::default()
@@ -373,6 +385,45 @@ impl ProxyServer {
     /// new process (valid once it stopped; shared, so read it after `run`).
     pub fn upgrade_flag(&self) -> Arc<std::sync::atomic::AtomicBool> {
         Arc::clone(&self.upgrading)
+    }
+
+    /// Runs `release` on a thread of its own once a graceful stop let go of
+    /// the listeners, while Pingora waits out its grace period (set only with
+    /// `ServerOptions::stop_hook`): after SIGTERM (or the trigger) once the
+    /// drain is over, with `false`; after SIGQUIT (an upgrade) once no request
+    /// is in progress any more (the drain limit at most), with `true`.
+    /// `release` stops what else runs and ends the process, so that neither
+    /// waits out the grace period; what the new process of an upgrade waits
+    /// for (the data directory, the admin listeners) is released as soon as
+    /// the old one is done. Without an upgrade, SIGTERM ends as before.
+    pub fn on_graceful_stop(&self, release: impl FnOnce(bool) + Send + 'static) {
+        use pingora_core::server::ExecutionPhase;
+        use tokio::sync::broadcast::error::RecvError;
+        let mut phases = self.server.watch_execution_phase();
+        let drain = Arc::clone(&self.watch.drain);
+        let upgrading = Arc::clone(&self.upgrading);
+        let spawned = std::thread::Builder::new()
+            .name("ingress-stop".into())
+            .spawn(move || {
+                loop {
+                    match phases.blocking_recv() {
+                        Ok(ExecutionPhase::ShutdownGracePeriod) => break,
+                        Ok(ExecutionPhase::Terminated) | Err(RecvError::Closed) => return,
+                        Ok(_) | Err(RecvError::Lagged(_)) => {}
+                    }
+                }
+                let upgrade = upgrading.load(std::sync::atomic::Ordering::Acquire);
+                if upgrade {
+                    let deadline = std::time::Instant::now() + DRAIN_LIMIT;
+                    while drain.busy() > 0 && std::time::Instant::now() < deadline {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                }
+                release(upgrade);
+            });
+        if let Err(e) = spawned {
+            log::warn!("cannot start the stop thread ({e}); stopping after Pingora's grace period");
+        }
     }
 
     /// Serves until the trigger fires (or a watched signal arrives). Blocks; never

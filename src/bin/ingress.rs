@@ -109,7 +109,7 @@ fn run(args: &Args, config: &Config) -> Result<(), String> {
     let server_options = ServerOptions::from_config(config)
         .with_tls(config, Arc::clone(&certs))
         .upgrading(args.upgrade);
-    let (listeners, _lock) = if args.upgrade {
+    let (listeners, lock) = if args.upgrade {
         // First the proxy's listening sockets, from the old process (it sends
         // them on SIGQUIT, then serves 5 s more, stops accepting and finishes
         // its requests); then its data directory, once it exited: its store,
@@ -274,13 +274,51 @@ fn run(args: &Args, config: &Config) -> Result<(), String> {
     }
     // Pingora builds its own runtimes and blocks until SIGTERM/SIGINT (or until the
     // control plane fails and triggers the stop).
+    // Stopping the control plane and the sandboxes, then releasing the data
+    // directory: after the proxy stopped, or during an upgrade as soon as the
+    // old proxy stopped accepting and finished its requests (the new process
+    // waits for exactly this to start).
+    let rest = Arc::new(std::sync::Mutex::new(Some((control, plane, lock))));
+    let stopped = Arc::new(std::sync::Mutex::new(None));
+    let stop_rest = {
+        let rest = Arc::clone(&rest);
+        let stopped = Arc::clone(&stopped);
+        move || {
+            // Held to the end: a second caller waits until the first is done.
+            let mut rest = rest.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((control, plane, lock)) = rest.take() {
+                let result = control.stop();
+                plane.shutdown();
+                drop(lock);
+                *stopped.lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
+            }
+        }
+    };
+    server.on_graceful_stop({
+        let stop_rest = stop_rest.clone();
+        let stopped = Arc::clone(&stopped);
+        move |upgrade| {
+            if upgrade {
+                log::info!("upgrade: no request in progress; stopping the control plane and this process's sandboxes, then releasing the data directory to the new process");
+            }
+            stop_rest();
+            let result = stopped.lock().unwrap_or_else(|p| p.into_inner()).take();
+            match result.unwrap_or(Ok(())) {
+                Ok(()) => std::process::exit(0),
+                Err(message) => {
+                    eprintln!("ingress: {message}");
+                    std::process::exit(1)
+                }
+            }
+        }
+    });
     server.run();
     if upgraded.load(std::sync::atomic::Ordering::Acquire) {
-        log::info!("upgrade: the proxy stopped; stopping the control plane and this process's sandboxes, then releasing the data directory to the new process");
+        log::info!("upgrade: the proxy stopped");
     }
-    let stopped = control.stop();
-    plane.shutdown();
-    stopped
+    stop_rest();
+    let result = stopped.lock().unwrap_or_else(|p| p.into_inner()).take();
+    result.unwrap_or(Ok(()))
 }
 
 /// Stops what a previous run on this data directory left running (it was killed

@@ -163,6 +163,15 @@ pub fn run(args: &super::Args, config: &Config, log_from_env: bool) -> Result<()
         config.control.endpoints.join(", "),
         config.admin.http_listen
     );
+    {
+        let stop = stop.clone();
+        server.on_graceful_stop(move |_upgrade| {
+            stop.send_replace(true);
+            // The routing stream and activity reports end with the process.
+            std::thread::sleep(Duration::from_millis(100));
+            std::process::exit(0);
+        });
+    }
     if args.upgrade {
         // Serve once the routing state arrived: until then every request
         // would get 404; the old replica serves meanwhile.
