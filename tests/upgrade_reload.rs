@@ -107,11 +107,7 @@ async fn client(proxy: SocketAddr, keep_alive: bool, stop: Arc<AtomicBool>, tall
             None => match TcpStream::connect(proxy).await {
                 Ok(stream) => stream,
                 Err(e) => {
-                    tally
-                        .failures
-                        .lock()
-                        .unwrap()
-                        .push(format!("connect: {e}"));
+                    tally.failures.lock().unwrap().push(format!("connect: {e}"));
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     sent += 1;
                     continue;
@@ -140,9 +136,11 @@ async fn client(proxy: SocketAddr, keep_alive: bool, stop: Arc<AtomicBool>, tall
                 tally.retried.fetch_add(1, Ordering::Relaxed);
             }
             Exchange::Closed => {
-                tally.failures.lock().unwrap().push(format!(
-                    "{path}: a new connection closed before any answer"
-                ));
+                tally
+                    .failures
+                    .lock()
+                    .unwrap()
+                    .push(format!("{path}: a new connection closed before any answer"));
                 sent += 1;
             }
             Exchange::Broken(why) => {
@@ -354,7 +352,11 @@ async fn an_upgrade_hands_over_the_listeners_and_loses_no_request() {
         std::net::TcpStream::connect(grpc).is_ok()
     })
     .await;
-    assert!(up, "the new ingress's admin API is not up:\n{}", ingress.log_text());
+    assert!(
+        up,
+        "the new ingress's admin API is not up:\n{}",
+        ingress.log_text()
+    );
     assert!(ingress.exited().is_none(), "{}", ingress.log_text());
     assert!(
         wait_until(Duration::from_secs(30), || load.ok() > at_exit + 500).await,

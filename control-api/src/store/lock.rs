@@ -91,7 +91,9 @@ impl DataDirLock {
                         && std::time::Instant::now() < deadline =>
                 {
                     if !said {
-                        log::info!("waiting for the old ingress to release the data directory: {e}");
+                        log::info!(
+                            "waiting for the old ingress to release the data directory: {e}"
+                        );
                         said = true;
                     }
                     std::thread::sleep(std::time::Duration::from_millis(20));
