@@ -284,6 +284,21 @@ async fn sighup_applies_a_changed_limit_refuses_an_invalid_file_and_loses_no_req
     let before = load.ok();
     assert!(wait_until(Duration::from_secs(10), || load.ok() > before + 200).await);
 
+    // A token added to admin.tokens is accepted at once.
+    const READER: &str = "reloaded-reader-0123456789abcdef";
+    assert!(!ingress.ctl_with_token(Some(READER), &["app", "list"]).ok());
+    reload(
+        &ingress,
+        "{ name = \"tester\", secret = \"test-token-0123456789abcdef\" }",
+        &format!("{{ name = \"tester\", secret = \"test-token-0123456789abcdef\" }}, {{ name = \"reader\", secret = \"{READER}\", role = \"read\" }}"),
+        "admin.tokens applied",
+    )
+    .await;
+    let apps = ingress
+        .ctl_with_token(Some(READER), &["app", "list"])
+        .expect_ok();
+    assert!(apps.contains("shop"), "{apps}");
+
     // An invalid file: refused in one line naming the key; nothing changes.
     reload(
         &ingress,

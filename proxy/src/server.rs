@@ -200,8 +200,9 @@ impl Listeners {
     /// Creates the Pingora server and bootstraps it. With `options.upgrade`
     /// this waits (about 5 s at most) for the old process, sent SIGQUIT, to
     /// hand over its listening sockets on `options.upgrade_sock`; Pingora ends
-    /// the process (exit 1) when none arrive.
-    pub fn bootstrap(options: &ServerOptions) -> Listeners {
+    /// the process (exit 1) when none arrive. Fails when the socket's
+    /// directory cannot be created.
+    pub fn bootstrap(options: &ServerOptions) -> Result<Listeners, String> {
         let conf = ServerConf {
             threads: options.threads,
             work_stealing: options.work_stealing,
@@ -223,6 +224,15 @@ impl Listeners {
             ..Opt::default()
         };
         if options.upgrade {
+            // A replica has no store: its data directory may not exist yet.
+            if let Some(dir) = std::path::Path::new(&options.upgrade_sock).parent() {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    format!(
+                        "--upgrade: cannot create {} for the upgrade socket: {e}",
+                        dir.display()
+                    )
+                })?;
+            }
             log::info!(
                 "--upgrade: waiting for the running ingress's listening sockets on {} (send it SIGQUIT now)",
                 options.upgrade_sock
@@ -233,7 +243,7 @@ impl Listeners {
         if options.upgrade {
             log::info!("--upgrade: listening sockets received from the old process");
         }
-        Listeners { server }
+        Ok(Listeners { server })
     }
 }
 
@@ -293,7 +303,7 @@ impl ProxyServer {
         proxy: IngressProxy,
         os_signals: bool,
     ) -> Result<(ProxyServer, ShutdownTrigger), String> {
-        ProxyServer::build_on(Listeners::bootstrap(options), options, proxy, os_signals)
+        ProxyServer::build_on(Listeners::bootstrap(options)?, options, proxy, os_signals)
     }
 
     /// Like [`ProxyServer::build`], on listeners already bootstrapped (taken

@@ -114,7 +114,7 @@ fn run(args: &Args, config: &Config) -> Result<(), String> {
         // them on SIGQUIT, then serves 5 s more, stops accepting and finishes
         // its requests); then its data directory, once it exited: its store,
         // admin listeners and sandboxes are gone with it.
-        let listeners = Listeners::bootstrap(&server_options);
+        let listeners = Listeners::bootstrap(&server_options)?;
         let lock = DataDirLock::acquire_waiting(&config.store.data_dir, UPGRADE_WAIT)
             .map_err(|e| format!("--upgrade: {e}"))?;
         log::info!("--upgrade: the old process released the data directory; starting");
@@ -131,7 +131,7 @@ fn run(args: &Args, config: &Config) -> Result<(), String> {
             std::net::TcpListener::bind(tls.listen)
                 .map_err(|e| format!("tls.listen {}: cannot listen: {e}", tls.listen))?;
         }
-        (Listeners::bootstrap(&server_options), lock)
+        (Listeners::bootstrap(&server_options)?, lock)
     };
     // Processes get a free port on runtime.process.bind: an IP this machine
     // does not have would fail every start; say so now.

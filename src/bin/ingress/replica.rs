@@ -31,11 +31,11 @@ pub fn run(args: &super::Args, config: &Config, log_from_env: bool) -> Result<()
     let server_options = ServerOptions::from_config(config).upgrading(args.upgrade);
     let listeners = if args.upgrade {
         // The old replica sends its listening socket on SIGQUIT.
-        Listeners::bootstrap(&server_options)
+        Listeners::bootstrap(&server_options)?
     } else {
         std::net::TcpListener::bind(config.proxy.listen)
             .map_err(|e| format!("proxy.listen {}: cannot listen: {e}", config.proxy.listen))?;
-        Listeners::bootstrap(&server_options)
+        Listeners::bootstrap(&server_options)?
     };
     let node_id = match config.node.id.as_str() {
         "" => format!(
