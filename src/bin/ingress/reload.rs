@@ -212,12 +212,39 @@ pub fn init_logging(config: &Config) -> bool {
     if from_env {
         env_logger::Builder::from_env(env_logger::Env::default()).init();
     } else {
-        // Everything passes the logger's own filter; the global maximum level
-        // (which `log::set_max_level` changes at any time) decides.
-        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("trace")).init();
+        // The logger's own filter lets everything through; the global maximum
+        // level (`log::set_max_level`, changed at any time) decides, also for
+        // callers that ask `enabled` directly (tracing's log bridge does: an
+        // `enabled` that said yes to every level made the libraries' trace
+        // events cost time on every call).
+        let inner =
+            env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("trace"))
+                .build();
+        if log::set_boxed_logger(Box::new(LevelGate(inner))).is_err() {
+            return from_env;
+        }
         log::set_max_level(level_filter(config.log.level));
     }
     from_env
+}
+
+/// The logger behind a level that a reload can change.
+struct LevelGate(env_logger::Logger);
+
+impl log::Log for LevelGate {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        metadata.level() <= log::max_level() && self.0.enabled(metadata)
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if self.enabled(record.metadata()) {
+            self.0.log(record);
+        }
+    }
+
+    fn flush(&self) {
+        self.0.flush();
+    }
 }
 
 /// Reloads the config file on SIGHUP and applies what can change live.
