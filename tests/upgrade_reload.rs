@@ -229,6 +229,20 @@ async fn status_for_target(proxy: SocketAddr, target_len: usize) -> u16 {
     }
 }
 
+/// The status answered to a request head that never ends, if one comes
+/// within `wait`.
+async fn unfinished_head_status(proxy: SocketAddr, wait: Duration) -> Option<u16> {
+    let mut stream = TcpStream::connect(proxy).await.expect("connect");
+    let head = format!("GET / HTTP/1.1\r\nHost: {HOST}\r\n");
+    stream.write_all(head.as_bytes()).await.expect("write");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(wait, stream.read_to_end(&mut answer)).await;
+    let text = String::from_utf8_lossy(&answer);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+}
+
 /// Rewrites the config's `[proxy]` key line `from` to `to`, sends SIGHUP and
 /// waits (at most 10 s) until the log holds `expect` once more than before.
 async fn reload(ingress: &Ingress, from: &str, to: &str, expect: &str) {
@@ -262,14 +276,24 @@ async fn sighup_applies_a_changed_limit_refuses_an_invalid_file_and_loses_no_req
         "the load does not get answers"
     );
 
-    // A live key and one that needs a restart.
+    assert_eq!(
+        unfinished_head_status(ingress.proxy, Duration::from_secs(3)).await,
+        None,
+        "proxy.header_timeout is 60s"
+    );
+    // Live keys (a limit and a timeout) and one that needs a restart.
     reload(
         &ingress,
         "max_target_bytes = 8192",
-        "max_target_bytes = 256\nthreads = 3",
-        "proxy.max_target_bytes applied",
+        "max_target_bytes = 256\nheader_timeout = \"1s\"\nthreads = 3",
+        "proxy.header_timeout, proxy.max_target_bytes applied",
     )
     .await;
+    assert_eq!(
+        unfinished_head_status(ingress.proxy, Duration::from_secs(5)).await,
+        Some(408),
+        "proxy.header_timeout = 1s applies at once"
+    );
     let log = ingress.log_text();
     assert!(
         log.contains("proxy.threads changed but needs a restart"),
