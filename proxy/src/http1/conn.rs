@@ -148,7 +148,8 @@ impl Http1App {
         draining: &mut watch::Receiver<bool>,
         mut h2c: bool,
     ) -> Next {
-        let options = self.options.load_full();
+        // A copy (no heap): no reference count shared between threads.
+        let options: ConnOptions = ConnOptions::clone(&self.options.load());
         let limits = &options.head;
         // A connection's first request has header_timeout from the accept; a
         // later one keepalive_timeout to start and then header_timeout.
