@@ -12,7 +12,7 @@ pub use duration::{format_duration, parse_duration, ConfigDuration, DURATION_RUL
 pub use load::ConfigError;
 pub use settings::{
     ActivitySettings, AdminSettings, Config, ControlSettings, EphemeralSettings, IdleSettings,
-    Misdirected, NodeRole, NodeSettings, ProcessSettings, ProxySettings, RuntimeSettings,
-    StoreSettings, SupersedeSettings, TlsSettings, TokenRole, TokenSettings, UnknownSni, WakeMode,
-    WakeSettings,
+    LogLevel, LogSettings, Misdirected, NodeRole, NodeSettings, ProcessSettings, ProxySettings,
+    RuntimeSettings, StoreSettings, SupersedeSettings, TlsSettings, TokenRole, TokenSettings,
+    UnknownSni, WakeMode, WakeSettings,
 };

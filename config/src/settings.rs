@@ -29,6 +29,44 @@ pub struct Config {
     /// `[control]`: how a proxy-only node reaches its control node.
     pub control: ControlSettings,
     pub activity: ActivitySettings,
+    /// `[log]`: how much the ingress logs.
+    pub log: LogSettings,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    /// `off`, `error`, `warn`, `info`, `debug` or `trace`. Default `info`.
+    /// `RUST_LOG`, when set, wins. A SIGHUP applies a new level at once.
+    pub level: LogLevel,
+}
+
+/// The least severe log records written.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Off,
+    Error,
+    Warn,
+    #[default]
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    /// The name written in the config file.
+    pub fn name(self) -> &'static str {
+        match self {
+            LogLevel::Off => "off",
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
 }
 
 /// `[proxy]`: the public listener and how the proxy talks to upstreams.

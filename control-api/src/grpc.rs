@@ -49,6 +49,17 @@ struct KnownToken {
     digest: [u8; 32],
 }
 
+fn known(tokens: Vec<Token>) -> Vec<KnownToken> {
+    tokens
+        .into_iter()
+        .map(|token| KnownToken {
+            digest: digest(token.secret.as_bytes()),
+            name: token.name,
+            role: token.role,
+        })
+        .collect()
+}
+
 fn digest(secret: &[u8]) -> [u8; 32] {
     use sha2::{Digest, Sha256};
     Sha256::digest(secret).into()
@@ -67,23 +78,22 @@ pub struct Caller {
 /// Checks `authorization: Bearer <secret>` against every token in constant time.
 #[derive(Clone)]
 pub struct Authenticator {
-    tokens: Arc<Vec<KnownToken>>,
+    /// Shared by every clone; a config reload swaps the whole list.
+    tokens: Arc<arc_swap::ArcSwap<Vec<KnownToken>>>,
 }
 
 impl Authenticator {
     /// Accepts the given tokens. With none, every call is refused.
     pub fn new(tokens: Vec<Token>) -> Authenticator {
-        let tokens = tokens
-            .into_iter()
-            .map(|token| KnownToken {
-                digest: digest(token.secret.as_bytes()),
-                name: token.name,
-                role: token.role,
-            })
-            .collect();
         Authenticator {
-            tokens: Arc::new(tokens),
+            tokens: Arc::new(arc_swap::ArcSwap::from_pointee(known(tokens))),
         }
+    }
+
+    /// Accepts `tokens` from now on, instead of the ones before (for every
+    /// clone of this authenticator). Calls already admitted go on.
+    pub fn replace(&self, tokens: Vec<Token>) {
+        self.tokens.store(Arc::new(known(tokens)));
     }
 
     fn check(&self, mut request: Request<()>) -> Result<Request<()>, Status> {
@@ -111,7 +121,7 @@ impl Authenticator {
         // early, in constant time. Config refuses two tokens with one secret.
         let presented = digest(presented.as_bytes());
         let mut caller = None;
-        for token in self.tokens.iter() {
+        for token in self.tokens.load().iter() {
             if bool::from(token.digest.ct_eq(&presented)) {
                 caller = Some(Caller {
                     name: token.name.clone(),

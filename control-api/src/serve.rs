@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use crate::certs::Certs;
 use crate::control_plane::ControlPlane;
 use crate::dashboard::Dashboard;
-use crate::grpc::{admin_service, Authenticator, Token};
+use crate::grpc::{admin_service, Authenticator};
 
 /// How long open gRPC calls may take to finish once the ingress stops.
 const GRPC_DRAIN_LIMIT: Duration = Duration::from_secs(3);
@@ -34,7 +34,9 @@ pub struct ControlSettings {
     pub proxy_full: Arc<dyn Fn() -> Option<String> + Send + Sync>,
     pub grpc_listen: SocketAddr,
     pub http_listen: SocketAddr,
-    pub tokens: Vec<Token>,
+    /// Checks the bearer tokens; the caller keeps a clone to swap them on a
+    /// config reload.
+    pub authenticator: Authenticator,
     pub gc_interval: Duration,
     /// `idle.check_interval`.
     pub idle_interval: Duration,
@@ -44,6 +46,8 @@ pub struct ControlSettings {
     /// from `tls.cert_dir` every `tls.reload_interval` (when it changed) and on
     /// SIGHUP.
     pub certs: Arc<Certs>,
+    /// Runs first on SIGHUP (on a blocking thread): the config file reload.
+    pub on_hangup: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
 /// What a control node needs to serve replicas.
@@ -173,7 +177,7 @@ async fn serve(
     let until_stopped = |mut stopped: watch::Receiver<bool>| async move {
         let _ = stopped.wait_for(|stop| *stop).await;
     };
-    let authenticator = Authenticator::new(settings.tokens);
+    let authenticator = settings.authenticator.clone();
     let dashboard = Arc::new(crate::dashboard::Dashboard::new(
         Arc::clone(&plane),
         authenticator.clone(),
@@ -252,6 +256,7 @@ async fn serve(
     let certs_task = tokio::spawn(cert_loop(
         Arc::clone(&settings.certs),
         hangup,
+        settings.on_hangup.clone(),
         stopped.clone(),
     ));
     // The admin HTTP listener and the loops end only on stop. The gRPC server
@@ -315,6 +320,7 @@ async fn gc_loop(plane: Arc<ControlPlane>, interval: Duration, mut stopped: watc
 async fn cert_loop(
     certs: Arc<Certs>,
     mut hangup: Option<tokio::signal::unix::Signal>,
+    on_hangup: Option<Arc<dyn Fn() + Send + Sync>>,
     mut stopped: watch::Receiver<bool>,
 ) {
     let settings = certs.settings();
@@ -345,8 +351,12 @@ async fn cert_loop(
             _ = stopped.wait_for(|stop| *stop) => return,
         };
         let certs = Arc::clone(&certs);
+        let on_hangup = on_hangup.clone();
         let ran = tokio::task::spawn_blocking(move || {
             if forced {
+                if let Some(reload_config) = on_hangup {
+                    reload_config();
+                }
                 log::info!("SIGHUP: reloading tls.cert_dir");
                 if let Err(e) = certs.reload(None) {
                     log::warn!("SIGHUP: reloading tls.cert_dir failed: {e}");

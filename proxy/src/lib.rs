@@ -25,7 +25,7 @@ pub use lease::{Lease, LeaseCache, LeaseKey, LeaseValidity};
 pub use lease_source::{Grant, LeaseAnswer, LeaseError, LeaseSource};
 pub use metrics::{Metrics, WakeOutcome};
 pub use resolve::{resolve, Rejection, ResolutionKind, Resolved};
-pub use server::{ProxyServer, ServerOptions, ShutdownTrigger};
+pub use server::{Listeners, LiveOptions, ProxyServer, ServerOptions, ShutdownTrigger};
 pub use service::{IngressProxy, ProxyOptions};
 pub use snapshot::{
     AppSpec, BuildError, ExpiredLabel, PreparedSnapshot, PreviewSpec, RouteHost, RouteSpec,

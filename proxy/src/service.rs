@@ -25,6 +25,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use http::header;
 use pingora_core::upstreams::peer::HttpPeer;
@@ -67,6 +68,8 @@ pub struct ProxyOptions {
     pub ignore: IgnoreRules,
     /// Longest wait for a slot on a saturated instance (`proxy.queue_timeout`).
     pub queue_timeout: Duration,
+    /// Longest pause between two reads of a request body (`proxy.body_timeout`).
+    pub body_timeout: Duration,
 }
 
 impl ProxyOptions {
@@ -82,6 +85,7 @@ impl ProxyOptions {
             wake_page: config.wake.mode == ingress_config::WakeMode::Page,
             ignore: IgnoreRules::new(&config.wake.ignore_paths, &config.wake.ignore_user_agents),
             queue_timeout: config.proxy.queue_timeout.0,
+            body_timeout: config.proxy.body_timeout.0,
         }
     }
 }
@@ -94,7 +98,9 @@ pub struct IngressProxy {
     pub(crate) leases: Arc<LeaseCache>,
     pub(crate) lease_source: Arc<dyn LeaseSource>,
     pub(crate) metrics: Arc<Metrics>,
-    pub(crate) options: ProxyOptions,
+    /// Swapped whole by a config reload ([`IngressProxy::live_options`]); read
+    /// with one atomic load where used.
+    pub(crate) options: Arc<ArcSwap<ProxyOptions>>,
     /// Set once a graceful stop began: answers say `Connection: close`.
     pub(crate) drain: Arc<Drain>,
     /// The `[tls]` request-path rules, when TLS is configured.
@@ -126,7 +132,7 @@ impl IngressProxy {
             leases: Arc::new(leases),
             lease_source,
             metrics,
-            options,
+            options: Arc::new(ArcSwap::from_pointee(options)),
             drain: Drain::new(),
             edge: None,
         }
@@ -144,6 +150,16 @@ impl IngressProxy {
             return None;
         }
         self.edge.as_ref().and_then(|edge| edge.hsts())
+    }
+
+    /// The options every request reads; a config reload stores new ones here.
+    pub fn live_options(&self) -> Arc<ArcSwap<ProxyOptions>> {
+        Arc::clone(&self.options)
+    }
+
+    /// The options now (one atomic load).
+    pub(crate) fn options(&self) -> arc_swap::Guard<Arc<ProxyOptions>> {
+        self.options.load()
     }
 
     /// The drain state of a graceful stop, shared with the connection loop.
@@ -220,32 +236,34 @@ impl IngressProxy {
                 retry_after_secs: Some(5),
             }));
         }
-        if self.options.wake_page && wants_page(session.req_header()) {
+        if self.options.load().wake_page && wants_page(session.req_header()) {
             self.metrics.count_wake(WakeOutcome::Page);
             let source = Arc::clone(&self.lease_source);
             let woken = Arc::clone(target);
-            let limit = self.options.wake_timeout;
+            let limit = self.options.load().wake_timeout;
             // The page reloads itself; the start runs on without this request.
             tokio::spawn(async move {
                 let _ = tokio::time::timeout(limit, source.wake(&woken)).await;
             });
             return Err(NoLease::StartingPage);
         }
-        let Some(_waiting) = target.activity.try_wait(self.options.max_waiters) else {
+        let Some(_waiting) = target.activity.try_wait(self.options.load().max_waiters) else {
             self.metrics.count_wake(WakeOutcome::Overflow);
             return Err(NoLease::Answer(ErrorAnswer {
                 status: 503,
                 code: "too_many_waiting",
                 message: format!(
                     "version {} of app {} is starting and already has {} requests waiting (wake.max_waiters); try again shortly",
-                    target.version_id, target.app, self.options.max_waiters
+                    target.version_id, target.app, self.options.load().max_waiters
                 ),
                 retry_after_secs: Some(1),
             }));
         };
         let started = Instant::now();
-        let waking =
-            tokio::time::timeout(self.options.wake_timeout, self.lease_source.wake(target));
+        let waking = tokio::time::timeout(
+            self.options.load().wake_timeout,
+            self.lease_source.wake(target),
+        );
         match unless_client_leaves(session, waking).await {
             None => {
                 self.metrics.count_wake(WakeOutcome::ClientGone);
@@ -260,7 +278,7 @@ impl IngressProxy {
                         "version {} of app {} is starting and was not ready within {}ms (wake.timeout); try again shortly",
                         target.version_id,
                         target.app,
-                        self.options.wake_timeout.as_millis()
+                        self.options.load().wake_timeout.as_millis()
                     ),
                     retry_after_secs: Some(2),
                 }))
@@ -322,7 +340,7 @@ impl IngressProxy {
             let _queued = GaugeGuard::inc(&self.metrics.queue_length);
             unless_client_leaves(
                 session,
-                tokio::time::timeout(self.options.queue_timeout, gate.take()),
+                tokio::time::timeout(self.options.load().queue_timeout, gate.take()),
             )
             .await
         };
@@ -346,7 +364,7 @@ impl IngressProxy {
                         "{}every instance is busy with {} requests (runtime.max_conns_per_instance) and none freed a slot within {}ms (proxy.queue_timeout); try again shortly",
                         target.map_or(String::new(), |t| format!("version {} of app {}: ", t.version_id, t.app)),
                         self.leases.instance_limit(),
-                        self.options.queue_timeout.as_millis()
+                        self.options.load().queue_timeout.as_millis()
                     ),
                     retry_after_secs: Some(1),
                 });
@@ -602,7 +620,7 @@ impl ProxyHttp for IngressProxy {
             // opens its flow-control window would hold the stream, its upstream
             // connection and its instance slot forever. (The connection loop sets
             // it on HTTP/1 sessions.)
-            session.set_write_timeout(Some(self.options.write_timeout));
+            session.set_write_timeout(Some(self.options.load().write_timeout));
         }
         if let Some(edge) = &self.edge {
             let digest = session.digest();
@@ -654,7 +672,11 @@ impl ProxyHttp for IngressProxy {
             .headers
             .get(header::USER_AGENT)
             .map(|v| v.as_bytes());
-        let ignored = self.options.ignore.ignores(request.uri.path(), user_agent);
+        let ignored = self
+            .options
+            .load()
+            .ignore
+            .ignores(request.uri.path(), user_agent);
         if !ignored {
             ctx.in_flight = Some(target.activity.enter(now_ms));
         }
@@ -716,11 +738,12 @@ impl ProxyHttp for IngressProxy {
             ctx.slot = Some(self.take_slot(session, gate, ctx).await?);
         }
         let mut peer = HttpPeer::new(addr, false, String::new());
-        peer.options.connection_timeout = Some(self.options.connect_timeout);
-        peer.options.total_connection_timeout = Some(self.options.connect_timeout);
-        peer.options.read_timeout = Some(self.options.read_timeout);
-        peer.options.write_timeout = Some(self.options.write_timeout);
-        peer.options.idle_timeout = Some(self.options.upstream_idle_timeout);
+        let options = self.options.load();
+        peer.options.connection_timeout = Some(options.connect_timeout);
+        peer.options.total_connection_timeout = Some(options.connect_timeout);
+        peer.options.read_timeout = Some(options.read_timeout);
+        peer.options.write_timeout = Some(options.write_timeout);
+        peer.options.idle_timeout = Some(options.upstream_idle_timeout);
         ctx.upstream_started = Some(Instant::now());
         Ok(Box::new(peer))
     }

@@ -1,6 +1,9 @@
-//! `ingress --config FILE`: one process with the Pingora proxy, the control plane
-//! (store, gRPC admin API, admin HTTP, GC and lifecycle loops) and the runtimes;
-//! serves until SIGTERM (graceful: running instances are stopped too) or SIGINT.
+//! `ingress --config FILE [--upgrade]`: one process with the Pingora proxy, the
+//! control plane (store, gRPC admin API, admin HTTP, GC and lifecycle loops) and
+//! the runtimes; serves until SIGTERM (graceful: running instances are stopped
+//! too), SIGINT, or SIGQUIT (a graceful upgrade: the listening sockets go to
+//! the process started with `--upgrade`). SIGHUP reloads the config file
+//! ([`reload`]) and `tls.cert_dir`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,7 +11,7 @@ use std::sync::Arc;
 
 use ingress_config::{Config, NodeRole};
 use ingress_control_api::certs::{CertSettings, Certs};
-use ingress_control_api::grpc::Token;
+use ingress_control_api::grpc::Authenticator;
 use ingress_control_api::replication::{Feed, Nodes};
 use ingress_control_api::runtime::{process_tree, reap_leftovers};
 use ingress_control_api::serve::ReplicationSettings;
@@ -19,33 +22,56 @@ use ingress_proxy::http1::raise_descriptor_limit;
 use ingress_proxy::time::now_unix_millis;
 use ingress_proxy::tls::{CertStore, Edge, TlsOptions};
 use ingress_proxy::{
-    IngressProxy, LeaseCache, Metrics, ProxyOptions, ProxyServer, ServerOptions, SnapshotHandle,
+    IngressProxy, LeaseCache, Listeners, Metrics, ProxyOptions, ProxyServer, ServerOptions,
+    SnapshotHandle,
 };
 
+#[path = "ingress/reload.rs"]
+mod reload;
 #[path = "ingress/replica.rs"]
 mod replica;
 
-const USAGE: &str = "usage: ingress --config FILE";
+const USAGE: &str = "usage: ingress --config FILE [--upgrade]";
 
-fn config_path() -> Result<PathBuf, String> {
+/// The command line.
+pub struct Args {
+    pub config: PathBuf,
+    /// Take over the listening sockets of the running ingress (sent SIGQUIT)
+    /// instead of binding them.
+    pub upgrade: bool,
+}
+
+fn parse_args() -> Result<Args, String> {
     let mut args = std::env::args().skip(1);
     let mut path = None;
+    let mut upgrade = false;
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--config" | "-c" => {
                 path = Some(args.next().ok_or("--config needs a file path")?);
             }
+            "--upgrade" | "-u" => upgrade = true,
             "--help" | "-h" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown argument {other:?}; {USAGE}")),
         }
     }
-    path.map(PathBuf::from).ok_or_else(|| USAGE.to_string())
+    let config = path.map(PathBuf::from).ok_or_else(|| USAGE.to_string())?;
+    Ok(Args { config, upgrade })
 }
 
+/// How long a process started with `--upgrade` waits for the old one to
+/// release the data directory (it finishes its requests and stops its
+/// sandboxes first).
+const UPGRADE_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    match config_path().and_then(|path| Config::load(&path).map_err(|e| e.to_string())) {
-        Ok(config) => match run(&config) {
+    let loaded = parse_args().and_then(|args| {
+        Config::load(&args.config)
+            .map(|config| (args, config))
+            .map_err(|e| e.to_string())
+    });
+    match loaded {
+        Ok((args, config)) => match run(&args, &config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(message) => {
                 eprintln!("ingress: {message}");
@@ -60,9 +86,10 @@ fn main() -> ExitCode {
 }
 
 /// Wires the store, the control plane and the proxy, and serves until a signal.
-fn run(config: &Config) -> Result<(), String> {
+fn run(args: &Args, config: &Config) -> Result<(), String> {
+    let log_from_env = reload::init_logging(config);
     if config.node.role == NodeRole::Proxy {
-        return replica::run(config);
+        return replica::run(args, config, log_from_env);
     }
     match raise_descriptor_limit() {
         Ok(limits) if limits.soft_before != limits.soft => log::info!(
@@ -77,25 +104,41 @@ fn run(config: &Config) -> Result<(), String> {
         ),
         Err(e) => log::warn!("cannot read the descriptor limit: {e}"),
     }
-    // One ingress per data directory, decided before the store is opened and
-    // before any sandbox is started or reaped; held until the process ends.
-    let _lock = DataDirLock::acquire(&config.store.data_dir).map_err(|e| e.to_string())?;
-    // Pingora retries a busy port for 30 s and then fails inside its own thread,
-    // leaving a process that serves nothing: check the port first and fail at once.
-    std::net::TcpListener::bind(config.proxy.listen)
-        .map_err(|e| format!("proxy.listen {}: cannot listen: {e}", config.proxy.listen))?;
-    if let Some(tls) = &config.tls {
-        std::net::TcpListener::bind(tls.listen)
-            .map_err(|e| format!("tls.listen {}: cannot listen: {e}", tls.listen))?;
-    }
+    let metrics = Arc::new(Metrics::new().map_err(|e| format!("cannot set up metrics: {e}"))?);
+    let certs = Arc::new(CertStore::from_config(config, Some(Arc::clone(&metrics))));
+    let server_options = ServerOptions::from_config(config)
+        .with_tls(config, Arc::clone(&certs))
+        .upgrading(args.upgrade);
+    let (listeners, lock) = if args.upgrade {
+        // First the proxy's listening sockets, from the old process (it sends
+        // them on SIGQUIT, then serves 5 s more, stops accepting and finishes
+        // its requests); then its data directory, once it exited: its store,
+        // admin listeners and sandboxes are gone with it.
+        let listeners = Listeners::bootstrap(&server_options)?;
+        let lock = DataDirLock::acquire_waiting(&config.store.data_dir, UPGRADE_WAIT)
+            .map_err(|e| format!("--upgrade: {e}"))?;
+        log::info!("--upgrade: the old process released the data directory; starting");
+        (listeners, lock)
+    } else {
+        // One ingress per data directory, decided before the store is opened and
+        // before any sandbox is started or reaped; held until the process ends.
+        let lock = DataDirLock::acquire(&config.store.data_dir).map_err(|e| e.to_string())?;
+        // Pingora retries a busy port for 30 s and then fails inside its own thread,
+        // leaving a process that serves nothing: check the port first and fail at once.
+        std::net::TcpListener::bind(config.proxy.listen)
+            .map_err(|e| format!("proxy.listen {}: cannot listen: {e}", config.proxy.listen))?;
+        if let Some(tls) = &config.tls {
+            std::net::TcpListener::bind(tls.listen)
+                .map_err(|e| format!("tls.listen {}: cannot listen: {e}", tls.listen))?;
+        }
+        (Listeners::bootstrap(&server_options)?, lock)
+    };
     // Processes get a free port on runtime.process.bind: an IP this machine
     // does not have would fail every start; say so now.
     let process_bind = config.runtime.process.bind;
     std::net::TcpListener::bind((process_bind, 0)).map_err(|e| {
         format!("runtime.process.bind {process_bind}: cannot listen: {e}; give an IP of this machine (default 127.0.0.1)")
     })?;
-    let metrics = Arc::new(Metrics::new().map_err(|e| format!("cannot set up metrics: {e}"))?);
-    let certs = Arc::new(CertStore::from_config(config, Some(Arc::clone(&metrics))));
     let snapshots =
         Arc::new(SnapshotHandle::new().with_generation_gauge(metrics.snapshot_generation.clone()));
     let control_metrics = Arc::new(
@@ -149,7 +192,6 @@ fn run(config: &Config) -> Result<(), String> {
     if let Some(tls) = TlsOptions::from_config(config) {
         proxy = proxy.with_edge(Edge::new(tls, Arc::clone(&certs)));
     }
-    let server_options = ServerOptions::from_config(config).with_tls(config, Arc::clone(&certs));
     log::info!(
         "at most {} open client connections (proxy.max_connections{})",
         server_options.max_connections,
@@ -159,24 +201,22 @@ fn run(config: &Config) -> Result<(), String> {
             ""
         }
     );
-    let (server, trigger) = ProxyServer::build(&server_options, proxy, true)?;
+    let (server, trigger) = ProxyServer::build_on(listeners, &server_options, proxy, true)?;
     let connections = server.connections();
 
-    let tokens = config
-        .admin
-        .tokens
-        .iter()
-        .filter_map(|t| {
-            t.secret.clone().map(|secret| Token {
-                name: t.name.clone(),
-                secret,
-                role: t.role,
-            })
-        })
-        .collect::<Vec<_>>();
+    let tokens = reload::admin_tokens(config);
     if tokens.is_empty() {
         log::warn!("admin.tokens is empty: every admin API call will be refused");
     }
+    let authenticator = Authenticator::new(tokens);
+    let reloader = Arc::new(reload::Reloader::new(
+        args.config.clone(),
+        config.clone(),
+        server.live(),
+        Some(authenticator.clone()),
+        log_from_env,
+    ));
+    let upgraded = server.upgrade_flag();
     let render_metrics = Arc::clone(&metrics);
     let gauges = Arc::clone(&plane);
     let cert_gauges = Arc::clone(&certs);
@@ -196,11 +236,14 @@ fn run(config: &Config) -> Result<(), String> {
             }),
             grpc_listen: config.admin.grpc_listen,
             http_listen: config.admin.http_listen,
-            tokens,
+            authenticator,
             gc_interval: config.ephemeral.gc_interval.0,
             idle_interval: config.idle.check_interval.0,
             replication,
             certs: cert_manager,
+            on_hangup: Some(Arc::new(move || {
+                let _ = reloader.reload();
+            })),
         },
         Arc::clone(&plane),
         Arc::new(move || {
@@ -231,10 +274,51 @@ fn run(config: &Config) -> Result<(), String> {
     }
     // Pingora builds its own runtimes and blocks until SIGTERM/SIGINT (or until the
     // control plane fails and triggers the stop).
+    // Stopping the control plane and the sandboxes, then releasing the data
+    // directory: after the proxy stopped, or during an upgrade as soon as the
+    // old proxy stopped accepting and finished its requests (the new process
+    // waits for exactly this to start).
+    let rest = Arc::new(std::sync::Mutex::new(Some((control, plane, lock))));
+    let stopped = Arc::new(std::sync::Mutex::new(None));
+    let stop_rest = {
+        let rest = Arc::clone(&rest);
+        let stopped = Arc::clone(&stopped);
+        move || {
+            // Held to the end: a second caller waits until the first is done.
+            let mut rest = rest.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((control, plane, lock)) = rest.take() {
+                let result = control.stop();
+                plane.shutdown();
+                drop(lock);
+                *stopped.lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
+            }
+        }
+    };
+    server.on_graceful_stop({
+        let stop_rest = stop_rest.clone();
+        let stopped = Arc::clone(&stopped);
+        move |upgrade| {
+            if upgrade {
+                log::info!("upgrade: no request in progress; stopping the control plane and this process's sandboxes, then releasing the data directory to the new process");
+            }
+            stop_rest();
+            let result = stopped.lock().unwrap_or_else(|p| p.into_inner()).take();
+            match result.unwrap_or(Ok(())) {
+                Ok(()) => std::process::exit(0),
+                Err(message) => {
+                    eprintln!("ingress: {message}");
+                    std::process::exit(1)
+                }
+            }
+        }
+    });
     server.run();
-    let stopped = control.stop();
-    plane.shutdown();
-    stopped
+    if upgraded.load(std::sync::atomic::Ordering::Acquire) {
+        log::info!("upgrade: the proxy stopped");
+    }
+    stop_rest();
+    let result = stopped.lock().unwrap_or_else(|p| p.into_inner()).take();
+    result.unwrap_or(Ok(()))
 }
 
 /// Stops what a previous run on this data directory left running (it was killed

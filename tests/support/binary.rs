@@ -286,6 +286,68 @@ impl Ingress {
         (status, std::fs::read_to_string(&log).unwrap_or_default())
     }
 
+    /// The config file it runs with (a test may rewrite it and send SIGHUP).
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
+
+    /// Sends `signal` to the running process.
+    pub fn signal(&self, signal: i32) {
+        let pid = self.pid().expect("running");
+        // SAFETY: plain signal to our own child's pid.
+        unsafe { libc::kill(pid as i32, signal) };
+    }
+
+    /// The graceful upgrade: starts `ingress --upgrade` on this config (its
+    /// output appended to the same log), waits (at most 10 s) until it listens
+    /// on the upgrade socket, then sends SIGQUIT to the running process. The
+    /// new process becomes this one's (stopped when dropped); the old one is
+    /// returned, still exiting.
+    pub fn start_upgrade(&mut self) -> Child {
+        let old = self.child.take().expect("running");
+        let sock = self.data_dir.join("upgrade.sock");
+        let _ = std::fs::remove_file(&sock);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open log");
+        let mut new = Command::new(env!("CARGO_BIN_EXE_ingress"))
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--upgrade")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log"))
+            .stderr(file)
+            .spawn()
+            .expect("start ingress --upgrade");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !sock.exists() {
+            if Instant::now() > deadline || matches!(new.try_wait(), Ok(Some(_))) {
+                let _ = new.kill();
+                let _ = new.wait();
+                self.child = Some(old);
+                panic!(
+                    "ingress --upgrade did not listen on {}:\n{}",
+                    sock.display(),
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // SAFETY: plain signal to our own child's pid.
+        unsafe { libc::kill(old.id() as i32, libc::SIGQUIT) };
+        self.child = Some(new);
+        old
+    }
+
+    /// Whether the current process has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|child| child.try_wait().ok().flatten())
+    }
+
     /// What the process has logged.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -320,8 +382,17 @@ impl Ingress {
                 return status;
             }
             if Instant::now() > deadline {
+                let threads = Command::new("sh")
+                    .arg("-c")
+                    .arg(format!("for t in /proc/{pid}/task/*; do echo $(cat $t/comm) $(cat $t/wchan) $(cut -d' ' -f3 $t/stat); done; ls -la {}", self.log.display()))
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+                    .unwrap_or_default();
                 let _ = child.kill();
-                panic!("ingress did not stop within 15 s of SIGTERM");
+                panic!(
+                    "ingress did not stop within 15 s of SIGTERM:\n{threads}\n{}",
+                    self.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }

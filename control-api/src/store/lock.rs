@@ -75,6 +75,34 @@ impl DataDirLock {
         Ok(DataDirLock { _file: file, path })
     }
 
+    /// Like [`DataDirLock::acquire`], but while another ingress holds the lock
+    /// (the old process of `ingress --upgrade`, finishing its requests and
+    /// stopping its sandboxes) waits for it, `wait` at most.
+    pub fn acquire_waiting(
+        data_dir: &Path,
+        wait: std::time::Duration,
+    ) -> Result<DataDirLock, StoreError> {
+        let deadline = std::time::Instant::now() + wait;
+        let mut said = false;
+        loop {
+            match DataDirLock::acquire(data_dir) {
+                Err(e)
+                    if e.0.contains("is in use by another ingress")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    if !said {
+                        log::info!(
+                            "waiting for the old ingress to release the data directory: {e}"
+                        );
+                        said = true;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// The lock file.
     pub fn path(&self) -> &Path {
         &self.path

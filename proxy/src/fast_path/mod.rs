@@ -101,7 +101,6 @@ pub struct FastPath {
     proxy: IngressProxy,
     /// Idle upstream connections kept per thread.
     pool_cap: usize,
-    body_timeout: Duration,
     /// `Strict-Transport-Security: ...\r\n` for TLS responses, or empty.
     hsts_line: Vec<u8>,
 }
@@ -142,7 +141,7 @@ enum Failure {
 impl FastPath {
     /// A fast path over `proxy`'s state, keeping at most `pool_cap` idle upstream
     /// connections per thread.
-    pub fn new(proxy: IngressProxy, pool_cap: usize, body_timeout: Duration) -> FastPath {
+    pub fn new(proxy: IngressProxy, pool_cap: usize) -> FastPath {
         let hsts_line = proxy
             .edge
             .as_ref()
@@ -152,7 +151,6 @@ impl FastPath {
         FastPath {
             proxy,
             pool_cap,
-            body_timeout,
             hsts_line,
         }
     }
@@ -173,7 +171,7 @@ impl FastPath {
         let Some(plan) = self.plan(buf, head, client, shutting_down, &mut bufs.request) else {
             return Outcome::Delegate;
         };
-        let write_limit = self.proxy.options.write_timeout;
+        let write_limit = self.proxy.options().write_timeout;
         // The whole body, before anything goes upstream (at most request::MAX_BODY)
         // and before a slot is taken: a slow body never holds an instance's slot.
         if buf.len() < plan.request_len {
@@ -226,8 +224,8 @@ impl FastPath {
                     conn.uses += 1;
                     let idle_for = idle_hint
                         .map(|hint| hint.saturating_sub(IDLE_MARGIN))
-                        .unwrap_or(self.proxy.options.upstream_idle_timeout)
-                        .min(self.proxy.options.upstream_idle_timeout);
+                        .unwrap_or(self.proxy.options().upstream_idle_timeout)
+                        .min(self.proxy.options().upstream_idle_timeout);
                     pool::give_back(plan.addr, conn, idle_for, self.pool_cap);
                 }
                 let next = if plan.client_keep_alive && !self.proxy.drain.is_draining() {
@@ -301,7 +299,7 @@ impl FastPath {
         let addr = lease.addr_at(turn);
         let ignored = self
             .proxy
-            .options
+            .options()
             .ignore
             .ignores(request.path, request.user_agent);
         let request_len = head.len + usize::try_from(request.body).ok()?;
@@ -333,7 +331,8 @@ impl FastPath {
     ) -> Result<(), Option<ErrorAnswer>> {
         buf.reserve(until - buf.len());
         while buf.len() < until {
-            let read = tokio::time::timeout(self.body_timeout, stream.read_buf(buf)).await;
+            let limit = self.proxy.options().body_timeout;
+            let read = tokio::time::timeout(limit, stream.read_buf(buf)).await;
             match read {
                 Ok(Ok(n)) if n > 0 => {}
                 Ok(_) => return Err(None),
@@ -343,7 +342,7 @@ impl FastPath {
                         code: "body_timeout",
                         message: format!(
                             "the request body stalled for {}ms (proxy.body_timeout)",
-                            self.body_timeout.as_millis()
+                            self.proxy.options().body_timeout.as_millis()
                         ),
                         retry_after_secs: None,
                     }))
@@ -355,7 +354,7 @@ impl FastPath {
 
     async fn connect(&self, addr: SocketAddr) -> Option<Conn> {
         let connect = TcpStream::connect(addr);
-        let stream = tokio::time::timeout(self.proxy.options.connect_timeout, connect)
+        let stream = tokio::time::timeout(self.proxy.options().connect_timeout, connect)
             .await
             .ok()?
             .ok()?;
@@ -425,7 +424,7 @@ impl FastPath {
         version_header: &[u8],
         bufs: &mut Buffers,
     ) -> Result<ResponseHead, (Failure, bool)> {
-        let options = &self.proxy.options;
+        let options = self.proxy.options();
         let write =
             tokio::time::timeout(options.write_timeout, conn.stream.write_all(&bufs.request));
         match write.await {
@@ -487,8 +486,8 @@ impl FastPath {
         head: &ResponseHead,
         bufs: &mut Buffers,
     ) -> Result<bool, ()> {
-        let read_timeout = self.proxy.options.read_timeout;
-        let write_limit = self.proxy.options.write_timeout;
+        let read_timeout = self.proxy.options().read_timeout;
+        let write_limit = self.proxy.options().write_timeout;
         bufs.upstream.advance(head.len);
         match head.framing {
             Framing::None => {
@@ -566,7 +565,7 @@ impl FastPath {
             Failure::Invalid(_) => (502, "the upstream sent an invalid response"),
         };
         let answer = upstream_error_answer(Some(&plan.target), status, reason);
-        let write_limit = self.proxy.options.write_timeout;
+        let write_limit = self.proxy.options().write_timeout;
         let _ = write_all(
             client,
             &answer_bytes(&answer, plan.accepts_json),

@@ -24,6 +24,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::{BufMut, BytesMut};
 use pingora_core::apps::{HttpServerApp, ServerApp};
@@ -100,7 +101,8 @@ pub struct Http1App {
     limiter: Arc<ConnectionLimiter>,
     drain: Arc<Drain>,
     metrics: Arc<Metrics>,
-    options: ConnOptions,
+    /// Swapped whole by a config reload; loaded once per request.
+    options: Arc<ArcSwap<ConnOptions>>,
 }
 
 /// How waiting for a request head ended.
@@ -124,7 +126,7 @@ impl Http1App {
         limiter: Arc<ConnectionLimiter>,
         drain: Arc<Drain>,
         metrics: Arc<Metrics>,
-        options: ConnOptions,
+        options: Arc<ArcSwap<ConnOptions>>,
     ) -> Http1App {
         Http1App {
             proxy,
@@ -146,14 +148,16 @@ impl Http1App {
         draining: &mut watch::Receiver<bool>,
         mut h2c: bool,
     ) -> Next {
-        let limits = &self.options.head;
+        // A copy (no heap): no reference count shared between threads.
+        let options: ConnOptions = ConnOptions::clone(&self.options.load());
+        let limits = &options.head;
         // A connection's first request has header_timeout from the accept; a
         // later one keepalive_timeout to start and then header_timeout.
         let mut deadline = Instant::now()
             + if first_request {
-                self.options.header_timeout
+                options.header_timeout
             } else {
-                self.options.keepalive_timeout
+                options.keepalive_timeout
             };
         let mut started = first_request;
         // The head can only have become complete (or malformed) when a line
@@ -175,7 +179,7 @@ impl Http1App {
             if awaiting_preface {
                 if !started {
                     started = true;
-                    deadline = Instant::now() + self.options.header_timeout;
+                    deadline = Instant::now() + options.header_timeout;
                 }
             } else if !buf.is_empty() && !fresh_line {
                 if let Parsed::Refused(refusal) = head::partial(buf, limits) {
@@ -184,14 +188,17 @@ impl Http1App {
             } else if !buf.is_empty() {
                 if !started {
                     started = true;
-                    deadline = Instant::now() + self.options.header_timeout;
+                    deadline = Instant::now() + options.header_timeout;
                 }
                 match head::parse(buf, limits) {
                     Parsed::Complete(head) => return Next::Request(head),
                     Parsed::Refused(refusal) => return Next::Refuse(refusal),
                     Parsed::Partial => {}
                 }
-            } else if *shutdown.borrow() || *draining.borrow() {
+            } else if (*shutdown.borrow() && !first_request) || *draining.borrow() {
+                // A connection's first request is still read and answered
+                // (with `Connection: close`) after Pingora stops accepting: the
+                // client connected before, so it waits for an answer.
                 return Next::Close;
             }
             // Grow only as far as the head may go; `parse` refuses at the limit.
@@ -212,7 +219,7 @@ impl Http1App {
             };
             let outcome = tokio::select! {
                 outcome = tokio::time::timeout_at(deadline, read) => outcome,
-                _ = shutdown.changed(), if idle => return Next::Close,
+                _ = shutdown.changed(), if idle && !first_request => return Next::Close,
                 _ = draining.changed(), if idle => return Next::Close,
             };
             match outcome {
@@ -225,7 +232,7 @@ impl Http1App {
                         code: "header_timeout",
                         message: format!(
                             "the request head was not complete within {}ms (proxy.header_timeout)",
-                            self.options.header_timeout.as_millis()
+                            options.header_timeout.as_millis()
                         ),
                         accepts_json: false,
                     })
@@ -251,7 +258,7 @@ impl ServerApp for Http1App {
         let mut draining = self.drain.subscribe();
         let mut shutdown = shutdown.clone();
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-            let preface_within = Some(self.options.header_timeout);
+            let preface_within = Some(self.options.load().header_timeout);
             h2::serve(&self.proxy, &self.drain, stream, preface_within, &shutdown).await;
             return None;
         }
@@ -260,7 +267,7 @@ impl ServerApp for Http1App {
         let ssl = stream.get_ssl_digest();
         let conn_tls = ssl.as_ref().and_then(|ssl| ssl.extension.get::<ConnTls>());
         let is_tls = ssl.is_some();
-        let mut h2c = self.options.h2c && !is_tls;
+        let mut h2c = self.options.load().h2c && !is_tls;
         let mut buf = BytesMut::with_capacity(INITIAL_BUFFER);
         let mut first_request = true;
         let mut fast_buffers = Buffers::default();
@@ -352,17 +359,19 @@ impl ServerApp for Http1App {
             };
             let prefix = buf.split_to(request_bytes);
             let mut session = ServerSession::new_http1(stream);
+            let options = self.options.load();
             if shutting_down {
                 session.set_keepalive(None);
             } else {
-                session.set_keepalive(Some(self.options.keepalive_timeout.as_secs().max(1)));
+                session.set_keepalive(Some(options.keepalive_timeout.as_secs().max(1)));
             }
             if head.body != BodyFraming::None {
                 // Pingora's read timeout applies per read: the body's idle limit.
-                session.set_read_timeout(Some(self.options.body_timeout));
+                session.set_read_timeout(Some(options.body_timeout));
             }
             // A client that stops reading must not hold a slot or an upstream.
-            session.set_write_timeout(Some(self.options.write_timeout));
+            session.set_write_timeout(Some(options.write_timeout));
+            drop(options);
             session.set_pipelined_prefix(prefix);
             let reused = self.proxy.process_new_http(session, &shutdown).await?;
             let (returned, _settings) = reused.consume();

@@ -12,13 +12,15 @@ use ingress_control_api::replication::{RemoteLeases, Replica, ReplicaMetrics};
 use ingress_control_api::serve::serve_admin_http;
 use ingress_proxy::http1::raise_descriptor_limit;
 use ingress_proxy::{
-    IngressProxy, LeaseCache, LeaseSource, Metrics, ProxyOptions, ProxyServer, ServerOptions,
-    SnapshotHandle,
+    IngressProxy, LeaseCache, LeaseSource, Listeners, Metrics, ProxyOptions, ProxyServer,
+    ServerOptions, SnapshotHandle,
 };
+
+use super::reload::Reloader;
 use tokio::sync::watch;
 
-/// Runs a replica until SIGTERM/SIGINT.
-pub fn run(config: &Config) -> Result<(), String> {
+/// Runs a replica until SIGTERM/SIGINT/SIGQUIT; SIGHUP reloads the config.
+pub fn run(args: &super::Args, config: &Config, log_from_env: bool) -> Result<(), String> {
     if let Ok(limits) = raise_descriptor_limit() {
         log::info!(
             "descriptor limit {} (hard limit {})",
@@ -26,8 +28,15 @@ pub fn run(config: &Config) -> Result<(), String> {
             limits.hard
         );
     }
-    std::net::TcpListener::bind(config.proxy.listen)
-        .map_err(|e| format!("proxy.listen {}: cannot listen: {e}", config.proxy.listen))?;
+    let server_options = ServerOptions::from_config(config).upgrading(args.upgrade);
+    let listeners = if args.upgrade {
+        // The old replica sends its listening socket on SIGQUIT.
+        Listeners::bootstrap(&server_options)?
+    } else {
+        std::net::TcpListener::bind(config.proxy.listen)
+            .map_err(|e| format!("proxy.listen {}: cannot listen: {e}", config.proxy.listen))?;
+        Listeners::bootstrap(&server_options)?
+    };
     let node_id = match config.node.id.as_str() {
         "" => format!(
             "{}:{}",
@@ -78,17 +87,53 @@ pub fn run(config: &Config) -> Result<(), String> {
         Arc::clone(&metrics),
         ProxyOptions::from_config(config),
     );
-    let (server, _trigger) = ProxyServer::build(&ServerOptions::from_config(config), proxy, true)?;
+    let (server, _trigger) = ProxyServer::build_on(listeners, &server_options, proxy, true)?;
     let connections = server.connections();
+    let reloader = Arc::new(Reloader::new(
+        args.config.clone(),
+        config.clone(),
+        server.live(),
+        None,
+        log_from_env,
+    ));
 
-    let http = runtime
-        .block_on(tokio::net::TcpListener::bind(config.admin.http_listen))
-        .map_err(|e| {
-            format!(
-                "admin.http_listen {}: cannot listen: {e}",
-                config.admin.http_listen
-            )
-        })?;
+    // After an upgrade the old replica holds its admin listener until it exits.
+    let bind_until = std::time::Instant::now()
+        + if args.upgrade {
+            super::UPGRADE_WAIT
+        } else {
+            Duration::ZERO
+        };
+    let http = loop {
+        match runtime.block_on(tokio::net::TcpListener::bind(config.admin.http_listen)) {
+            Ok(http) => break http,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && std::time::Instant::now() < bind_until =>
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => {
+                return Err(format!(
+                    "admin.http_listen {}: cannot listen: {e}",
+                    config.admin.http_listen
+                ))
+            }
+        }
+    };
+    let hangup = runtime.block_on(async {
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(|e| log::warn!("cannot take SIGHUP (config reloads): {e}"))
+            .ok()
+    });
+    if let Some(mut hangup) = hangup {
+        runtime.spawn(async move {
+            while hangup.recv().await.is_some() {
+                let reloader = Arc::clone(&reloader);
+                let _ = tokio::task::spawn_blocking(move || reloader.reload()).await;
+            }
+        });
+    }
     let (stop, stopped) = watch::channel(false);
     let ready_status = Arc::clone(&status);
     let render = Arc::clone(&metrics);
@@ -119,6 +164,23 @@ pub fn run(config: &Config) -> Result<(), String> {
         config.control.endpoints.join(", "),
         config.admin.http_listen
     );
+    {
+        let stop = stop.clone();
+        server.on_graceful_stop(move |_upgrade| {
+            stop.send_replace(true);
+            // The routing stream and activity reports end with the process.
+            std::thread::sleep(Duration::from_millis(100));
+            std::process::exit(0);
+        });
+    }
+    if args.upgrade {
+        // Serve once the routing state arrived: until then every request
+        // would get 404; the old replica serves meanwhile.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !status.has_state() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
     server.run();
     stop.send_replace(true);
     runtime.shutdown_timeout(Duration::from_secs(2));
