@@ -188,6 +188,7 @@ impl ProxyServer {
                 options.conn.body_timeout,
             )
         });
+        let access_log = proxy.access_log().clone();
         let mut proxy = pingora_proxy::http_proxy(&server.configuration, proxy);
         let mut server_options = pingora_core::apps::HttpServerOptions::default();
         // The loop hands over only connections it found to be h2c; Pingora's
@@ -206,7 +207,8 @@ impl ProxyServer {
             Arc::clone(&drain),
             metrics,
             options.conn.clone(),
-        );
+        )
+        .with_access_log(access_log);
         let mut service = Service::new("ingress proxy".to_string(), app);
         service.add_tcp(&options.listen.to_string());
         if let Some((tls, certs)) = &options.tls {

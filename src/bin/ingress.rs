@@ -18,8 +18,10 @@ use ingress_control_api::{ControlMetrics, ControlPlane, PlaneSettings};
 use ingress_proxy::http1::raise_descriptor_limit;
 use ingress_proxy::time::now_unix_millis;
 use ingress_proxy::tls::{CertStore, Edge, TlsOptions};
+use ingress_proxy::access_log::install_reopen_signal;
 use ingress_proxy::{
-    IngressProxy, LeaseCache, Metrics, ProxyOptions, ProxyServer, ServerOptions, SnapshotHandle,
+    AccessLog, IngressProxy, LeaseCache, Metrics, ProxyOptions, ProxyServer, ServerOptions,
+    SnapshotHandle,
 };
 
 #[path = "ingress/replica.rs"]
@@ -43,9 +45,8 @@ fn config_path() -> Result<PathBuf, String> {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     match config_path().and_then(|path| Config::load(&path).map_err(|e| e.to_string())) {
-        Ok(config) => match run(&config) {
+        Ok(config) => match init_logging(&config).and_then(|()| run(&config)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(message) => {
                 eprintln!("ingress: {message}");
@@ -57,6 +58,30 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// The diagnostic log on stderr at `log.level`; `RUST_LOG`, when set, wins.
+fn init_logging(config: &Config) -> Result<(), String> {
+    env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or(config.log.level.as_str()),
+    )
+    .try_init()
+    .map_err(|e| format!("cannot set up logging: {e}"))
+}
+
+/// The access log of `[log]`, its writer thread started and SIGUSR1 set to
+/// reopen its file; off when `log.access = "off"`.
+fn start_access_log(config: &Config, metrics: &Metrics) -> Result<AccessLog, String> {
+    let log = AccessLog::start(
+        &config.log.access,
+        config.log.access_format,
+        config.log.access_buffer,
+        metrics.access_log_dropped.clone(),
+    )?;
+    if log.is_on() {
+        install_reopen_signal().map_err(|e| format!("log.access: cannot handle SIGUSR1: {e}"))?;
+    }
+    Ok(log)
 }
 
 /// Wires the store, the control plane and the proxy, and serves until a signal.
@@ -145,7 +170,8 @@ fn run(config: &Config) -> Result<(), String> {
         plane.lease_source(),
         Arc::clone(&metrics),
         ProxyOptions::from_config(config),
-    );
+    )
+    .with_access_log(start_access_log(config, &metrics)?);
     if let Some(tls) = TlsOptions::from_config(config) {
         proxy = proxy.with_edge(Edge::new(tls, Arc::clone(&certs)));
     }

@@ -77,7 +77,8 @@ pub fn run(config: &Config) -> Result<(), String> {
         leases as Arc<dyn LeaseSource>,
         Arc::clone(&metrics),
         ProxyOptions::from_config(config),
-    );
+    )
+    .with_access_log(super::start_access_log(config, &metrics)?);
     let (server, _trigger) = ProxyServer::build(&ServerOptions::from_config(config), proxy, true)?;
     let connections = server.connections();
 
