@@ -229,12 +229,23 @@ async fn json_lines_for_a_200_a_404_and_a_502_with_request_ids() {
     assert_eq!(line["app"], "dead");
     assert_eq!(line["upstream_addr"], gone_addr.to_string());
 
-    // Nothing was dropped on the way.
+    // Nothing was dropped on the way, and the 200s were the fast path's
+    // (unless this run turned it off).
     let metrics = ingress.metrics_text().await;
     assert!(
         metrics.contains("ingress_access_log_dropped_total 0"),
         "{metrics}"
     );
+    let fast: u64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("ingress_fast_path_requests_total "))
+        .and_then(|count| count.trim().parse().ok())
+        .unwrap_or(0);
+    if support::fast_path_off() {
+        assert_eq!(fast, 0);
+    } else {
+        assert_eq!(fast, 3, "the three 200s went through the fast path");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
