@@ -86,12 +86,7 @@ impl Answer {
     }
 }
 
-async fn get(
-    ingress: &Ingress,
-    host: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> Answer {
+async fn get(ingress: &Ingress, host: &str, path: &str, headers: &[(&str, &str)]) -> Answer {
     let mut request = support::client()
         .get(format!("http://{}{path}", ingress.proxy))
         .header("host", host);
@@ -115,7 +110,15 @@ fn assert_rfc3339_millis(time: &Value) {
     let time = time.as_str().expect("time is a string");
     let bytes = time.as_bytes();
     assert_eq!(bytes.len(), 24, "{time}");
-    for (at, want) in [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':'), (19, b'.'), (23, b'Z')] {
+    for (at, want) in [
+        (4, b'-'),
+        (7, b'-'),
+        (10, b'T'),
+        (13, b':'),
+        (16, b':'),
+        (19, b'.'),
+        (23, b'Z'),
+    ] {
         assert_eq!(bytes[at], want, "{time}");
     }
     assert!(time.starts_with("20"), "{time}");
@@ -149,7 +152,10 @@ async fn json_lines_for_a_200_a_404_and_a_502_with_request_ids() {
     .await;
     assert_eq!(ok.status, 200, "{}", ok.body);
     assert_eq!(ok.request_id(), "client-id.1:a_b-c");
-    assert_eq!(ok.upstream_saw("x-request-id").as_deref(), Some("client-id.1:a_b-c"));
+    assert_eq!(
+        ok.upstream_saw("x-request-id").as_deref(),
+        Some("client-id.1:a_b-c")
+    );
     assert_eq!(ok.upstream_saw("traceparent").as_deref(), Some(traceparent));
     assert_eq!(
         ok.upstream_saw("tracestate").as_deref(),
@@ -173,7 +179,10 @@ async fn json_lines_for_a_200_a_404_and_a_502_with_request_ids() {
         "{line}"
     );
     assert_eq!(line["app"], "shop");
-    assert!(line["version"].as_str().is_some_and(|v| v.starts_with('v')), "{line}");
+    assert!(
+        line["version"].as_str().is_some_and(|v| v.starts_with('v')),
+        "{line}"
+    );
     assert_eq!(line["label"], Value::Null);
     assert_eq!(line["kind"], "exact");
     assert_eq!(line["cold_start_ms"], Value::Null);
@@ -181,7 +190,13 @@ async fn json_lines_for_a_200_a_404_and_a_502_with_request_ids() {
     assert_eq!(line["user_agent"], "access-test/1");
 
     // An invalid id is replaced, for the upstream and the client alike.
-    let replaced = get(&ingress, "shop.example.com", "/", &[("x-request-id", "no spaces allowed")]).await;
+    let replaced = get(
+        &ingress,
+        "shop.example.com",
+        "/",
+        &[("x-request-id", "no spaces allowed")],
+    )
+    .await;
     let id = replaced.request_id();
     assert!(is_generated(&id), "{id}");
     assert_eq!(replaced.upstream_saw("x-request-id"), Some(id.clone()));
@@ -215,7 +230,13 @@ async fn json_lines_for_a_200_a_404_and_a_502_with_request_ids() {
     assert_eq!(line["upstream_addr"], Value::Null);
 
     // 502: the upstream refuses. A text body ends with the id.
-    let failed = get(&ingress, "dead.example.com", "/y", &[("x-request-id", "req-502")]).await;
+    let failed = get(
+        &ingress,
+        "dead.example.com",
+        "/y",
+        &[("x-request-id", "req-502")],
+    )
+    .await;
     assert_eq!(failed.status, 502, "{}", failed.body);
     assert_eq!(failed.request_id(), "req-502");
     assert!(
@@ -255,16 +276,31 @@ async fn a_woken_request_logs_its_cold_start() {
     let ingress = ingress_logging(dir.path(), "json", upstream.addr, "");
     let command = format!("exec python3 {APP} --delay-ms 200");
     ingress
-        .ctl(&["deploy", "shop", "--command", &command, "--ephemeral", "pr-1"])
+        .ctl(&[
+            "deploy",
+            "shop",
+            "--command",
+            &command,
+            "--ephemeral",
+            "pr-1",
+        ])
         .expect_ok();
-    let woken = get(&ingress, "pr-1.shop.example.com", "/", &[("x-request-id", "wake-1")]).await;
+    let woken = get(
+        &ingress,
+        "pr-1.shop.example.com",
+        "/",
+        &[("x-request-id", "wake-1")],
+    )
+    .await;
     assert_eq!(woken.status, 200, "{}", woken.body);
     assert_eq!(woken.request_id(), "wake-1");
     let line = json_line(&access_path(dir.path()), "wake-1");
     assert_eq!(line["status"], 200);
     assert_eq!(line["label"], "pr-1");
     assert_eq!(line["kind"], "label");
-    let cold = line["cold_start_ms"].as_u64().unwrap_or_else(|| panic!("{line}"));
+    let cold = line["cold_start_ms"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{line}"));
     assert!(cold >= 200, "{line}");
     let header: u64 = woken
         .headers
@@ -274,7 +310,13 @@ async fn a_woken_request_logs_its_cold_start() {
         .expect("x-ingress-cold-start");
     assert_eq!(cold, header);
     // Served warm now: no cold start.
-    get(&ingress, "pr-1.shop.example.com", "/", &[("x-request-id", "warm-1")]).await;
+    get(
+        &ingress,
+        "pr-1.shop.example.com",
+        "/",
+        &[("x-request-id", "warm-1")],
+    )
+    .await;
     let line = json_line(&access_path(dir.path()), "warm-1");
     assert_eq!(line["cold_start_ms"], Value::Null, "{line}");
 }
@@ -301,7 +343,10 @@ async fn the_combined_format_is_the_apache_and_nginx_one() {
     assert_eq!(prefix, "127.0.0.1 - -");
     let (time, rest) = rest.split_once("] ").expect("time closes with ]");
     assert_eq!(time.len(), 26, "{time}");
-    assert!(time.ends_with(" +0000") && time.as_bytes()[2] == b'/', "{time}");
+    assert!(
+        time.ends_with(" +0000") && time.as_bytes()[2] == b'/',
+        "{time}"
+    );
     assert_eq!(
         rest,
         format!(
@@ -318,11 +363,23 @@ async fn an_access_log_that_is_off_writes_nothing() {
     let dir = tempfile::tempdir().expect("temp dir");
     let ingress = Ingress::start(dir.path(), "[log]\naccess = \"off\"\n");
     add_app(&ingress, "shop", "shop.example.com", upstream.addr);
-    let ok = get(&ingress, "shop.example.com", "/", &[("x-request-id", "silent-1")]).await;
+    let ok = get(
+        &ingress,
+        "shop.example.com",
+        "/",
+        &[("x-request-id", "silent-1")],
+    )
+    .await;
     assert_eq!(ok.status, 200);
     // Still an id for the upstream and the client, just no line anywhere.
     assert_eq!(ok.request_id(), "silent-1");
-    let missing = get(&ingress, "nowhere.example.com", "/", &[("x-request-id", "silent-2")]).await;
+    let missing = get(
+        &ingress,
+        "nowhere.example.com",
+        "/",
+        &[("x-request-id", "silent-2")],
+    )
+    .await;
     assert_eq!(missing.status, 404);
     std::thread::sleep(Duration::from_millis(500));
     let output = ingress.log_text();
@@ -340,7 +397,13 @@ async fn sigusr1_reopens_the_file_after_a_rotation() {
     let ingress = ingress_logging(dir.path(), "json", upstream.addr, "");
     let path = access_path(dir.path());
     let rotated = dir.path().join("access.log.1");
-    get(&ingress, "shop.example.com", "/", &[("x-request-id", "before-rotate")]).await;
+    get(
+        &ingress,
+        "shop.example.com",
+        "/",
+        &[("x-request-id", "before-rotate")],
+    )
+    .await;
     json_line(&path, "before-rotate");
     std::fs::rename(&path, &rotated).expect("rotate");
     let pid = ingress.pid().expect("running") as i32;
@@ -348,11 +411,20 @@ async fn sigusr1_reopens_the_file_after_a_rotation() {
     assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR1) }, 0);
     // The writer looks at the signal at least every 200 ms.
     std::thread::sleep(Duration::from_millis(600));
-    let after = get(&ingress, "shop.example.com", "/", &[("x-request-id", "after-rotate")]).await;
+    let after = get(
+        &ingress,
+        "shop.example.com",
+        "/",
+        &[("x-request-id", "after-rotate")],
+    )
+    .await;
     assert_eq!(after.status, 200, "the process lives on after SIGUSR1");
     json_line(&path, "after-rotate");
     let old = std::fs::read_to_string(&rotated).expect("rotated file");
-    assert!(old.contains("before-rotate") && !old.contains("after-rotate"), "{old}");
+    assert!(
+        old.contains("before-rotate") && !old.contains("after-rotate"),
+        "{old}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -367,7 +439,10 @@ async fn h2_requests_are_logged_with_their_ids() {
         .build()
         .expect("client");
     let response = client
-        .get(format!("http://shop.example.com:{}/h2?z=9", ingress.proxy.port()))
+        .get(format!(
+            "http://shop.example.com:{}/h2?z=9",
+            ingress.proxy.port()
+        ))
         .header("x-request-id", "h2-1")
         .send()
         .await
@@ -375,7 +450,10 @@ async fn h2_requests_are_logged_with_their_ids() {
     assert_eq!(response.version(), reqwest::Version::HTTP_2);
     assert_eq!(response.status().as_u16(), 200);
     assert_eq!(
-        response.headers().get("x-request-id").and_then(|v| v.to_str().ok()),
+        response
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok()),
         Some("h2-1")
     );
     let body: Value = response.json().await.expect("upstream JSON");

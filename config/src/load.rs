@@ -95,7 +95,11 @@ impl Config {
                 1_000,
             ),
             ("wake.max_waiters", self.wake.max_waiters as u64, 1_000_000),
-            ("log.access_buffer", self.log.access_buffer as u64, 1_000_000),
+            (
+                "log.access_buffer",
+                self.log.access_buffer as u64,
+                1_000_000,
+            ),
             ("proxy.max_headers", self.proxy.max_headers as u64, 256),
         ] {
             if value == 0 || value > max {
@@ -829,12 +833,18 @@ stop_grace = "10s"
             "{e}"
         );
         let e = error_of("[log]\naccess_format = \"clf\"");
-        assert!(e.starts_with("log.access_format: unknown variant `clf`"), "{e}");
+        assert!(
+            e.starts_with("log.access_format: unknown variant `clf`"),
+            "{e}"
+        );
         assert!(e.contains("json") && e.contains("combined"), "{e}");
         let e = error_of("[log]\nlevel = \"loud\"");
         assert!(e.starts_with("log.level: unknown variant `loud`"), "{e}");
         let e = error_of("[log]\naccess_buffer = 0");
-        assert_eq!(e, "log.access_buffer: 0 is out of range; allowed 1 to 1000000");
+        assert_eq!(
+            e,
+            "log.access_buffer: 0 is out of range; allowed 1 to 1000000"
+        );
         let e = error_of("[log]\nacess = \"off\"");
         assert!(e.starts_with("log.acess: unknown field `acess`"), "{e}");
     }

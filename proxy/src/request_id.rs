@@ -131,7 +131,12 @@ mod tests {
 
     #[test]
     fn valid_ids_are_kept() {
-        for id in ["a", "req-42", "0af7651916cd43dd8448eb211c80319c", "x.y_z:1-2"] {
+        for id in [
+            "a",
+            "req-42",
+            "0af7651916cd43dd8448eb211c80319c",
+            "x.y_z:1-2",
+        ] {
             let (kept, from_client) = RequestId::accept_or_generate(Some(id.as_bytes()));
             assert!(from_client, "{id}");
             assert_eq!(kept.as_str(), id);

@@ -541,9 +541,7 @@ fn access_record(session: &Session, ctx: &mut RequestCtx) -> AccessRecord {
             .map_or(0, |response| response.status.as_u16()),
         bytes_in: session.body_bytes_read() as u64,
         bytes_out: session.body_bytes_sent() as u64,
-        duration_us: ctx
-            .started
-            .map_or(0, |started| micros(started.elapsed())),
+        duration_us: ctx.started.map_or(0, |started| micros(started.elapsed())),
         upstream_addr: ctx.upstream_addr,
         upstream_us: ctx.upstream_us,
         target: ctx.target.clone(),
@@ -959,9 +957,7 @@ impl ProxyHttp for IngressProxy {
         }
         if let Some(started) = ctx.upstream_started.take() {
             let elapsed = started.elapsed();
-            self.metrics
-                .upstream_latency
-                .observe(elapsed.as_secs_f64());
+            self.metrics.upstream_latency.observe(elapsed.as_secs_f64());
             ctx.upstream_us = Some(micros(elapsed));
         }
         Ok(())

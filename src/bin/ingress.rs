@@ -15,10 +15,10 @@ use ingress_control_api::serve::ReplicationSettings;
 use ingress_control_api::serve::{self, ControlSettings};
 use ingress_control_api::store::{DataDirLock, SqliteSandboxLedger, SqliteStore};
 use ingress_control_api::{ControlMetrics, ControlPlane, PlaneSettings};
+use ingress_proxy::access_log::install_reopen_signal;
 use ingress_proxy::http1::raise_descriptor_limit;
 use ingress_proxy::time::now_unix_millis;
 use ingress_proxy::tls::{CertStore, Edge, TlsOptions};
-use ingress_proxy::access_log::install_reopen_signal;
 use ingress_proxy::{
     AccessLog, IngressProxy, LeaseCache, Metrics, ProxyOptions, ProxyServer, ServerOptions,
     SnapshotHandle,

@@ -156,8 +156,13 @@ fn dash_or_escaped(out: &mut Vec<u8>, bytes: &[u8]) {
 fn escaped(out: &mut Vec<u8>, bytes: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     for &byte in bytes {
-        if byte == b'"' || byte == b'\\' || byte < 0x20 || byte >= 0x7f {
-            out.extend_from_slice(&[b'\\', b'x', HEX[usize::from(byte >> 4)], HEX[usize::from(byte & 0xf)]]);
+        if byte == b'"' || byte == b'\\' || !(0x20..0x7f).contains(&byte) {
+            out.extend_from_slice(&[
+                b'\\',
+                b'x',
+                HEX[usize::from(byte >> 4)],
+                HEX[usize::from(byte & 0xf)],
+            ]);
         } else {
             out.push(byte);
         }

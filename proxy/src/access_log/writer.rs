@@ -58,7 +58,10 @@ impl AccessLog {
             AccessTarget::Stdout => Sink::Stdout,
             AccessTarget::File(path) => Sink::File {
                 file: open(path).map_err(|e| {
-                    format!("log.access {}: cannot open for appending: {e}", path.display())
+                    format!(
+                        "log.access {}: cannot open for appending: {e}",
+                        path.display()
+                    )
                 })?,
                 path: path.clone(),
             },
@@ -130,7 +133,10 @@ impl Sink {
             Sink::File { file, .. } => file.write_all(bytes),
         };
         if let Err(e) = written {
-            log::warn!("access log: a write failed, {} bytes lost: {e}", bytes.len());
+            log::warn!(
+                "access log: a write failed, {} bytes lost: {e}",
+                bytes.len()
+            );
         }
     }
 

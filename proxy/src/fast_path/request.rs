@@ -124,8 +124,7 @@ pub fn parse<'a>(
     let host = host?;
     let path = target.split('?').next().unwrap_or(target);
     // Two ids would leave the upstream to pick one: replace both.
-    let (request_id, kept_id) =
-        RequestId::accept_or_generate(incoming_id.filter(|_| ids == 1));
+    let (request_id, kept_id) = RequestId::accept_or_generate(incoming_id.filter(|_| ids == 1));
 
     out.extend_from_slice(method.as_bytes());
     out.push(b' ');
@@ -140,8 +139,7 @@ pub fn parse<'a>(
                 .any(|suffix| name[12..].eq_ignore_ascii_case(suffix));
         let replaced_id =
             !kept_id && name.eq_ignore_ascii_case(crate::request_id::HEADER.as_bytes());
-        if replaced || replaced_id || is_hop_by_hop(name) || name.eq_ignore_ascii_case(b"trailer")
-        {
+        if replaced || replaced_id || is_hop_by_hop(name) || name.eq_ignore_ascii_case(b"trailer") {
             continue;
         }
         out.extend_from_slice(name);
@@ -249,8 +247,15 @@ mod tests {
             let id = request.request_id.to_string();
             assert_eq!(id.len(), 32);
             let text = String::from_utf8(out).unwrap();
-            assert_eq!(text.to_ascii_lowercase().matches("x-request-id").count(), 1, "{text}");
-            assert!(text.ends_with(&format!("x-request-id: {id}\r\n\r\n")), "{text}");
+            assert_eq!(
+                text.to_ascii_lowercase().matches("x-request-id").count(),
+                1,
+                "{text}"
+            );
+            assert!(
+                text.ends_with(&format!("x-request-id: {id}\r\n\r\n")),
+                "{text}"
+            );
         }
     }
 
