@@ -409,7 +409,7 @@ async fn sigusr1_reopens_the_file_after_a_rotation() {
     let pid = ingress.pid().expect("running") as i32;
     // SAFETY: a signal to our own child.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR1) }, 0);
-    // The writer looks at the signal at least every 200 ms.
+    // The writer looks at the signal at each drain, every 20 ms.
     std::thread::sleep(Duration::from_millis(600));
     let after = get(
         &ingress,

@@ -12,7 +12,7 @@ pub use duration::{format_duration, parse_duration, ConfigDuration, DURATION_RUL
 pub use load::ConfigError;
 pub use settings::{
     AccessFormat, AccessLog, ActivitySettings, AdminSettings, Config, ControlSettings,
-    EphemeralSettings, IdleSettings, LogLevel, LogSettings, Misdirected, NodeRole, NodeSettings,
-    ProcessSettings, ProxySettings, RuntimeSettings, StoreSettings, SupersedeSettings, TlsSettings,
-    TokenRole, TokenSettings, UnknownSni, WakeMode, WakeSettings,
+    EphemeralSettings, IdleSettings, LogFormat, LogLevel, LogSettings, Misdirected, NodeRole,
+    NodeSettings, ProcessSettings, ProxySettings, RuntimeSettings, StoreSettings,
+    SupersedeSettings, TlsSettings, TokenRole, TokenSettings, UnknownSni, WakeMode, WakeSettings,
 };

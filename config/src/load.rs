@@ -838,6 +838,13 @@ stop_grace = "10s"
             "{e}"
         );
         assert!(e.contains("json") && e.contains("combined"), "{e}");
+        assert_eq!(config.log.format, crate::LogFormat::Text);
+        assert_eq!(
+            parse("[log]\nformat = \"json\"").unwrap().log.format,
+            crate::LogFormat::Json
+        );
+        let e = error_of("[log]\nformat = \"xml\"");
+        assert!(e.starts_with("log.format: unknown variant `xml`"), "{e}");
         let e = error_of("[log]\nlevel = \"loud\"");
         assert!(e.starts_with("log.level: unknown variant `loud`"), "{e}");
         let e = error_of("[log]\naccess_buffer = 0");

@@ -608,6 +608,8 @@ pub struct LogSettings {
     /// The diagnostic log's level: `error`, `warn`, `info`, `debug` or `trace`.
     /// `RUST_LOG`, when set, wins. Default `info`.
     pub level: LogLevel,
+    /// The diagnostic log's lines (on stderr): `text` or `json`. Default `text`.
+    pub format: LogFormat,
 }
 
 impl Default for LogSettings {
@@ -617,6 +619,7 @@ impl Default for LogSettings {
             access_format: AccessFormat::Json,
             access_buffer: 16_384,
             level: LogLevel::Info,
+            format: LogFormat::Text,
         }
     }
 }
@@ -654,6 +657,16 @@ pub enum AccessFormat {
     Json,
     /// Apache/nginx "combined": `IP - - [time] "request" status bytes "referer" "agent"`.
     Combined,
+}
+
+/// The form of the diagnostic log's lines (`log.format`).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// `2026-12-02T03:24:53.123456Z  INFO target: message`.
+    Text,
+    /// One JSON object a line (`timestamp`, `level`, `fields.message`, `target`).
+    Json,
 }
 
 /// The diagnostic log's level (`log.level`).

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use ingress_config::{Config, NodeRole};
+use ingress_config::{Config, LogFormat, NodeRole};
 use ingress_control_api::certs::{CertSettings, Certs};
 use ingress_control_api::grpc::Token;
 use ingress_control_api::replication::{Feed, Nodes};
@@ -60,13 +60,26 @@ fn main() -> ExitCode {
     }
 }
 
-/// The diagnostic log on stderr at `log.level`; `RUST_LOG`, when set, wins.
+/// The diagnostic log on stderr, through `tracing-subscriber`: at `log.level`
+/// (`RUST_LOG`, when set, wins, with its per-target directives such as
+/// `pingora_core=warn`), as text or JSON lines (`log.format`). `log` records,
+/// the project's and Pingora's, are bridged in.
 fn init_logging(config: &Config) -> Result<(), String> {
-    env_logger::Builder::from_env(
-        env_logger::Env::default().default_filter_or(config.log.level.as_str()),
-    )
-    .try_init()
-    .map_err(|e| format!("cannot set up logging: {e}"))
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(spec) if !spec.trim().is_empty() => {
+            EnvFilter::try_new(&spec).map_err(|e| format!("RUST_LOG {spec:?}: {e}"))?
+        }
+        _ => EnvFilter::new(config.log.level.as_str()),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let installed = match config.log.format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+    installed.map_err(|e| format!("cannot set up logging: {e}"))
 }
 
 /// The access log of `[log]`, its writer thread started and SIGUSR1 set to

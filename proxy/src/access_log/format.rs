@@ -97,11 +97,16 @@ pub fn combined(record: &AccessRecord, out: &mut Vec<u8>) {
     out.extend_from_slice(b" - - [");
     Civil::from_unix_millis(record.time_ms).write_clf(out);
     out.extend_from_slice(b"] \"");
-    escaped(out, text.method());
-    out.push(b' ');
-    escaped(out, text.target());
-    out.push(b' ');
-    out.extend_from_slice(protocol(record.http_version).as_bytes());
+    if text.method().is_empty() {
+        // A head refused before it could be read: no request line to show.
+        out.push(b'-');
+    } else {
+        escaped(out, text.method());
+        out.push(b' ');
+        escaped(out, text.target());
+        out.push(b' ');
+        out.extend_from_slice(protocol(record.http_version).as_bytes());
+    }
     let _ = write!(out, "\" {} {} \"", record.status, record.bytes_out);
     dash_or_escaped(out, text.referer());
     out.extend_from_slice(b"\" \"");
@@ -256,5 +261,12 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "10.0.0.7 - - [14/Nov/2023:22:13:20 +0000] \"GET /a?q=\\x22x\\x22 HTTP/1.1\" 404 120 \"-\" \"curl/8 \\x22quoted\\x22\\x0A\"\n"
         );
+        let mut refused = record();
+        refused.text = RequestText::default();
+        let mut out = Vec::new();
+        combined(&refused, &mut out);
+        assert!(String::from_utf8(out)
+            .unwrap()
+            .ends_with("] \"-\" 404 120 \"-\" \"-\"\n"),);
     }
 }

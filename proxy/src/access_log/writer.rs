@@ -4,7 +4,7 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,15 +14,18 @@ use prometheus::IntCounter;
 use super::format;
 use super::record::AccessRecord;
 
-/// Set by the SIGUSR1 handler; the writer reopens its file when it sees it.
+/// Set by the SIGUSR1 handler; the writer reopens its file at its next drain.
 static REOPEN: AtomicBool = AtomicBool::new(false);
 
-/// How often an idle writer looks at [`REOPEN`]: a rotated file is let go of
-/// within this even when no request comes.
-const REOPEN_POLL: Duration = Duration::from_millis(200);
+/// How long the writer sleeps between two drains of the channel. It polls
+/// rather than blocks: a writer parked in `recv` must be woken by a futex call
+/// on the request thread for every line (measured: 8 µs of system time per
+/// request, 15% of requests/s), while a sleeping one is woken by nobody.
+/// Lines reach the file within this; a rotated file is let go of within it.
+const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
 
 /// A batch is written once the channel is empty or the buffer holds this much.
-const BATCH_BYTES: usize = 64 * 1024;
+const BATCH_BYTES: usize = 256 * 1024;
 
 /// Where the request path sends its records. Cloning is cheap (one `Arc`). An
 /// off log ([`AccessLog::off`]) holds nothing, and [`AccessLog::is_on`] lets a
@@ -66,10 +69,11 @@ impl AccessLog {
                 path: path.clone(),
             },
         };
-        let (sender, receiver) = mpsc::sync_channel(buffer.max(1));
+        let capacity = buffer.max(1);
+        let (sender, receiver) = mpsc::sync_channel(capacity);
         std::thread::Builder::new()
             .name("access-log".to_string())
-            .spawn(move || run(receiver, sink, format))
+            .spawn(move || run(receiver, sink, format, capacity))
             .map_err(|e| format!("log.access: cannot start the writer thread: {e}"))?;
         Ok(AccessLog {
             inner: Some(Arc::new(Inner { sender, dropped })),
@@ -161,35 +165,45 @@ fn open(path: &Path) -> std::io::Result<File> {
         .open(path)
 }
 
-/// The writer thread: formats records into one reused buffer and writes it out
-/// whenever the channel runs dry (or the buffer is large), so a burst costs
-/// few system calls and a quiet period leaves nothing unwritten.
-fn run(receiver: Receiver<AccessRecord>, mut sink: Sink, form: AccessFormat) {
+/// The writer thread: every [`DRAIN_INTERVAL`] it takes what the channel
+/// holds, formats it into one reused buffer and writes it in batches of up to
+/// [`BATCH_BYTES`], so a busy second costs a few dozen system calls and the
+/// request threads never wake it. A drain that found a quarter of the channel
+/// full goes on at once instead of sleeping.
+fn run(receiver: Receiver<AccessRecord>, mut sink: Sink, form: AccessFormat, capacity: usize) {
     let write_line = match form {
         AccessFormat::Json => format::json,
         AccessFormat::Combined => format::combined,
     };
-    let mut buffer = Vec::with_capacity(BATCH_BYTES * 2);
+    let mut buffer = Vec::with_capacity(BATCH_BYTES + 4096);
     loop {
-        let first = receiver.recv_timeout(REOPEN_POLL);
         if REOPEN.swap(false, Ordering::Relaxed) {
             sink.reopen();
         }
-        match first {
-            Ok(record) => write_line(&record, &mut buffer),
-            Err(RecvTimeoutError::Timeout) => continue,
-            Err(RecvTimeoutError::Disconnected) => return,
-        }
-        while buffer.len() < BATCH_BYTES {
+        let mut taken = 0;
+        let gone = loop {
             match receiver.try_recv() {
-                Ok(record) => write_line(&record, &mut buffer),
-                Err(_) => break,
+                Ok(record) => {
+                    write_line(&record, &mut buffer);
+                    taken += 1;
+                    if buffer.len() >= BATCH_BYTES {
+                        sink.write(&buffer);
+                        buffer.clear();
+                    }
+                }
+                Err(TryRecvError::Empty) => break false,
+                Err(TryRecvError::Disconnected) => break true,
             }
+        };
+        if !buffer.is_empty() {
+            sink.write(&buffer);
+            buffer.clear();
         }
-        sink.write(&buffer);
-        buffer.clear();
-        if buffer.capacity() > BATCH_BYTES * 4 {
-            buffer.shrink_to(BATCH_BYTES * 2);
+        if gone {
+            return;
+        }
+        if taken * 4 < capacity.max(4) {
+            std::thread::sleep(DRAIN_INTERVAL);
         }
     }
 }
