@@ -19,6 +19,10 @@ ratio, same run), (e) = (c) against a second ingress holding 10,000 certificates
 (made by certgen.py into its tls.cert_dir). The negotiated protocol, cipher, key
 exchange and ALPN are recorded once per target with `openssl s_client`.
 
+--access-log measures two ingresses in alternation, one writing its JSON access
+log to a file and one with `[log] access = "off"` (every other mode runs the
+ingress with the access log off, as nginx runs with `access_log off`).
+
 Binaries are taken from $CARGO_TARGET_DIR/release when CARGO_TARGET_DIR is set,
 from target/release otherwise.
 
@@ -909,6 +913,8 @@ class Replica:
 [node]
 role = "proxy"
 id = "{self.node_id}"
+[log]
+access = "off"
 [control]
 endpoints = ["http://{LOOPBACK}:{self.control_grpc}"]
 token = "{REPLICA_TOKEN}"
