@@ -7,7 +7,8 @@
 //! (rejections, wakes, queueing, upgrades, odd requests), so behaviour there is
 //! unchanged. It does what the Pingora path does for the same request: the same
 //! resolution, forwarding headers, hop-by-hop removal, `x-ingress-version`,
-//! activity and in-flight tracking, metrics and error answers.
+//! activity and in-flight tracking, metrics, error answers, the request id and
+//! the access-log line.
 
 pub mod pool;
 pub mod request;
