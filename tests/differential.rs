@@ -504,6 +504,33 @@ fn without_version_ids(text: &str) -> String {
     out
 }
 
+/// Generated request ids (32 hex digits; each ingress has its own prefix) in
+/// error bodies are written as `RID`.
+fn without_request_ids(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        let id = bytes.len() >= at + 32
+            && bytes[at..at + 32]
+                .iter()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+            && (at == 0 || !bytes[at - 1].is_ascii_alphanumeric())
+            && bytes
+                .get(at + 32)
+                .is_none_or(|b| !b.is_ascii_alphanumeric());
+        if id {
+            out.push_str("RID");
+            at += 32;
+        } else {
+            let ch = text[at..].chars().next().unwrap_or_default();
+            out.push(ch);
+            at += ch.len_utf8().max(1);
+        }
+    }
+    out
+}
+
 /// What of an answer both paths must agree on.
 fn answer_summary(answer: &RawAnswer) -> String {
     let fields: Vec<String> = [
@@ -522,13 +549,13 @@ fn answer_summary(answer: &RawAnswer) -> String {
             .map(|v| format!("{name}: {}", v.to_ascii_lowercase()))
     })
     .collect();
-    without_version_ids(&format!(
+    without_request_ids(&without_version_ids(&format!(
         "{} [{}] body={:?} trailers={:?}",
         answer.status,
         fields.join("; "),
         String::from_utf8_lossy(&answer.body),
         answer.trailers
-    ))
+    )))
 }
 
 fn client_summary(conversation: &Conversation) -> Vec<String> {

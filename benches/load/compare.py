@@ -19,6 +19,10 @@ ratio, same run), (e) = (c) against a second ingress holding 10,000 certificates
 (made by certgen.py into its tls.cert_dir). The negotiated protocol, cipher, key
 exchange and ALPN are recorded once per target with `openssl s_client`.
 
+--access-log measures two ingresses in alternation, one writing its JSON access
+log to a file and one with `[log] access = "off"` (every other mode runs the
+ingress with the access log off, as nginx runs with `access_log off`).
+
 Binaries are taken from $CARGO_TARGET_DIR/release when CARGO_TARGET_DIR is set,
 from target/release otherwise.
 
@@ -307,8 +311,12 @@ http://:{port} {{
 class Ingress:
     """The `ingress` release binary with its own data directory and ports."""
 
-    def __init__(self, workdir, threads, proxy_extra="", extra_config="", extra_tokens=""):
+    def __init__(self, workdir, threads, proxy_extra="", extra_config="", extra_tokens="",
+                 access_log="off"):
         self.workdir = workdir
+        # `[log] access`: off unless a mode measures it, as nginx runs with
+        # `access_log off` here.
+        self.access_log = access_log
         self.extra_tokens = extra_tokens
         self.port = free_port()
         self.grpc = free_port()
@@ -336,6 +344,8 @@ http_listen = "{LOOPBACK}:{self.http}"
 tokens = [{{ name = "load", secret = "{TOKEN}" }}{self.extra_tokens}]
 [store]
 data_dir = "{data}"
+[log]
+access = {json.dumps(self.access_log)}
 {self.extra_config}
 """)
         env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "warn"))
@@ -681,6 +691,54 @@ def compare(args, workdir):
     print("\n".join(report))
 
 
+def access_log(args, workdir):
+    """Requests/s of two ingresses measured in alternation: one writing its
+    JSON access log to a file, one with `[log] access = "off"`."""
+    upstream_port = free_port()
+    start_upstream(workdir, upstream_port)
+    extra = proxy_extra(args)
+    log_path = os.path.join(workdir, "log-on", "access.log")
+    targets = []
+    ingresses = {}
+    for name, access, own_dir in (("ingress log on", log_path, "log-on"),
+                                  ("ingress log off", "off", "log-off")):
+        subdir = os.path.join(workdir, own_dir)
+        os.makedirs(subdir, exist_ok=True)
+        ingress = Ingress(subdir, args.threads, proxy_extra=extra, access_log=access)
+        ingress.start()
+        import_apps(ingress, args.apps, args.labels, upstream_port)
+        ingresses[name] = ingress
+    host = request_host(args.apps, args.labels)
+    for name, ingress in ingresses.items():
+        status, _, body = http_get(f"http://{LOOPBACK}:{ingress.port}/", host=host)
+        if status != 200 or body.decode(errors="replace") != BODY:
+            raise SystemExit(f"{name} answered {status} {body[:80]!r}, not the upstream's body")
+        targets.append((name, ingress.port, ingress.process))
+    results = measure(targets, args.rounds, args.seconds, args.connections, host, upstream_port)
+    time.sleep(1)  # the writer's last batch
+    lines = count_lines(log_path, '"request_id"')
+    served = sum(r["requests"] for r in results["ingress log on"])
+    dropped = ingresses["ingress log on"].metric("ingress_access_log_dropped_total")
+    on = median(results["ingress log on"], "rps")
+    off = median(results["ingress log off"], "rps")
+    report = [
+        f"Machine: {machine()}",
+        f"Load: wrk -t1 -c{args.connections} -d{args.seconds}s, {args.rounds} rounds in "
+        f"alternation; two ingresses (threads {args.threads}, {args.apps} apps x "
+        f"{args.labels} labels), one with `[log] access = FILE` (JSON), one with "
+        f"`access = \"off\"`; request host {host}.",
+        "",
+        table(results),
+        "",
+        f"- log on / log off: {on / off:.3f} (requests/s, medians: {on:.0f} / {off:.0f}); "
+        f"cost {100 * (1 - on / off):.1f}%",
+        f"- access-log lines written: {lines} (the measured rounds served {served} "
+        f"requests, plus warm-up and checks); dropped (ingress_access_log_dropped_total): "
+        f"{dropped:.0f}",
+    ]
+    print("\n".join(report))
+
+
 def scale(args, workdir):
     """Throughput and p99 at each route count, all instances up at once and
     measured in alternation, with each instance's resident memory."""
@@ -855,6 +913,8 @@ class Replica:
 [node]
 role = "proxy"
 id = "{self.node_id}"
+[log]
+access = "off"
 [control]
 endpoints = ["http://{LOOPBACK}:{self.control_grpc}"]
 token = "{REPLICA_TOKEN}"
@@ -1708,12 +1768,15 @@ def main():
                         help="certificates of the second ingress in --tls (e)")
     parser.add_argument("--tls-haproxy", action="store_true",
                         help="with --tls: HAProxy too (bind ... ssl crt ... alpn h2,http/1.1)")
+    parser.add_argument("--access-log", action="store_true",
+                        help="requests/s with the JSON access log to a file vs access = off, "
+                             "two ingresses measured in alternation")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args()
     if not 1 <= args.rounds <= 50 or not 1 <= args.seconds <= 120:
         parser.error("--rounds must be 1..50 and --seconds 1..120")
-    if sum(map(bool, (args.tls, args.scale, args.publish, args.replicas))) > 1:
-        parser.error("--tls, --scale, --publish and --replicas are separate runs")
+    if sum(map(bool, (args.tls, args.scale, args.publish, args.replicas, args.access_log))) > 1:
+        parser.error("--tls, --scale, --publish, --replicas and --access-log are separate runs")
     if not 1 <= args.changes <= 1000:
         parser.error("--changes must be 1..1000")
     if args.interval_ms is None:
@@ -1724,6 +1787,8 @@ def main():
         tools = ("wrk", "nginx", "h2load", "openssl") + (("haproxy",) if args.tls_haproxy else ())
     elif args.scale or args.publish:
         tools = ("wrk", "nginx")
+    elif args.access_log:
+        tools = ("wrk",)
     else:
         tools = ("wrk", "nginx", "haproxy", "caddy")
     for tool in tools:
@@ -1741,6 +1806,8 @@ def main():
             tls(args, workdir)
         elif args.replicas:
             replicas(args, workdir)
+        elif args.access_log:
+            access_log(args, workdir)
         else:
             compare(args, workdir)
     finally:

@@ -23,6 +23,8 @@
 #                                       # apart, the routing stream's bytes per change, and a
 #                                       # fresh replica's time to the whole state
 #   benches/load/run.sh --replicas --apps 100 --changes 20   # its quick check
+#   benches/load/run.sh --access-log    # requests/s with the JSON access log to a file vs
+#                                       # [log] access = "off", two ingresses in alternation
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 missing=()

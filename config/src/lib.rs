@@ -11,8 +11,8 @@ pub use cert_name::{is_cert_name, CERT_NAME_RULE};
 pub use duration::{format_duration, parse_duration, ConfigDuration, DURATION_RULE};
 pub use load::ConfigError;
 pub use settings::{
-    ActivitySettings, AdminSettings, Config, ControlSettings, EphemeralSettings, IdleSettings,
-    LogLevel, LogSettings, Misdirected, NodeRole, NodeSettings, ProcessSettings, ProxySettings,
-    RuntimeSettings, StoreSettings, SupersedeSettings, TlsSettings, TokenRole, TokenSettings,
-    UnknownSni, WakeMode, WakeSettings,
+    AccessFormat, AccessLog, ActivitySettings, AdminSettings, Config, ControlSettings,
+    EphemeralSettings, IdleSettings, LogFormat, LogLevel, LogSettings, Misdirected, NodeRole,
+    NodeSettings, ProcessSettings, ProxySettings, RuntimeSettings, StoreSettings,
+    SupersedeSettings, TlsSettings, TokenRole, TokenSettings, UnknownSni, WakeMode, WakeSettings,
 };

@@ -95,6 +95,11 @@ impl Config {
                 1_000,
             ),
             ("wake.max_waiters", self.wake.max_waiters as u64, 1_000_000),
+            (
+                "log.access_buffer",
+                self.log.access_buffer as u64,
+                1_000_000,
+            ),
             ("proxy.max_headers", self.proxy.max_headers as u64, 256),
         ] {
             if value == 0 || value > max {
@@ -801,6 +806,54 @@ stop_grace = "10s"
         assert!(e.contains("threads"), "lists the allowed keys: {e}");
         let e = error_of("[proxies]\nthreads = 4");
         assert!(e.starts_with("proxies: unknown field `proxies`"), "{e}");
+    }
+
+    #[test]
+    fn the_log_section() {
+        let config = parse("").unwrap();
+        assert_eq!(config.log.access, crate::AccessLog::Stdout);
+        assert_eq!(config.log.access_format, crate::AccessFormat::Json);
+        let config = parse(
+            "[log]\naccess = \"/var/log/ingress/access.log\"\naccess_format = \"combined\"\nlevel = \"debug\"",
+        )
+        .unwrap();
+        assert_eq!(
+            config.log.access,
+            crate::AccessLog::File("/var/log/ingress/access.log".into())
+        );
+        assert_eq!(config.log.access_format, crate::AccessFormat::Combined);
+        assert_eq!(config.log.level, crate::LogLevel::Debug);
+        assert_eq!(
+            parse("[log]\naccess = \"off\"").unwrap().log.access,
+            crate::AccessLog::Off
+        );
+        let e = error_of("[log]\naccess = \"\"");
+        assert!(
+            e.starts_with("log.access: must be \"stdout\", \"off\" or the path of a file"),
+            "{e}"
+        );
+        let e = error_of("[log]\naccess_format = \"clf\"");
+        assert!(
+            e.starts_with("log.access_format: unknown variant `clf`"),
+            "{e}"
+        );
+        assert!(e.contains("json") && e.contains("combined"), "{e}");
+        assert_eq!(config.log.format, crate::LogFormat::Text);
+        assert_eq!(
+            parse("[log]\nformat = \"json\"").unwrap().log.format,
+            crate::LogFormat::Json
+        );
+        let e = error_of("[log]\nformat = \"xml\"");
+        assert!(e.starts_with("log.format: unknown variant `xml`"), "{e}");
+        let e = error_of("[log]\nlevel = \"loud\"");
+        assert!(e.starts_with("log.level: unknown variant `loud`"), "{e}");
+        let e = error_of("[log]\naccess_buffer = 0");
+        assert_eq!(
+            e,
+            "log.access_buffer: 0 is out of range; allowed 1 to 1000000"
+        );
+        let e = error_of("[log]\nacess = \"off\"");
+        assert!(e.starts_with("log.acess: unknown field `acess`"), "{e}");
     }
 
     #[test]

@@ -3,6 +3,8 @@
 
 use bytes::Bytes;
 
+use crate::request_id::RequestId;
+
 /// An error answer: status, a stable code and a human sentence.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ErrorAnswer {
@@ -100,19 +102,22 @@ fn is_token_byte(byte: u8) -> bool {
 }
 
 impl ErrorAnswer {
-    /// The body and its content type, in the form the client asked for.
-    pub fn body(&self, json: bool) -> (&'static str, Bytes) {
+    /// The body and its content type, in the form the client asked for. Both
+    /// carry the request id, so a user's report can be matched to the logs:
+    /// JSON in `request_id`, text as a `(request id ...)` suffix on its line.
+    pub fn body(&self, json: bool, request_id: &RequestId) -> (&'static str, Bytes) {
         if json {
             let body = serde_json::json!({
                 "status": self.status,
                 "error": self.code,
                 "message": self.message,
+                "request_id": request_id.as_str(),
             });
             ("application/json", Bytes::from(body.to_string()))
         } else {
             (
                 "text/plain; charset=utf-8",
-                Bytes::from(format!("{}\n", self.message)),
+                Bytes::from(format!("{} (request id {request_id})\n", self.message)),
             )
         }
     }
@@ -200,14 +205,19 @@ mod tests {
             message: "no preview named pr-2 for app shop".into(),
             retry_after_secs: None,
         };
-        let (kind, body) = answer.body(false);
+        let id = RequestId::parse(b"req-7").unwrap();
+        let (kind, body) = answer.body(false, &id);
         assert_eq!(kind, "text/plain; charset=utf-8");
-        assert_eq!(&body[..], b"no preview named pr-2 for app shop\n");
-        let (kind, body) = answer.body(true);
+        assert_eq!(
+            &body[..],
+            b"no preview named pr-2 for app shop (request id req-7)\n"
+        );
+        let (kind, body) = answer.body(true, &id);
         assert_eq!(kind, "application/json");
         let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(value["status"], 404);
         assert_eq!(value["error"], "no_such_preview");
         assert_eq!(value["message"], "no preview named pr-2 for app shop");
+        assert_eq!(value["request_id"], "req-7");
     }
 }

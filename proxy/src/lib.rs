@@ -3,6 +3,7 @@
 //! proxies with Pingora. It depends on no control-plane code: it reads snapshots
 //! that the control plane publishes and asks a [`LeaseSource`] for leases.
 
+pub mod access_log;
 pub mod activity;
 pub mod error_response;
 pub mod fast_path;
@@ -12,6 +13,7 @@ pub mod instance_gate;
 pub mod lease;
 pub mod lease_source;
 pub mod metrics;
+pub mod request_id;
 pub mod resolve;
 pub mod server;
 pub mod service;
@@ -20,10 +22,12 @@ pub mod time;
 pub mod tls;
 pub mod wake_rules;
 
+pub use access_log::AccessLog;
 pub use activity::{ActivityRegistry, InFlightGuard, VersionActivity};
 pub use lease::{Lease, LeaseCache, LeaseKey, LeaseValidity};
 pub use lease_source::{Grant, LeaseAnswer, LeaseError, LeaseSource};
 pub use metrics::{Metrics, WakeOutcome};
+pub use request_id::RequestId;
 pub use resolve::{resolve, Rejection, ResolutionKind, Resolved};
 pub use server::{Listeners, LiveOptions, ProxyServer, ServerOptions, ShutdownTrigger};
 pub use service::{IngressProxy, ProxyOptions};

@@ -42,6 +42,9 @@ pub struct Metrics {
     pub queue_rejections: IntCounter,
     /// Requests the fast path served itself (the rest went through pingora-proxy).
     pub fast_path_requests: IntCounter,
+    /// Access-log lines dropped because the writer fell behind (its channel was
+    /// full); a request never waits for the log.
+    pub access_log_dropped: IntCounter,
     /// TLS handshakes by result (`ok`, `no_cert`).
     pub tls_handshakes: IntCounterVec,
     /// Loaded certificates by status (`ok`, `expiring`, `expired`).
@@ -197,6 +200,11 @@ impl Metrics {
             "Requests served by the fast path rather than pingora-proxy.",
         )?;
         registry.register(Box::new(fast_path_requests.clone()))?;
+        let access_log_dropped = IntCounter::new(
+            "ingress_access_log_dropped_total",
+            "Access-log lines dropped because the writer fell behind (log.access_buffer full).",
+        )?;
+        registry.register(Box::new(access_log_dropped.clone()))?;
         let tls_handshakes = IntCounterVec::new(
             Opts::new(
                 "ingress_tls_handshakes_total",
@@ -227,6 +235,7 @@ impl Metrics {
             tls_certificates,
             tls_cert_expiry,
             fast_path_requests,
+            access_log_dropped,
             connections_open,
             connections_refused,
             refusals,

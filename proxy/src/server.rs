@@ -327,6 +327,7 @@ impl ProxyServer {
             .fast_path
             .then(|| FastPath::new(proxy.clone(), options.upstream_keepalive_pool_size));
         let proxy_live = proxy.live_options();
+        let access_log = proxy.access_log().clone();
         let mut proxy = pingora_proxy::http_proxy(&server.configuration, proxy);
         let mut server_options = pingora_core::apps::HttpServerOptions::default();
         // The loop hands over only connections it found to be h2c; Pingora's
@@ -350,7 +351,8 @@ impl ProxyServer {
             Arc::clone(&drain),
             metrics,
             Arc::clone(&conn_options),
-        );
+        )
+        .with_access_log(access_log);
         let mut service = Service::new("ingress proxy".to_string(), app);
         service.add_tcp(&options.listen.to_string());
         if let Some((tls, certs)) = &options.tls {

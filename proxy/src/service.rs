@@ -19,7 +19,12 @@
 //!   that were held while their version woke, and `Strict-Transport-Security` on
 //!   TLS when configured.
 //! - `fail_to_connect` / `fail_to_proxy`: retry another address, then a clear 502/504.
-//! - `logging`: request counter by resolution kind and status class.
+//! - `logging`: request counter by resolution kind and status class, and the
+//!   access-log line ([`crate::access_log`]).
+//!
+//! Every request has an id ([`crate::request_id`]), taken in `request_filter`:
+//! it goes upstream and back to the client in `X-Request-Id`, and into error
+//! bodies and the access log.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,6 +38,7 @@ use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
+use crate::access_log::{AccessLog, AccessRecord, RequestText};
 use crate::activity::InFlightGuard;
 use crate::error_response::{accepts_json, connection_header_problem, starting_page, ErrorAnswer};
 use crate::http1::drain::Drain;
@@ -40,6 +46,7 @@ use crate::instance_gate::{is_fresh, retransmitted, Exchange, Gate, Slot};
 use crate::lease::{Lease, LeaseCache};
 use crate::lease_source::{Grant, LeaseAnswer, LeaseError, LeaseSource};
 use crate::metrics::{Metrics, WakeOutcome};
+use crate::request_id::{self, RequestId};
 use crate::resolve::{resolve, ResolutionKind};
 use crate::snapshot::{SnapshotHandle, Target};
 use crate::time::now_unix_millis;
@@ -105,6 +112,8 @@ pub struct IngressProxy {
     pub(crate) drain: Arc<Drain>,
     /// The `[tls]` request-path rules, when TLS is configured.
     pub(crate) edge: Option<Arc<Edge>>,
+    /// Where each request's access-log line goes (off unless set).
+    pub(crate) access_log: AccessLog,
 }
 
 /// How the lease step of a request ended when it did not produce a lease.
@@ -135,7 +144,19 @@ impl IngressProxy {
             options: Arc::new(ArcSwap::from_pointee(options)),
             drain: Drain::new(),
             edge: None,
+            access_log: AccessLog::off(),
         }
+    }
+
+    /// The proxy writing one access-log line per request to `log`.
+    pub fn with_access_log(mut self, log: AccessLog) -> IngressProxy {
+        self.access_log = log;
+        self
+    }
+
+    /// The access log this proxy writes to (shared with the connection loop).
+    pub fn access_log(&self) -> &AccessLog {
+        &self.access_log
     }
 
     /// The proxy with the `[tls]` request-path rules (redirect, 421, HSTS).
@@ -449,6 +470,19 @@ fn fresh_retry_pause(lease: &Lease, retries_so_far: u32, now_ms: u64) -> Option<
 /// Per-request state shared across hooks.
 #[derive(Default)]
 pub struct RequestCtx {
+    /// When the request's head was complete: Unix ms for the log line, and an
+    /// instant for its duration.
+    started_ms: u64,
+    started: Option<Instant>,
+    /// The request's id; taken from the request at the first hook that needs it.
+    request_id: Option<RequestId>,
+    /// The client sent this id itself (so the upstream already has it).
+    id_from_client: bool,
+    /// The last upstream address tried, and its time to the response head.
+    upstream_addr: Option<SocketAddr>,
+    upstream_us: Option<u64>,
+    /// The code of the error answer the proxy gave, for the access log.
+    error: Option<&'static str>,
     kind: Option<ResolutionKind>,
     target: Option<Arc<Target>>,
     lease: Option<Arc<Lease>>,
@@ -471,6 +505,74 @@ pub struct RequestCtx {
     answer: Option<ErrorAnswer>,
     /// The request arrived over TLS.
     tls: bool,
+}
+
+impl RequestCtx {
+    /// This request's id: the client's `X-Request-Id` when it sent exactly one
+    /// valid one, else a new one. Fixed at the first call.
+    fn request_id(&mut self, request: &RequestHeader) -> RequestId {
+        if let Some(id) = self.request_id {
+            return id;
+        }
+        let mut values = request.headers.get_all(request_id::HEADER).iter();
+        let only = match (values.next(), values.next()) {
+            (Some(value), None) => Some(value.as_bytes()),
+            _ => None,
+        };
+        let (id, from_client) = RequestId::accept_or_generate(only);
+        self.request_id = Some(id);
+        self.id_from_client = from_client;
+        id
+    }
+}
+
+/// The access-log record of a request the Pingora path served (or answered).
+fn access_record(session: &Session, ctx: &mut RequestCtx) -> AccessRecord {
+    let request = session.req_header();
+    let request_id = ctx.request_id(request);
+    let header = |name: header::HeaderName| request.headers.get(name).map(|v| v.as_bytes());
+    let host = match request.uri.authority() {
+        Some(authority) => authority.as_str().as_bytes(),
+        None => header(header::HOST).unwrap_or_default(),
+    };
+    let target = request.uri.path_and_query().map_or("", |p| p.as_str());
+    AccessRecord {
+        time_ms: ctx.started_ms,
+        client_ip: session
+            .client_addr()
+            .and_then(|addr| addr.as_inet())
+            .map(|addr| addr.ip()),
+        text: RequestText::new(
+            request.method.as_str().as_bytes(),
+            host,
+            target.as_bytes(),
+            header(header::USER_AGENT),
+            header(header::REFERER),
+        ),
+        http_version: match request.version {
+            http::Version::HTTP_10 | http::Version::HTTP_09 => 10,
+            http::Version::HTTP_2 => 20,
+            _ => 11,
+        },
+        status: session
+            .response_written()
+            .map_or(0, |response| response.status.as_u16()),
+        bytes_in: session.body_bytes_read() as u64,
+        bytes_out: session.body_bytes_sent() as u64,
+        duration_us: ctx.started.map_or(0, |started| micros(started.elapsed())),
+        upstream_addr: ctx.upstream_addr,
+        upstream_us: ctx.upstream_us,
+        target: ctx.target.clone(),
+        kind: ctx.kind,
+        cold_start_ms: ctx.cold_start_ms,
+        error: ctx.error,
+        request_id,
+    }
+}
+
+/// Whole microseconds of `elapsed`.
+fn micros(elapsed: Duration) -> u64 {
+    u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// Joins several `cookie` fields into one `Cookie: a=1; b=2` for an HTTP/1
@@ -506,17 +608,23 @@ fn request_host(request: &RequestHeader) -> &[u8] {
         .map_or(&b""[..], |value| value.as_bytes())
 }
 
-/// Answers with `answer`, as JSON when the client accepts JSON. Only error paths
-/// look at `Accept`, so a proxied request never pays for it.
+/// Answers with `answer`, as JSON when the client accepts JSON, with the
+/// request id in the body and in `X-Request-Id`; notes its code for the access
+/// log. Only error paths look at `Accept`, so a proxied request never pays for
+/// it.
 async fn write_error(
     session: &mut Session,
     answer: &ErrorAnswer,
     hsts: Option<&str>,
+    ctx: &mut RequestCtx,
 ) -> Result<()> {
+    ctx.error = Some(answer.code);
+    let request_id = ctx.request_id(session.req_header());
     let accept = session.req_header().headers.get(header::ACCEPT);
     let json = accepts_json(accept.map(|v| v.as_bytes()));
-    let (content_type, body) = answer.body(json);
-    let mut response = ResponseHeader::build(answer.status, Some(4))?;
+    let (content_type, body) = answer.body(json, &request_id);
+    let mut response = ResponseHeader::build(answer.status, Some(5))?;
+    response.insert_header(request_id::HEADER, request_id.as_str())?;
     response.insert_header(header::CONTENT_TYPE, content_type)?;
     response.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
     response.insert_header(header::CACHE_CONTROL, "no-store")?;
@@ -533,9 +641,14 @@ async fn write_error(
 }
 
 /// Answers 308 to `location` (method and body are kept by the client).
-async fn write_redirect(session: &mut Session, location: &str) -> Result<()> {
+async fn write_redirect(
+    session: &mut Session,
+    location: &str,
+    request_id: &RequestId,
+) -> Result<()> {
     let body = format!("moved to {location}\n");
-    let mut response = ResponseHeader::build(308, Some(4))?;
+    let mut response = ResponseHeader::build(308, Some(5))?;
+    response.insert_header(request_id::HEADER, request_id.as_str())?;
     response.insert_header(header::LOCATION, location)?;
     response.insert_header(header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
     response.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
@@ -549,9 +662,14 @@ async fn write_redirect(session: &mut Session, location: &str) -> Result<()> {
 }
 
 /// Answers a browser with the self-refreshing "starting" page.
-async fn write_starting_page(session: &mut Session, target: &Target) -> Result<()> {
+async fn write_starting_page(
+    session: &mut Session,
+    target: &Target,
+    request_id: &RequestId,
+) -> Result<()> {
     let body = starting_page(&target.app, &target.version_id);
-    let mut response = ResponseHeader::build(503, Some(5))?;
+    let mut response = ResponseHeader::build(503, Some(6))?;
+    response.insert_header(request_id::HEADER, request_id.as_str())?;
     response.insert_header(header::CONTENT_TYPE, "text/html; charset=utf-8")?;
     response.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
     response.insert_header(header::CACHE_CONTROL, "no-store")?;
@@ -606,7 +724,12 @@ impl ProxyHttp for IngressProxy {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::default()
+        // Pingora makes the context once the request head is read.
+        RequestCtx {
+            started_ms: now_unix_millis(),
+            started: Some(Instant::now()),
+            ..RequestCtx::default()
+        }
     }
 
     /// No downstream modules: Pingora's default adds a compression module that is
@@ -622,6 +745,7 @@ impl ProxyHttp for IngressProxy {
             // it on HTTP/1 sessions.)
             session.set_write_timeout(Some(self.options.load().write_timeout));
         }
+        let request_id = ctx.request_id(session.req_header());
         if let Some(edge) = &self.edge {
             let digest = session.digest();
             ctx.tls = digest.is_some_and(|d| d.ssl_digest.is_some());
@@ -633,12 +757,12 @@ impl ProxyHttp for IngressProxy {
             match edge.verdict(ConnTls::of(digest), ctx.tls, request_host(request), target) {
                 Verdict::Serve => {}
                 Verdict::Redirect(location) => {
-                    write_redirect(session, &location).await?;
+                    write_redirect(session, &location, &request_id).await?;
                     return Ok(true);
                 }
                 Verdict::Misdirected(host) => {
                     let answer = misdirected_answer(&host);
-                    write_error(session, &answer, self.hsts(ctx.tls)).await?;
+                    write_error(session, &answer, self.hsts(ctx.tls), ctx).await?;
                     return Ok(true);
                 }
             }
@@ -663,10 +787,13 @@ impl ProxyHttp for IngressProxy {
                     message: rejection.to_string(),
                     retry_after_secs: None,
                 };
-                write_error(session, &answer, self.hsts(ctx.tls)).await?;
+                write_error(session, &answer, self.hsts(ctx.tls), ctx).await?;
                 return Ok(true);
             }
         };
+        // Known from here on, so the access log names the app and version of a
+        // request that fails later (a wake that times out, say).
+        ctx.target = Some(Arc::clone(&target));
         let request = session.req_header();
         let user_agent = request
             .headers
@@ -691,17 +818,18 @@ impl ProxyHttp for IngressProxy {
                     ctx.in_flight = Some(next.activity.enter(now_ms));
                 }
                 target = next;
+                ctx.target = Some(Arc::clone(&target));
                 lease = self.lease_for(session, ctx, &target, ignored, now_ms).await;
             }
         }
         match lease {
             Ok(lease) => ctx.lease = Some(lease),
             Err(NoLease::Answer(answer)) => {
-                write_error(session, &answer, self.hsts(ctx.tls)).await?;
+                write_error(session, &answer, self.hsts(ctx.tls), ctx).await?;
                 return Ok(true);
             }
             Err(NoLease::StartingPage) => {
-                write_starting_page(session, &target).await?;
+                write_starting_page(session, &target, &request_id).await?;
                 return Ok(true);
             }
             Err(NoLease::ClientGone) => {
@@ -745,6 +873,7 @@ impl ProxyHttp for IngressProxy {
         peer.options.write_timeout = Some(options.write_timeout);
         peer.options.idle_timeout = Some(options.upstream_idle_timeout);
         ctx.upstream_started = Some(Instant::now());
+        ctx.upstream_addr = Some(addr);
         Ok(Box::new(peer))
     }
 
@@ -804,6 +933,11 @@ impl ProxyHttp for IngressProxy {
         if let Some(host) = upstream_request.headers.get(header::HOST).cloned() {
             upstream_request.insert_header("x-forwarded-host", host)?;
         }
+        // A valid id from the client is already there; any other is replaced.
+        let request_id = ctx.request_id(session.req_header());
+        if !ctx.id_from_client {
+            upstream_request.insert_header(request_id::HEADER, request_id.as_str())?;
+        }
         Ok(())
     }
 
@@ -845,9 +979,9 @@ impl ProxyHttp for IngressProxy {
             });
         }
         if let Some(started) = ctx.upstream_started.take() {
-            self.metrics
-                .upstream_latency
-                .observe(started.elapsed().as_secs_f64());
+            let elapsed = started.elapsed();
+            self.metrics.upstream_latency.observe(elapsed.as_secs_f64());
+            ctx.upstream_us = Some(micros(elapsed));
         }
         Ok(())
     }
@@ -872,6 +1006,8 @@ impl ProxyHttp for IngressProxy {
         if let Some(waited_ms) = ctx.cold_start_ms {
             upstream_response.insert_header("x-ingress-cold-start", waited_ms.to_string())?;
         }
+        let request_id = ctx.request_id(session.req_header());
+        upstream_response.insert_header(request_id::HEADER, request_id.as_str())?;
         if let Some(hsts) = self.hsts(ctx.tls) {
             upstream_response.insert_header(header::STRICT_TRANSPORT_SECURITY, hsts)?;
         }
@@ -924,7 +1060,7 @@ impl ProxyHttp for IngressProxy {
                 .flatten()
         });
         if let Some(answer) = chosen {
-            if let Err(write_error) = write_error(session, &answer, self.hsts(ctx.tls)).await {
+            if let Err(write_error) = write_error(session, &answer, self.hsts(ctx.tls), ctx).await {
                 log::debug!("could not send the error response: {write_error}");
             }
             return FailToProxy {
@@ -949,7 +1085,7 @@ impl ProxyHttp for IngressProxy {
         };
         if status > 0 {
             let answer = upstream_error_answer(ctx.target.as_deref(), status, reason);
-            if let Err(write_error) = write_error(session, &answer, self.hsts(ctx.tls)).await {
+            if let Err(write_error) = write_error(session, &answer, self.hsts(ctx.tls), ctx).await {
                 log::debug!("could not send the error response: {write_error}");
             }
         }
@@ -968,5 +1104,8 @@ impl ProxyHttp for IngressProxy {
         }
         ctx.slot = None;
         ctx.in_flight = None;
+        if self.access_log.is_on() {
+            self.access_log.send(access_record(session, ctx));
+        }
     }
 }

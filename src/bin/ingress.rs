@@ -18,12 +18,13 @@ use ingress_control_api::serve::ReplicationSettings;
 use ingress_control_api::serve::{self, ControlSettings};
 use ingress_control_api::store::{DataDirLock, SqliteSandboxLedger, SqliteStore};
 use ingress_control_api::{ControlMetrics, ControlPlane, PlaneSettings};
+use ingress_proxy::access_log::install_reopen_signal;
 use ingress_proxy::http1::raise_descriptor_limit;
 use ingress_proxy::time::now_unix_millis;
 use ingress_proxy::tls::{CertStore, Edge, TlsOptions};
 use ingress_proxy::{
-    IngressProxy, LeaseCache, Listeners, Metrics, ProxyOptions, ProxyServer, ServerOptions,
-    SnapshotHandle,
+    AccessLog, IngressProxy, LeaseCache, Listeners, Metrics, ProxyOptions, ProxyServer,
+    ServerOptions, SnapshotHandle,
 };
 
 #[path = "ingress/reload.rs"]
@@ -85,9 +86,24 @@ fn main() -> ExitCode {
     }
 }
 
+/// The access log of `[log]`, its writer thread started and SIGUSR1 set to
+/// reopen its file; off when `log.access = "off"`.
+fn start_access_log(config: &Config, metrics: &Metrics) -> Result<AccessLog, String> {
+    let log = AccessLog::start(
+        &config.log.access,
+        config.log.access_format,
+        config.log.access_buffer,
+        metrics.access_log_dropped.clone(),
+    )?;
+    if log.is_on() {
+        install_reopen_signal().map_err(|e| format!("log.access: cannot handle SIGUSR1: {e}"))?;
+    }
+    Ok(log)
+}
+
 /// Wires the store, the control plane and the proxy, and serves until a signal.
 fn run(args: &Args, config: &Config) -> Result<(), String> {
-    let log_from_env = reload::init_logging(config);
+    let log_from_env = reload::init_logging(config)?;
     if config.node.role == NodeRole::Proxy {
         return replica::run(args, config, log_from_env);
     }
@@ -188,7 +204,8 @@ fn run(args: &Args, config: &Config) -> Result<(), String> {
         plane.lease_source(),
         Arc::clone(&metrics),
         ProxyOptions::from_config(config),
-    );
+    )
+    .with_access_log(start_access_log(config, &metrics)?);
     if let Some(tls) = TlsOptions::from_config(config) {
         proxy = proxy.with_edge(Edge::new(tls, Arc::clone(&certs)));
     }

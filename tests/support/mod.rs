@@ -328,6 +328,16 @@ pub fn client() -> reqwest::Client {
         .expect("client")
 }
 
+/// A text error body without its ` (request id ID)` suffix, which must name
+/// `id` (the answer's `x-request-id`).
+pub fn strip_request_id(body: &str, id: &str) -> String {
+    let suffix = format!(" (request id {id})\n");
+    match body.strip_suffix(&suffix) {
+        Some(message) => format!("{message}\n"),
+        None => panic!("{body:?} does not end with {suffix:?}"),
+    }
+}
+
 /// A raw response: status, headers (lower-cased names) and body.
 pub struct RawResponse {
     pub status: u16,

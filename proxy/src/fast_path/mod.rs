@@ -7,7 +7,8 @@
 //! (rejections, wakes, queueing, upgrades, odd requests), so behaviour there is
 //! unchanged. It does what the Pingora path does for the same request: the same
 //! resolution, forwarding headers, hop-by-hop removal, `x-ingress-version`,
-//! activity and in-flight tracking, metrics and error answers.
+//! activity and in-flight tracking, metrics, error answers, the request id and
+//! the access-log line.
 
 pub mod pool;
 pub mod request;
@@ -23,12 +24,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::access_log::{AccessRecord, RequestText};
 use crate::error_response::ErrorAnswer;
 use crate::http1::answer::answer_bytes;
 use crate::http1::head::Head;
 use crate::instance_gate::is_fresh;
 use crate::lease::Lease;
 use crate::lease_source::LeaseAnswer;
+use crate::request_id::RequestId;
 use crate::resolve::resolve;
 use crate::service::{upstream_error_answer, IngressProxy};
 use crate::snapshot::Target;
@@ -127,6 +130,22 @@ struct Plan {
     request_len: usize,
     /// The request came over TLS.
     tls: bool,
+    request_id: RequestId,
+    /// Request body bytes.
+    body_len: u64,
+    /// The request's strings for the access log; only when it is on.
+    text: Option<RequestText>,
+}
+
+/// What the access log wants to know of an exchange beyond its status.
+#[derive(Debug, Default)]
+struct Tally {
+    /// Response body bytes written to the client (chunked framing included).
+    bytes_out: u64,
+    /// From taking the upstream connection to its response head.
+    upstream_us: Option<u64>,
+    /// The code of the error answer given, if any.
+    error: Option<&'static str>,
 }
 
 /// Why an exchange with the upstream failed before any response byte reached
@@ -167,10 +186,12 @@ impl FastPath {
         shutting_down: bool,
         bufs: &mut Buffers,
     ) -> Outcome {
+        let started = std::time::Instant::now();
         bufs.request.clear();
-        let Some(plan) = self.plan(buf, head, client, shutting_down, &mut bufs.request) else {
+        let Some(mut plan) = self.plan(buf, head, client, shutting_down, &mut bufs.request) else {
             return Outcome::Delegate;
         };
+        let mut tally = Tally::default();
         let write_limit = self.proxy.options().write_timeout;
         // The whole body, before anything goes upstream (at most request::MAX_BODY)
         // and before a slot is taken: a slow body never holds an instance's slot.
@@ -178,10 +199,15 @@ impl FastPath {
             match self.read_body(stream, buf, plan.request_len).await {
                 Ok(()) => {}
                 Err(answer) => {
+                    let mut status = 0;
                     if let Some(answer) = answer {
-                        let bytes = answer_bytes(&answer, plan.accepts_json);
-                        let _ = write_all(stream, &bytes, write_limit).await;
+                        let bytes = answer_bytes(&answer, plan.accepts_json, &plan.request_id);
+                        if write_all(stream, &bytes, write_limit).await.is_ok() {
+                            status = answer.status;
+                        }
+                        tally.error = Some(answer.code);
                     }
+                    self.log(&mut plan, client, status, tally, started, false);
                     return Outcome::Close;
                 }
             }
@@ -216,7 +242,7 @@ impl FastPath {
         buf.advance(plan.request_len);
 
         let outcome = self
-            .exchange(stream, &plan, &mut conn, bufs, upstream_started)
+            .exchange(stream, &plan, &mut conn, bufs, upstream_started, &mut tally)
             .await;
         let (status, next) = match outcome {
             Ok((status, reusable, idle_hint)) => {
@@ -241,8 +267,41 @@ impl FastPath {
         self.proxy.metrics.count_request(plan.kind, status);
         self.proxy.metrics.fast_path_requests.inc();
         drop((slot, in_flight));
+        self.log(&mut plan, client, status, tally, started, true);
         bufs.trim();
         next
+    }
+
+    /// Hands the request's access-log record to the writer (when the log is on).
+    fn log(
+        &self,
+        plan: &mut Plan,
+        client: Client<'_>,
+        status: u16,
+        tally: Tally,
+        started: std::time::Instant,
+        went_upstream: bool,
+    ) {
+        let Some(text) = plan.text.take() else {
+            return;
+        };
+        self.proxy.access_log.send(AccessRecord {
+            time_ms: plan.now_ms,
+            client_ip: client.ip,
+            text,
+            http_version: 11,
+            status,
+            bytes_in: plan.body_len,
+            bytes_out: tally.bytes_out,
+            duration_us: micros(started.elapsed()),
+            upstream_addr: went_upstream.then_some(plan.addr),
+            upstream_us: tally.upstream_us,
+            target: Some(Arc::clone(&plan.target)),
+            kind: Some(plan.kind),
+            cold_start_ms: None,
+            error: tally.error,
+            request_id: plan.request_id,
+        });
     }
 
     /// Decides whether the fast path serves this request, and writes the request
@@ -303,7 +362,21 @@ impl FastPath {
             .ignore
             .ignores(request.path, request.user_agent);
         let request_len = head.len + usize::try_from(request.body).ok()?;
+        // Copied only when the log is on; a request handed on to the Pingora
+        // path drops it unused (rare: a full instance or a failed connect).
+        let text = self.proxy.access_log.is_on().then(|| {
+            RequestText::new(
+                request.method.as_bytes(),
+                request.host,
+                request.target.as_bytes(),
+                request.user_agent,
+                request.referer,
+            )
+        });
         Some(Plan {
+            request_id: request.request_id,
+            body_len: request.body,
+            text,
             now_ms,
             lease_hit,
             turn,
@@ -376,6 +449,7 @@ impl FastPath {
         conn: &mut Conn,
         bufs: &mut Buffers,
         upstream_started: Instant,
+        tally: &mut Tally,
     ) -> Result<(u16, bool, Option<Duration>), u16> {
         let version_header = plan.target.version_header.as_bytes();
         let mut retried = false;
@@ -395,19 +469,25 @@ impl FastPath {
                     match self.connect(plan.addr).await {
                         Some(fresh) => *conn = fresh,
                         None => {
-                            return Err(self.answer_failure(client, plan, Failure::Closed).await)
+                            return Err(self
+                                .answer_failure(client, plan, Failure::Closed, tally)
+                                .await)
                         }
                     }
                 }
-                Err((failure, _)) => return Err(self.answer_failure(client, plan, failure).await),
+                Err((failure, _)) => {
+                    return Err(self.answer_failure(client, plan, failure, tally).await)
+                }
             }
         };
+        let upstream_time = upstream_started.elapsed();
         self.proxy
             .metrics
             .upstream_latency
-            .observe(upstream_started.elapsed().as_secs_f64());
+            .observe(upstream_time.as_secs_f64());
+        tally.upstream_us = Some(micros(upstream_time));
         let status = head.status;
-        match self.relay_body(client, conn, &head, bufs).await {
+        match self.relay_body(client, conn, &head, bufs, tally).await {
             Ok(reusable) => Ok((status, reusable && head.keep_alive, head.idle_hint)),
             // The response had started: the client sees the connection end early.
             Err(()) => Err(status),
@@ -455,6 +535,7 @@ impl FastPath {
                     plan.head_method,
                     keep_alive,
                     version_header,
+                    plan.request_id.as_bytes(),
                     if plan.tls { &self.hsts_line } else { &[] },
                     &mut bufs.client,
                 ) {
@@ -485,10 +566,13 @@ impl FastPath {
         conn: &mut Conn,
         head: &ResponseHead,
         bufs: &mut Buffers,
+        tally: &mut Tally,
     ) -> Result<bool, ()> {
         let read_timeout = self.proxy.options().read_timeout;
         let write_limit = self.proxy.options().write_timeout;
         bufs.upstream.advance(head.len);
+        // What the client is sent beyond the head: counted as it is written.
+        let head_out = bufs.client.len() as u64;
         match head.framing {
             Framing::None => {
                 write_all(client, &bufs.client, write_limit).await?;
@@ -503,6 +587,7 @@ impl FastPath {
                 bufs.upstream.advance(first);
                 left -= first as u64;
                 write_all(client, &bufs.client, write_limit).await?;
+                tally.bytes_out += bufs.client.len() as u64 - head_out;
                 let extra = !bufs.upstream.is_empty();
                 while left > 0 {
                     bufs.upstream.clear();
@@ -511,6 +596,7 @@ impl FastPath {
                         .unwrap_or(usize::MAX)
                         .min(bufs.upstream.len());
                     write_all(client, &bufs.upstream[..take], write_limit).await?;
+                    tally.bytes_out += take as u64;
                     left -= take as u64;
                     if take < bufs.upstream.len() {
                         return Ok(false);
@@ -524,11 +610,13 @@ impl FastPath {
                 bufs.client.extend_from_slice(&bufs.upstream[..taken]);
                 let mut extra = taken < bufs.upstream.len();
                 write_all(client, &bufs.client, write_limit).await?;
+                tally.bytes_out += bufs.client.len() as u64 - head_out;
                 while !chunked.is_done() {
                     bufs.upstream.clear();
                     read_more(conn, &mut bufs.upstream, read_timeout).await?;
                     let taken = chunked.feed(&bufs.upstream).map_err(drop)?;
                     write_all(client, &bufs.upstream[..taken], write_limit).await?;
+                    tally.bytes_out += taken as u64;
                     extra = taken < bufs.upstream.len();
                 }
                 Ok(!extra)
@@ -539,6 +627,7 @@ impl FastPath {
                     push_chunk(&mut bufs.client, &bufs.upstream);
                 }
                 write_all(client, &bufs.client, write_limit).await?;
+                tally.bytes_out += bufs.client.len() as u64 - head_out;
                 loop {
                     bufs.upstream.clear();
                     if read_some(conn, &mut bufs.upstream, read_timeout).await? == 0 {
@@ -547,15 +636,23 @@ impl FastPath {
                     bufs.client.clear();
                     push_chunk(&mut bufs.client, &bufs.upstream);
                     write_all(client, &bufs.client, write_limit).await?;
+                    tally.bytes_out += bufs.client.len() as u64;
                 }
                 write_all(client, b"0\r\n\r\n", write_limit).await?;
+                tally.bytes_out += 5;
                 Ok(false)
             }
         }
     }
 
     /// Answers a failure before the response started; returns the status.
-    async fn answer_failure(&self, client: &mut Stream, plan: &Plan, failure: Failure) -> u16 {
+    async fn answer_failure(
+        &self,
+        client: &mut Stream,
+        plan: &Plan,
+        failure: Failure,
+        tally: &mut Tally,
+    ) -> u16 {
         let (status, reason) = match failure {
             Failure::Timeout => (504, "the upstream did not answer in time"),
             Failure::Closed => (502, "the upstream closed the connection"),
@@ -565,13 +662,10 @@ impl FastPath {
             Failure::Invalid(_) => (502, "the upstream sent an invalid response"),
         };
         let answer = upstream_error_answer(Some(&plan.target), status, reason);
+        tally.error = Some(answer.code);
         let write_limit = self.proxy.options().write_timeout;
-        let _ = write_all(
-            client,
-            &answer_bytes(&answer, plan.accepts_json),
-            write_limit,
-        )
-        .await;
+        let bytes = answer_bytes(&answer, plan.accepts_json, &plan.request_id);
+        let _ = write_all(client, &bytes, write_limit).await;
         status
     }
 }
@@ -607,6 +701,11 @@ async fn read_more(conn: &mut Conn, into: &mut BytesMut, limit: Duration) -> Res
         0 => Err(()),
         _ => Ok(()),
     }
+}
+
+/// Whole microseconds of `elapsed`.
+fn micros(elapsed: Duration) -> u64 {
+    u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// Appends `data` as one chunk.

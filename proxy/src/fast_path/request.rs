@@ -11,6 +11,7 @@ use std::net::IpAddr;
 
 use crate::fast_path::response::{is_hop_by_hop, push_number};
 use crate::http1::head::BodyFraming;
+use crate::request_id::RequestId;
 
 /// Fields of a request the fast path serves, at most.
 pub const MAX_HEADERS: usize = 64;
@@ -20,11 +21,19 @@ pub const MAX_BODY: u64 = 64 * 1024;
 /// What the fast path needs of a request beyond the bytes it forwards.
 #[derive(Debug)]
 pub struct FastRequest<'a> {
+    pub method: &'a str,
+    /// The request target as sent (path and query).
+    pub target: &'a str,
     /// The raw Host value.
     pub host: &'a [u8],
     /// The target's path, without the query (for `wake.ignore_paths`).
     pub path: &'a str,
     pub user_agent: Option<&'a [u8]>,
+    /// The `Referer` value (for the access log's combined format).
+    pub referer: Option<&'a [u8]>,
+    /// The client's `X-Request-Id` when it was one valid field, else a new id;
+    /// the upstream request carries it either way.
+    pub request_id: RequestId,
     /// A request that may be sent twice (RFC 9110 §9.2.2).
     pub idempotent: bool,
     pub head_method: bool,
@@ -42,7 +51,9 @@ pub struct FastRequest<'a> {
 /// client's first value with `client_ip` appended), `X-Forwarded-Proto` (`https`
 /// when `https`, else `http`) and
 /// `X-Forwarded-Host`, exactly as the Pingora path's `upstream_request_filter`
-/// does. `None` (and `out` untouched) when the request is outside the subset.
+/// does, and `x-request-id` when the client's was missing or not valid (a
+/// valid one passes in its place; see [`crate::request_id`]). `None` (and
+/// `out` untouched) when the request is outside the subset.
 pub fn parse<'a>(
     head: &'a [u8],
     framing: BodyFraming,
@@ -71,6 +82,9 @@ pub fn parse<'a>(
     };
     let mut host = None;
     let mut user_agent = None;
+    let mut referer = None;
+    let mut incoming_id = None;
+    let mut ids = 0;
     let mut forwarded_for = None;
     let mut close = false;
     let mut accepts_json = false;
@@ -80,6 +94,11 @@ pub fn parse<'a>(
             host = Some(header.value);
         } else if name.eq_ignore_ascii_case(b"user-agent") {
             user_agent = Some(header.value);
+        } else if name.eq_ignore_ascii_case(b"referer") {
+            referer = Some(header.value);
+        } else if name.eq_ignore_ascii_case(crate::request_id::HEADER.as_bytes()) {
+            incoming_id = Some(header.value);
+            ids += 1;
         } else if name.eq_ignore_ascii_case(b"accept") {
             accepts_json |= crate::error_response::accepts_json(Some(header.value));
         } else if name.eq_ignore_ascii_case(b"x-forwarded-for") {
@@ -104,6 +123,8 @@ pub fn parse<'a>(
     }
     let host = host?;
     let path = target.split('?').next().unwrap_or(target);
+    // Two ids would leave the upstream to pick one: replace both.
+    let (request_id, kept_id) = RequestId::accept_or_generate(incoming_id.filter(|_| ids == 1));
 
     out.extend_from_slice(method.as_bytes());
     out.push(b' ');
@@ -116,7 +137,9 @@ pub fn parse<'a>(
             && [&b"for"[..], b"proto", b"host"]
                 .iter()
                 .any(|suffix| name[12..].eq_ignore_ascii_case(suffix));
-        if replaced || is_hop_by_hop(name) || name.eq_ignore_ascii_case(b"trailer") {
+        let replaced_id =
+            !kept_id && name.eq_ignore_ascii_case(crate::request_id::HEADER.as_bytes());
+        if replaced || replaced_id || is_hop_by_hop(name) || name.eq_ignore_ascii_case(b"trailer") {
             continue;
         }
         out.extend_from_slice(name);
@@ -143,11 +166,19 @@ pub fn parse<'a>(
         b"x-forwarded-proto: http\r\nx-forwarded-host: "
     });
     out.extend_from_slice(host);
+    if !kept_id {
+        out.extend_from_slice(b"\r\nx-request-id: ");
+        out.extend_from_slice(request_id.as_bytes());
+    }
     out.extend_from_slice(b"\r\n\r\n");
     Some(FastRequest {
+        method,
+        target,
         host,
         path,
         user_agent,
+        referer,
+        request_id,
         idempotent,
         head_method: method == "HEAD",
         close,
@@ -177,7 +208,9 @@ mod tests {
     fn forwarded(raw: &[u8], framing: BodyFraming) -> Option<String> {
         let mut out = Vec::new();
         let ip = Some(IpAddr::from([10, 0, 0, 7]));
-        parse(raw, framing, ip, false, &mut out).map(|_| String::from_utf8(out).unwrap())
+        let request = parse(raw, framing, ip, false, &mut out)?;
+        let text = String::from_utf8(out).unwrap();
+        Some(text.replace(request.request_id.as_str(), "ID"))
     }
 
     #[test]
@@ -185,8 +218,45 @@ mod tests {
         let raw = b"GET /p?q=1 HTTP/1.1\r\nHost: shop.example.com\r\nX-Forwarded-For: 1.2.3.4\r\nX-Forwarded-For: 5.6.7.8\r\nx-forwarded-proto: https\r\nX-Forwarded-Host: evil\r\nConnection: keep-alive\r\nKeep-Alive: 300\r\nTE: trailers\r\nUser-Agent: t\r\nAccept: */*\r\n\r\n";
         assert_eq!(
             forwarded(raw, BodyFraming::None).unwrap(),
-            "GET /p?q=1 HTTP/1.1\r\nHost: shop.example.com\r\nUser-Agent: t\r\nAccept: */*\r\nx-forwarded-for: 1.2.3.4, 10.0.0.7\r\nx-forwarded-proto: http\r\nx-forwarded-host: shop.example.com\r\n\r\n"
+            "GET /p?q=1 HTTP/1.1\r\nHost: shop.example.com\r\nUser-Agent: t\r\nAccept: */*\r\nx-forwarded-for: 1.2.3.4, 10.0.0.7\r\nx-forwarded-proto: http\r\nx-forwarded-host: shop.example.com\r\nx-request-id: ID\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn a_valid_request_id_and_traceparent_pass_as_they_are() {
+        let raw = b"GET / HTTP/1.1\r\nHost: h\r\nX-Request-Id: abc-1\r\ntraceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\ntracestate: a=b\r\n\r\n";
+        let mut out = Vec::new();
+        let request = parse(raw, BodyFraming::None, None, false, &mut out).unwrap();
+        assert_eq!(request.request_id.as_str(), "abc-1");
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("\r\nX-Request-Id: abc-1\r\n"), "{text}");
+        assert_eq!(text.to_ascii_lowercase().matches("x-request-id").count(), 1);
+        assert!(text.contains(
+            "\r\ntraceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\ntracestate: a=b\r\n"
+        ));
+    }
+
+    #[test]
+    fn an_invalid_or_doubled_request_id_is_replaced() {
+        for raw in [
+            &b"GET / HTTP/1.1\r\nHost: h\r\nX-Request-Id: bad id!\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nHost: h\r\nX-Request-Id: a\r\nx-request-id: b\r\n\r\n",
+        ] {
+            let mut out = Vec::new();
+            let request = parse(raw, BodyFraming::None, None, false, &mut out).unwrap();
+            let id = request.request_id.to_string();
+            assert_eq!(id.len(), 32);
+            let text = String::from_utf8(out).unwrap();
+            assert_eq!(
+                text.to_ascii_lowercase().matches("x-request-id").count(),
+                1,
+                "{text}"
+            );
+            assert!(
+                text.ends_with(&format!("x-request-id: {id}\r\n\r\n")),
+                "{text}"
+            );
+        }
     }
 
     #[test]
@@ -196,7 +266,7 @@ mod tests {
         parse(raw, BodyFraming::None, None, true, &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(
-            text.ends_with("x-forwarded-proto: https\r\nx-forwarded-host: h\r\n\r\n"),
+            text.contains("x-forwarded-proto: https\r\nx-forwarded-host: h\r\n"),
             "{text}"
         );
         assert_eq!(text.matches("x-forwarded-proto").count(), 1, "{text}");

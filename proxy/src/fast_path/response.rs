@@ -61,13 +61,16 @@ pub enum ParsedResponse {
 /// Parses the response head at the start of `buf` to a request with method
 /// HEAD when `head_request`, and appends the head to send to the client to
 /// `out`: the status line and the upstream's fields without hop-by-hop ones and
-/// framing, then `Date`, the framing, `Connection`, `x-ingress-version` and the
-/// `extra` lines (each ending in CRLF; `Strict-Transport-Security` on TLS).
+/// framing, then `Date`, the framing, `Connection`, `x-ingress-version`,
+/// `x-request-id` (the upstream's own is replaced) and the `extra` lines (each
+/// ending in CRLF; `Strict-Transport-Security` on TLS).
+#[allow(clippy::too_many_arguments)]
 pub fn parse(
     buf: &[u8],
     head_request: bool,
     client_keep_alive: bool,
     version_header: &[u8],
+    request_id: &[u8],
     extra: &[u8],
     out: &mut Vec<u8>,
 ) -> ParsedResponse {
@@ -175,6 +178,7 @@ pub fn parse(
             // resource); otherwise the framing is written below.
             || (name.eq_ignore_ascii_case(b"content-length") && framing != Framing::None)
             || name.eq_ignore_ascii_case(b"x-ingress-version")
+            || name.eq_ignore_ascii_case(crate::request_id::HEADER.as_bytes())
             || (!extra.is_empty() && name.eq_ignore_ascii_case(b"strict-transport-security"));
         if !dropped {
             out.extend_from_slice(name);
@@ -204,6 +208,8 @@ pub fn parse(
     });
     out.extend_from_slice(b"x-ingress-version: ");
     out.extend_from_slice(version_header);
+    out.extend_from_slice(b"\r\nx-request-id: ");
+    out.extend_from_slice(request_id);
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(extra);
     out.extend_from_slice(b"\r\n");
@@ -417,7 +423,7 @@ mod tests {
 
     fn head(raw: &[u8], head_request: bool) -> (ParsedResponse, String) {
         let mut out = Vec::new();
-        let parsed = parse(raw, head_request, true, b"v1", b"", &mut out);
+        let parsed = parse(raw, head_request, true, b"v1", b"rid", b"", &mut out);
         (parsed, String::from_utf8(out).unwrap())
     }
 
@@ -434,15 +440,16 @@ mod tests {
         assert_eq!(parsed.idle_hint, Some(Duration::from_secs(5)));
         assert!(out.starts_with("HTTP/1.1 200 OK\r\nServer: up\r\nDate: "));
         assert!(out.ends_with(
-            "\r\nContent-Length: 5\r\nConnection: keep-alive\r\nx-ingress-version: v1\r\n\r\n"
+            "\r\nContent-Length: 5\r\nConnection: keep-alive\r\nx-ingress-version: v1\r\nx-request-id: rid\r\n\r\n"
         ));
         assert!(!out.contains("old") && !out.contains("timeout=5"));
 
-        let raw = b"HTTP/1.1 200 OK\r\nConnection: x-up, keep-alive\r\nX-Up: secret\r\nX-Kept: 1\r\nContent-Length: 0\r\n\r\n";
+        let raw = b"HTTP/1.1 200 OK\r\nConnection: x-up, keep-alive\r\nX-Up: secret\r\nX-Kept: 1\r\nX-Request-Id: upstream-own\r\nContent-Length: 0\r\n\r\n";
         let (parsed, out) = head(raw, false);
         assert!(matches!(parsed, ParsedResponse::Complete(_)));
         assert!(!out.to_ascii_lowercase().contains("x-up"), "{out}");
         assert!(out.contains("X-Kept: 1"));
+        assert!(!out.contains("upstream-own") && out.contains("x-request-id: rid\r\n"));
     }
 
     #[test]

@@ -8,15 +8,17 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
 use crate::error_response::ErrorAnswer;
+use crate::request_id::RequestId;
 
 /// After an answer that closes the connection, how long and how much of the
 /// client's unread input is drained, so the answer is not lost to a TCP reset.
 const LINGER_TIME: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 64 * 1024;
 
-/// The bytes of `answer` as a whole HTTP/1.1 response with `Connection: close`.
-pub fn answer_bytes(answer: &ErrorAnswer, json: bool) -> Vec<u8> {
-    let (content_type, body) = answer.body(json);
+/// The bytes of `answer` as a whole HTTP/1.1 response with `Connection: close`
+/// and the request's `X-Request-Id`.
+pub fn answer_bytes(answer: &ErrorAnswer, json: bool, request_id: &RequestId) -> Vec<u8> {
+    let (content_type, body) = answer.body(json, request_id);
     let reason = http::StatusCode::from_u16(answer.status)
         .ok()
         .and_then(|status| status.canonical_reason())
@@ -27,7 +29,7 @@ pub fn answer_bytes(answer: &ErrorAnswer, json: bool) -> Vec<u8> {
         .map(|seconds| format!("Retry-After: {seconds}\r\n"))
         .unwrap_or_default();
     let mut response = format!(
-        "HTTP/1.1 {} {reason}\r\nDate: {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\n{retry_after}Connection: close\r\n\r\n",
+        "HTTP/1.1 {} {reason}\r\nDate: {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nX-Request-Id: {request_id}\r\n{retry_after}Connection: close\r\n\r\n",
         answer.status,
         date.to_str().unwrap_or_default(),
         body.len()
@@ -42,8 +44,9 @@ pub async fn write_answer(
     stream: &mut Stream,
     answer: &ErrorAnswer,
     json: bool,
+    request_id: &RequestId,
 ) -> std::io::Result<()> {
-    let response = answer_bytes(answer, json);
+    let response = answer_bytes(answer, json, request_id);
     let written = async {
         stream.write_all(&response).await?;
         stream.flush().await?;

@@ -43,9 +43,11 @@ use super::h2;
 use super::head::{self, BodyFraming, HeadLimits, Parsed, Refusal};
 use super::limits::ConnectionLimiter;
 use super::rebind;
+use crate::access_log::{AccessLog, AccessRecord, RequestText};
 use crate::error_response::ErrorAnswer;
 use crate::fast_path::{Buffers, Client, FastPath, Outcome};
 use crate::metrics::Metrics;
+use crate::request_id::RequestId;
 use crate::service::IngressProxy;
 use crate::tls::ConnTls;
 
@@ -103,6 +105,8 @@ pub struct Http1App {
     metrics: Arc<Metrics>,
     /// Swapped whole by a config reload; loaded once per request.
     options: Arc<ArcSwap<ConnOptions>>,
+    /// Refused requests are logged here too (off unless set).
+    access_log: AccessLog,
 }
 
 /// How waiting for a request head ended.
@@ -135,7 +139,14 @@ impl Http1App {
             drain,
             metrics,
             options,
+            access_log: AccessLog::off(),
         }
+    }
+
+    /// The loop logging the requests it refuses itself to `log`.
+    pub fn with_access_log(mut self, log: AccessLog) -> Http1App {
+        self.access_log = log;
+        self
     }
 
     /// Reads until `buf` starts with a whole, acceptable head.
@@ -309,7 +320,30 @@ impl ServerApp for Http1App {
                 }
                 Next::Refuse(refusal) => {
                     self.metrics.count_refusal(refusal.status);
-                    refuse(stream, &refusal).await;
+                    // Refused heads are not trusted, their X-Request-Id neither.
+                    let request_id = RequestId::generate();
+                    let refused_at = (crate::time::now_unix_millis(), std::time::Instant::now());
+                    let sent = refuse(stream, &refusal, &request_id).await;
+                    if self.access_log.is_on() {
+                        self.access_log.send(AccessRecord {
+                            time_ms: refused_at.0,
+                            client_ip,
+                            text: RequestText::default(),
+                            http_version: 11,
+                            status: if sent { refusal.status } else { 0 },
+                            bytes_in: 0,
+                            bytes_out: 0,
+                            duration_us: u64::try_from(refused_at.1.elapsed().as_micros())
+                                .unwrap_or(u64::MAX),
+                            upstream_addr: None,
+                            upstream_us: None,
+                            target: None,
+                            kind: None,
+                            cold_start_ms: None,
+                            error: Some(refusal.code),
+                            request_id,
+                        });
+                    }
                     return None;
                 }
             };
@@ -386,17 +420,20 @@ impl ServerApp for Http1App {
 
 /// Answers a refused request with `Connection: close`, then drains what the
 /// client still sends for a moment so the answer is not lost to a reset.
-async fn refuse(mut stream: Stream, refusal: &Refusal) {
+/// True when the answer was written.
+async fn refuse(mut stream: Stream, refusal: &Refusal, request_id: &RequestId) -> bool {
     let answer = ErrorAnswer {
         status: refusal.status,
         code: refusal.code,
         message: refusal.message.clone(),
         retry_after_secs: None,
     };
-    if write_answer(&mut stream, &answer, refusal.accepts_json)
+    if write_answer(&mut stream, &answer, refusal.accepts_json, request_id)
         .await
         .is_ok()
     {
         linger(&mut stream).await;
+        return true;
     }
+    false
 }

@@ -19,9 +19,9 @@
 //! control plane's certificate loop, right after this.
 
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
-use ingress_config::{Config, LogLevel};
+use ingress_config::{Config, LogFormat, LogLevel};
 use ingress_control_api::grpc::{Authenticator, Token};
 use ingress_proxy::LiveOptions;
 
@@ -204,46 +204,67 @@ pub fn level_filter(level: LogLevel) -> log::LevelFilter {
     }
 }
 
-/// Starts the logger: `RUST_LOG` when set (then `log.level` is not used),
-/// else `log.level`, which a reload may change. Returns whether `RUST_LOG`
-/// decides.
-pub fn init_logging(config: &Config) -> bool {
-    let from_env = std::env::var_os("RUST_LOG").is_some();
-    if from_env {
-        env_logger::Builder::from_env(env_logger::Env::default()).init();
-    } else {
-        // The logger's own filter lets everything through; the global maximum
-        // level (`log::set_max_level`, changed at any time) decides, also for
-        // callers that ask `enabled` directly (tracing's log bridge does: an
-        // `enabled` that said yes to every level made the libraries' trace
-        // events cost time on every call).
-        let inner =
-            env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("trace"))
-                .build();
-        if log::set_boxed_logger(Box::new(LevelGate(inner))).is_err() {
-            return from_env;
+/// Sets the diagnostic log's level at run time; set once the log is started
+/// from `log.level` (not while `RUST_LOG` decides).
+static SET_LEVEL: OnceLock<Box<dyn Fn(LogLevel) + Send + Sync>> = OnceLock::new();
+
+/// Starts the diagnostic log on stderr, through `tracing-subscriber`: at
+/// `log.level`, which a reload may change, or by `RUST_LOG` when set (with
+/// its per-target directives such as `pingora_core=warn`; `log.level` is then
+/// not used), as text or JSON lines (`log.format`). `log` records, the
+/// project's and Pingora's, are bridged in. Returns whether `RUST_LOG` decides.
+pub fn init_logging(config: &Config) -> Result<bool, String> {
+    use tracing_subscriber::EnvFilter;
+    let from_env = match std::env::var("RUST_LOG") {
+        Ok(spec) if !spec.trim().is_empty() => {
+            Some(EnvFilter::try_new(&spec).map_err(|e| format!("RUST_LOG {spec:?}: {e}"))?)
         }
-        log::set_max_level(level_filter(config.log.level));
+        _ => None,
+    };
+    let by_env = from_env.is_some();
+    let filter = from_env.unwrap_or_else(|| EnvFilter::new(config.log.level.as_str()));
+    // The two formats are two types; each keeps a handle to swap its filter.
+    let set_level: Box<dyn Fn(LogLevel) + Send + Sync> = match config.log.format {
+        LogFormat::Text => {
+            let builder = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr)
+                .with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder
+                .try_init()
+                .map_err(|e| format!("cannot set up logging: {e}"))?;
+            Box::new(move |level| {
+                let _ = handle.reload(EnvFilter::new(level.as_str()));
+            })
+        }
+        LogFormat::Json => {
+            let builder = tracing_subscriber::fmt()
+                .json()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr)
+                .with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder
+                .try_init()
+                .map_err(|e| format!("cannot set up logging: {e}"))?;
+            Box::new(move |level| {
+                let _ = handle.reload(EnvFilter::new(level.as_str()));
+            })
+        }
+    };
+    if !by_env {
+        let _ = SET_LEVEL.set(set_level);
     }
-    from_env
+    Ok(by_env)
 }
 
-/// The logger behind a level that a reload can change.
-struct LevelGate(env_logger::Logger);
-
-impl log::Log for LevelGate {
-    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
-        metadata.level() <= log::max_level() && self.0.enabled(metadata)
-    }
-
-    fn log(&self, record: &log::Record<'_>) {
-        if self.enabled(record.metadata()) {
-            self.0.log(record);
-        }
-    }
-
-    fn flush(&self) {
-        self.0.flush();
+/// Applies a new `log.level`: the subscriber's filter and the `log` crate's
+/// maximum (which `log` macros check before anything else).
+fn set_log_level(level: LogLevel) {
+    log::set_max_level(level_filter(level));
+    if let Some(set) = SET_LEVEL.get() {
+        set(level);
     }
 }
 
@@ -305,7 +326,7 @@ impl Reloader {
             if self.log_from_env {
                 log::warn!("SIGHUP: log.level is not used while RUST_LOG is set");
             } else {
-                log::set_max_level(level_filter(next.log.level));
+                set_log_level(next.log.level);
             }
         }
         *running = next;

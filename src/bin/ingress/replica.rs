@@ -86,7 +86,8 @@ pub fn run(args: &super::Args, config: &Config, log_from_env: bool) -> Result<()
         leases as Arc<dyn LeaseSource>,
         Arc::clone(&metrics),
         ProxyOptions::from_config(config),
-    );
+    )
+    .with_access_log(super::start_access_log(config, &metrics)?);
     let (server, _trigger) = ProxyServer::build_on(listeners, &server_options, proxy, true)?;
     let connections = server.connections();
     let reloader = Arc::new(Reloader::new(
