@@ -236,14 +236,29 @@ async fn the_dashboard_in_a_browser() {
         )
         .await;
     assert_eq!(stored, json!([1, 0, "", "ingress dashboard"]));
-    // Request counters from /metrics, with the note that they are not per app.
+    // Request counters from /metrics, with the note that they are the whole
+    // ingress's; and the app's own rates next to its name.
     wait_for("request rates", WAIT, || async {
         let rows = browser.find_all("#rates tbody tr").await.len();
         let note = browser.text_of("#rates-note").await.unwrap_or_default();
-        if rows >= 3 && note.contains("no per-app label") {
+        if rows >= 3 && note.contains("for the whole ingress") {
             Ok(())
         } else {
             Err(format!("{rows} rows, note {note:?}"))
+        }
+    })
+    .await;
+    // The app's own rates, from its versions' counters: the request that woke
+    // pr-7 is counted, and the next sample turns counts into rates.
+    wait_for("the app's request rates", WAIT, || async {
+        let text = browser
+            .text_of(".app[data-app=\"shop\"] .rates")
+            .await
+            .unwrap_or_default();
+        if text.contains(" req/s, ") && text.ends_with(" 5xx/s") {
+            Ok(())
+        } else {
+            Err(format!("rates {text:?}"))
         }
     })
     .await;

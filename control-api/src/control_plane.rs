@@ -117,6 +117,9 @@ pub struct VersionView {
     pub failure: Option<String>,
     /// Unix milliseconds of its latest request since the ingress started.
     pub last_activity_at_ms: Option<u64>,
+    /// Requests this node's proxy answered for the version since it started,
+    /// and how many with a 5xx (not counting replicas').
+    pub answers: (u64, u64),
     /// How long its latest start (a cold start) took, in milliseconds, since
     /// the ingress started; `None` before one.
     pub last_start_ms: Option<u64>,
@@ -464,12 +467,12 @@ impl ControlPlane {
             RuntimeSpec::Process { command, .. } => (Vec::new(), Some(command.clone())),
         };
         let observed = self.pools.observe(&version.id);
-        let last_activity_at_ms = self
-            .snapshots
-            .activity()
-            .get(&version.id)
+        let activity = self.snapshots.activity().get(&version.id);
+        let last_activity_at_ms = activity
+            .as_ref()
             .map(|activity| activity.last_seen_ms())
             .filter(|ms| *ms > 0);
+        let answers = activity.map_or((0, 0), |activity| activity.answers());
         VersionView {
             id: version.id.clone(),
             app: version.app.clone(),
@@ -483,6 +486,7 @@ impl ControlPlane {
             failure: observed.failure,
             addresses: observed.addresses,
             last_activity_at_ms,
+            answers,
             last_start_ms: observed.last_start_ms,
             pending: state.schedules.get(&version.id).cloned(),
             created_at_ms: version.created_at_ms,

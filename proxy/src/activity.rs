@@ -15,6 +15,11 @@ pub struct VersionActivity {
     waiting: AtomicU64,
     /// On a control node: requests in flight on replicas, as they last reported.
     remote_in_flight: AtomicU64,
+    /// Requests answered by this process, and how many of them with a 5xx: the
+    /// dashboard's per-app rates (a metric label per app would cost a label
+    /// lookup per request and a series per app).
+    answered: AtomicU64,
+    failed: AtomicU64,
 }
 
 impl VersionActivity {
@@ -26,6 +31,23 @@ impl VersionActivity {
         InFlightGuard {
             activity: Arc::clone(self),
         }
+    }
+
+    /// Counts one request this process answered with `status` (a 5xx also as
+    /// failed), whichever path served it.
+    pub fn count_answer(&self, status: u16) {
+        self.answered.fetch_add(1, Ordering::Relaxed);
+        if status >= 500 {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Requests this process answered since it started, and how many with a 5xx.
+    pub fn answers(&self) -> (u64, u64) {
+        (
+            self.answered.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
     }
 
     /// Unix milliseconds of the latest request, or 0 if none was seen.
@@ -153,6 +175,16 @@ impl ActivityRegistry {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn answers_are_counted_with_their_5xx() {
+        let activity = VersionActivity::default();
+        for status in [200, 404, 502, 503, 101] {
+            activity.count_answer(status);
+        }
+        assert_eq!(activity.answers(), (5, 2));
+    }
+
     use super::*;
 
     #[test]

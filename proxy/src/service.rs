@@ -1101,6 +1101,9 @@ impl ProxyHttp for IngressProxy {
                 .response_written()
                 .map_or(0, |response| response.status.as_u16());
             self.metrics.count_request(kind, status);
+            if let Some(target) = &ctx.target {
+                target.activity.count_answer(status);
+            }
         }
         ctx.slot = None;
         ctx.in_flight = None;

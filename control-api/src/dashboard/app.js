@@ -15,6 +15,8 @@
   let clockOffset = 0; // server time minus this browser's time, ms
   let appsSignature = '';
   let previousMetrics = null;
+  // The last apps sample's request and 5xx counters, per app, for rates.
+  let previousApps = null;
   let busy = 0; // actions in flight: no re-render meanwhile
   let errorShownUntil = 0; // an action's error stays this long (ms since epoch)
 
@@ -209,7 +211,8 @@
       const head = el('div', { class: 'app-head' },
         el('h3', { textContent: app.name }),
         el('span', { class: 'meta hosts', textContent: 'hosts: ' + hosts }),
-        el('span', { class: 'meta', textContent: 'active version: ' + (app.active_version || 'none') }));
+        el('span', { class: 'meta', textContent: 'active version: ' + (app.active_version || 'none') }),
+        el('span', { class: 'meta rates', textContent: '' }));
       const columns = ['label', 'version', 'branch', 'URL', 'expires', 'desired', 'observed', 'last request', 'last cold start'];
       if (session.can_stop || session.can_wake) columns.push('');
       const table = el('table', { class: 'versions' },
@@ -233,6 +236,26 @@
       }));
     }
     container.replaceChildren(...cards);
+  }
+
+  // Each app's request and 5xx rates since the last sample, next to its name.
+  function renderAppRates(data) {
+    const before = previousApps;
+    const seconds = before ? (data.now_ms - before.at) / 1000 : 0;
+    const counts = {};
+    for (const app of data.apps) {
+      counts[app.name] = { requests: app.requests, errors: app.errors };
+      const card = document.querySelector('.app[data-app="' + CSS.escape(app.name) + '"] .rates');
+      if (!card) continue;
+      const last = before && before.counts[app.name];
+      if (!last || seconds <= 0) {
+        card.textContent = app.requests + ' requests, ' + app.errors + ' 5xx';
+        continue;
+      }
+      const per = (now, then) => rate(Math.max(0, now - then) / seconds);
+      card.textContent = per(app.requests, last.requests) + ' req/s, ' + per(app.errors, last.errors) + ' 5xx/s';
+    }
+    previousApps = { at: data.now_ms, counts };
   }
 
   function renderAudit(data) {
@@ -299,11 +322,15 @@
         api('/ui/api/metrics'),
       ]);
       clockOffset = apps.now_ms - Date.now();
-      const signature = JSON.stringify(apps.apps);
+      // Counters move with every request: they update the rates in place
+      // rather than re-render the tables.
+      const signature = JSON.stringify(apps.apps, (key, value) =>
+        key === 'requests' || key === 'errors' ? undefined : value);
       if (signature !== appsSignature && busy === 0) {
         appsSignature = signature;
         renderApps(apps);
       }
+      renderAppRates(apps);
       byId('apps-count').textContent = apps.apps.length === apps.total_apps
         ? apps.total_apps + ' app(s)'
         : 'showing ' + apps.apps.length + ' of ' + apps.matched_apps + ' matching, ' + apps.total_apps + ' app(s) in all';
@@ -362,6 +389,7 @@
     session = null;
     appsSignature = '';
     previousMetrics = null;
+    previousApps = null;
     clearInterval(refreshTimer);
     clearInterval(tickTimer);
     byId('whoami').textContent = '';

@@ -477,7 +477,7 @@ async fn metrics_are_read_back_from_the_prometheus_text() {
     assert!(metrics["note"]
         .as_str()
         .unwrap()
-        .contains("no per-app label"));
+        .contains("for the whole ingress"));
     assert_eq!(metrics["requests"]["total"], 10.0);
     assert_eq!(metrics["requests"]["by_status"]["5xx"], 2.0);
     assert_eq!(metrics["requests"]["by_kind"]["exact"], 7.0);

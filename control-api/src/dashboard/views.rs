@@ -11,10 +11,10 @@ use crate::model::{App, AuditEntry, Route, VersionStatus};
 
 /// Why the request rates are for the whole ingress: what the page shows under
 /// them.
-pub const NO_PER_APP_NOTE: &str = "The proxy's metrics carry no per-app label: \
-ingress_requests_total counts requests by how their host resolved (kind) and by status \
-class, for the whole ingress. These rates are for all apps together; per app, each \
-version's last request is in its row above.";
+pub const NO_PER_APP_NOTE: &str = "These rates are for the whole ingress, from \
+ingress_requests_total (by how the host resolved and by status class). Each app's own \
+request and 5xx rates are next to its name: counted per version by this node's proxy \
+(not by replicas).";
 
 /// One app: its name, hosts (routes, with their kind), active version, and the
 /// versions a request can reach or that carry a label (the active one and the
@@ -33,9 +33,19 @@ pub fn app_json(app: &App, routes: &[Route], versions: &[VersionView]) -> Value 
                 || Some(view.id.as_str()) == active
                 || view.status == VersionStatus::Active
         });
+    // Every version of the app counts, shown or not (a replaced version still
+    // answers its last requests).
+    let (requests, errors) = versions
+        .iter()
+        .filter(|view| view.app == app.name)
+        .fold((0, 0), |(requests, errors), view| {
+            (requests + view.answers.0, errors + view.answers.1)
+        });
     json!({
         "name": app.name,
         "created_at_ms": app.created_at_ms,
+        "requests": requests,
+        "errors": errors,
         "active_version": app.active_version,
         "hosts": hosts,
         "versions": shown
@@ -65,6 +75,8 @@ pub fn version_json(view: &VersionView, active: bool) -> Value {
         "observed_state": view.observed_state.as_str(),
         "failure": view.failure,
         "last_activity_at_ms": view.last_activity_at_ms,
+        "requests": view.answers.0,
+        "errors": view.answers.1,
         "last_start_ms": view.last_start_ms,
         "pending": view.pending.as_ref().map(|pending| json!({
             "desired_state": pending.desired.as_str(),
@@ -162,7 +174,8 @@ fn parse_labels(mut text: &str) -> Option<Vec<(&str, String)>> {
 /// requests by status class and by resolution kind (whole ingress), starts
 /// (`ingress_wakes_total`) and held requests (`ingress_wake_requests_total`)
 /// by result, and the `ingress_wake_seconds` sum and count. `per_app` is
-/// false, with [`NO_PER_APP_NOTE`], because no metric has an app label.
+/// false, with [`NO_PER_APP_NOTE`]: these are the whole ingress's (per-app
+/// counters come with each app, from its versions' activity).
 pub fn metrics_json(text: &str, at_ms: u64) -> Value {
     let mut total = 0.0;
     let mut by_status: BTreeMap<String, f64> = BTreeMap::new();

@@ -265,6 +265,7 @@ impl FastPath {
             Err(status) => (status, Outcome::Close),
         };
         self.proxy.metrics.count_request(plan.kind, status);
+        plan.target.activity.count_answer(status);
         self.proxy.metrics.fast_path_requests.inc();
         drop((slot, in_flight));
         self.log(&mut plan, client, status, tally, started, true);
