@@ -201,6 +201,17 @@ async fn json_lines_for_a_200_a_404_and_a_502_with_request_ids() {
     assert!(is_generated(&id), "{id}");
     assert_eq!(replaced.upstream_saw("x-request-id"), Some(id.clone()));
     json_line(&path, &id);
+    // A valid id that `Connection` names (a hop-by-hop field to Pingora, which
+    // drops it before our filter) still reaches the upstream.
+    let named = get(
+        &ingress,
+        "shop.example.com",
+        "/",
+        &[("x-request-id", "hop-1"), ("connection", "x-request-id")],
+    )
+    .await;
+    assert_eq!(named.request_id(), "hop-1");
+    assert_eq!(named.upstream_saw("x-request-id").as_deref(), Some("hop-1"));
     // No id: one is made, distinct per request.
     let fresh = get(&ingress, "shop.example.com", "/", &[]).await;
     let fresh_id = fresh.request_id();

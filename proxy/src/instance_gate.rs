@@ -26,7 +26,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -53,6 +53,10 @@ pub struct Gate {
     max: usize,
     /// Set once the limit is `max` for good: releases skip the adaptive state.
     settled: AtomicBool,
+    /// Counts the halvings. A slot remembers the count it was taken under, so a
+    /// burst taken before a halving halves the limit once, not once per slot
+    /// (TCP's one reduction per window).
+    epoch: AtomicU64,
     adapt: Mutex<Adapt>,
 }
 
@@ -86,6 +90,7 @@ pub enum Exchange {
 pub struct Slot {
     gate: Arc<Gate>,
     exchange: Exchange,
+    epoch: u64,
 }
 
 impl Slot {
@@ -102,7 +107,7 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.gate.give_back(self.exchange);
+        self.gate.give_back(self.exchange, self.epoch);
     }
 }
 
@@ -115,6 +120,7 @@ impl Gate {
             slots: Semaphore::new(first),
             max,
             settled: AtomicBool::new(first == max),
+            epoch: AtomicU64::new(0),
             adapt: Mutex::new(Adapt {
                 limit: first,
                 target: first,
@@ -146,6 +152,7 @@ impl Gate {
         Slot {
             gate: Arc::clone(self),
             exchange: Exchange::Unknown,
+            epoch: self.epoch.load(Ordering::Relaxed),
         }
     }
 
@@ -173,7 +180,7 @@ impl Gate {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn give_back(&self, exchange: Exchange) {
+    fn give_back(&self, exchange: Exchange, epoch: u64) {
         if self.settled.load(Ordering::Acquire) {
             self.slots.add_permits(1);
             return;
@@ -186,11 +193,14 @@ impl Gate {
         }
         match exchange {
             Exchange::Unknown => {}
-            Exchange::Congested => {
+            // Only a slot taken since the last halving halves again.
+            Exchange::Congested if epoch == self.epoch.load(Ordering::Relaxed) => {
+                self.epoch.fetch_add(1, Ordering::Relaxed);
                 adapt.slow_start = false;
                 adapt.clean = 0;
                 adapt.target = (adapt.limit / 2).max(1);
             }
+            Exchange::Congested => {}
             Exchange::Clean if adapt.slow_start => adapt.target += 1,
             Exchange::Clean => {
                 adapt.clean += 1;
@@ -270,8 +280,15 @@ impl InstanceGates {
         if self.max == 0 {
             return None;
         }
+        // At most the window from now: a ready time from a control node whose
+        // clock runs ahead must not keep the gate narrow for longer.
         let open_in = is_fresh(ready_at_ms, now_ms)
-            .then(|| ready_at_ms + FRESH_WINDOW_MS - now_ms)
+            .then(|| {
+                ready_at_ms
+                    .saturating_add(FRESH_WINDOW_MS)
+                    .saturating_sub(now_ms)
+                    .min(FRESH_WINDOW_MS)
+            })
             .and_then(|ms| {
                 let runtime = tokio::runtime::Handle::try_current().ok()?;
                 Some((runtime, Duration::from_millis(ms)))
@@ -407,6 +424,17 @@ mod tests {
     }
 
     #[test]
+    fn a_congested_burst_halves_the_limit_once() {
+        let gate = Arc::new(Gate::new(64, true));
+        exchanges(&gate, 4, Exchange::Clean);
+        assert_eq!(gate.limit(), 8);
+        exchanges(&gate, 8, Exchange::Congested);
+        assert_eq!(gate.limit(), 4, "eight slots of one burst, one halving");
+        exchanges(&gate, 4, Exchange::Congested);
+        assert_eq!(gate.limit(), 2, "a burst taken after it halves again");
+    }
+
+    #[test]
     fn the_limit_never_drops_below_one_slot() {
         let gate = Arc::new(Gate::new(64, true));
         for _ in 0..5 {
@@ -415,6 +443,16 @@ mod tests {
         }
         assert_eq!(gate.limit(), 1);
         assert_eq!(gate.available(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_ready_time_ahead_of_this_clock_opens_within_the_window() {
+        let gates = InstanceGates::new(64);
+        let now = 1_000_000;
+        let ahead = gates.gates_for(&[addr(1)], now + 60_000, now).unwrap();
+        assert_eq!(ahead[0].available(), FIRST_LIMIT);
+        tokio::time::sleep(Duration::from_millis(FRESH_WINDOW_MS + 1)).await;
+        assert_eq!(ahead[0].available(), 64);
     }
 
     #[test]

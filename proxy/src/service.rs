@@ -476,8 +476,6 @@ pub struct RequestCtx {
     started: Option<Instant>,
     /// The request's id; taken from the request at the first hook that needs it.
     request_id: Option<RequestId>,
-    /// The client sent this id itself (so the upstream already has it).
-    id_from_client: bool,
     /// The last upstream address tried, and its time to the response head.
     upstream_addr: Option<SocketAddr>,
     upstream_us: Option<u64>,
@@ -519,9 +517,8 @@ impl RequestCtx {
             (Some(value), None) => Some(value.as_bytes()),
             _ => None,
         };
-        let (id, from_client) = RequestId::accept_or_generate(only);
+        let (id, _from_client) = RequestId::accept_or_generate(only);
         self.request_id = Some(id);
-        self.id_from_client = from_client;
         id
     }
 }
@@ -933,11 +930,11 @@ impl ProxyHttp for IngressProxy {
         if let Some(host) = upstream_request.headers.get(header::HOST).cloned() {
             upstream_request.insert_header("x-forwarded-host", host)?;
         }
-        // A valid id from the client is already there; any other is replaced.
+        // Set whether or not it came from the client: Pingora drops the fields
+        // a `Connection` header names (`Connection: x-request-id`) before this
+        // filter runs, and any other client value is replaced.
         let request_id = ctx.request_id(session.req_header());
-        if !ctx.id_from_client {
-            upstream_request.insert_header(request_id::HEADER, request_id.as_str())?;
-        }
+        upstream_request.insert_header(request_id::HEADER, request_id.as_str())?;
         Ok(())
     }
 

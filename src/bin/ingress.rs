@@ -86,6 +86,9 @@ fn main() -> ExitCode {
     }
 }
 
+/// The longest a stopping process waits for its last access-log lines.
+const ACCESS_LOG_FLUSH: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// The access log of `[log]`, its writer thread started and SIGUSR1 set to
 /// reopen its file; off when `log.access = "off"`.
 fn start_access_log(config: &Config, metrics: &Metrics) -> Result<AccessLog, String> {
@@ -206,6 +209,7 @@ fn run(args: &Args, config: &Config) -> Result<(), String> {
         ProxyOptions::from_config(config),
     )
     .with_access_log(start_access_log(config, &metrics)?);
+    let access_log = proxy.access_log().clone();
     if let Some(tls) = TlsOptions::from_config(config) {
         proxy = proxy.with_edge(Edge::new(tls, Arc::clone(&certs)));
     }
@@ -319,6 +323,8 @@ fn run(args: &Args, config: &Config) -> Result<(), String> {
                 log::info!("upgrade: no request in progress; stopping the control plane and this process's sandboxes, then releasing the data directory to the new process");
             }
             stop_rest();
+            // The last requests' lines, before the exit cuts the writer off.
+            access_log.flush(ACCESS_LOG_FLUSH);
             let result = stopped.lock().unwrap_or_else(|p| p.into_inner()).take();
             match result.unwrap_or(Ok(())) {
                 Ok(()) => std::process::exit(0),

@@ -3,7 +3,7 @@
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,6 +38,8 @@ pub struct AccessLog {
 struct Inner {
     sender: SyncSender<AccessRecord>,
     dropped: IntCounter,
+    /// Drains the writer has completed, for [`AccessLog::flush`].
+    drains: Arc<AtomicU64>,
 }
 
 impl AccessLog {
@@ -71,18 +73,40 @@ impl AccessLog {
         };
         let capacity = buffer.max(1);
         let (sender, receiver) = mpsc::sync_channel(capacity);
+        let drains = Arc::new(AtomicU64::new(0));
+        let counted = Arc::clone(&drains);
         std::thread::Builder::new()
             .name("access-log".to_string())
-            .spawn(move || run(receiver, sink, format, capacity))
+            .spawn(move || run(receiver, sink, format, capacity, &counted))
             .map_err(|e| format!("log.access: cannot start the writer thread: {e}"))?;
         Ok(AccessLog {
-            inner: Some(Arc::new(Inner { sender, dropped })),
+            inner: Some(Arc::new(Inner {
+                sender,
+                dropped,
+                drains,
+            })),
         })
     }
 
     /// True when records are wanted.
     pub fn is_on(&self) -> bool {
         self.inner.is_some()
+    }
+
+    /// Waits (at most `within`) until the writer has written every line sent
+    /// before this call: for the last requests' lines before the process
+    /// exits (a stop or an upgrade), which would otherwise be cut.
+    pub fn flush(&self, within: Duration) {
+        let Some(inner) = &self.inner else {
+            return;
+        };
+        // A drain that was under way when this began may have missed the last
+        // lines; the one after it did not.
+        let until = inner.drains.load(Ordering::Acquire) + 2;
+        let deadline = std::time::Instant::now() + within;
+        while inner.drains.load(Ordering::Acquire) < until && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 
     /// Hands `record` to the writer without waiting: when the channel is full
@@ -170,7 +194,13 @@ fn open(path: &Path) -> std::io::Result<File> {
 /// [`BATCH_BYTES`], so a busy second costs a few dozen system calls and the
 /// request threads never wake it. A drain that found a quarter of the channel
 /// full goes on at once instead of sleeping.
-fn run(receiver: Receiver<AccessRecord>, mut sink: Sink, form: AccessFormat, capacity: usize) {
+fn run(
+    receiver: Receiver<AccessRecord>,
+    mut sink: Sink,
+    form: AccessFormat,
+    capacity: usize,
+    drains: &AtomicU64,
+) {
     let write_line = match form {
         AccessFormat::Json => format::json,
         AccessFormat::Combined => format::combined,
@@ -199,6 +229,7 @@ fn run(receiver: Receiver<AccessRecord>, mut sink: Sink, form: AccessFormat, cap
             sink.write(&buffer);
             buffer.clear();
         }
+        drains.fetch_add(1, Ordering::Release);
         if gone {
             return;
         }

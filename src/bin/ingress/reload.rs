@@ -98,6 +98,10 @@ pub fn changes(running: &Config, new: &Config) -> Changes {
         control.endpoints,
         control.token,
         activity.report_interval,
+        log.access,
+        log.access_format,
+        log.access_buffer,
+        log.format,
     );
     match (&old.tls, &new.tls) {
         (Some(old), Some(new)) => differing!(
@@ -429,6 +433,25 @@ mod tests {
         let again = changes(&next, &new);
         assert!(again.live.is_empty());
         assert_eq!(again.restart, found.restart);
+    }
+
+    #[test]
+    fn the_access_log_and_log_format_need_a_restart_the_level_does_not() {
+        let old = parse("");
+        let new = parse(
+            "[log]\naccess = \"off\"\naccess_format = \"combined\"\naccess_buffer = 8\nformat = \"json\"\nlevel = \"debug\"\n",
+        );
+        let found = changes(&old, &new);
+        assert_eq!(found.live, vec!["log.level"]);
+        assert_eq!(
+            found.restart,
+            vec![
+                "log.access",
+                "log.access_format",
+                "log.access_buffer",
+                "log.format"
+            ]
+        );
     }
 
     #[test]

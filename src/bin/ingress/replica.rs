@@ -88,6 +88,7 @@ pub fn run(args: &super::Args, config: &Config, log_from_env: bool) -> Result<()
         ProxyOptions::from_config(config),
     )
     .with_access_log(super::start_access_log(config, &metrics)?);
+    let access_log = proxy.access_log().clone();
     let (server, _trigger) = ProxyServer::build_on(listeners, &server_options, proxy, true)?;
     let connections = server.connections();
     let reloader = Arc::new(Reloader::new(
@@ -171,6 +172,7 @@ pub fn run(args: &super::Args, config: &Config, log_from_env: bool) -> Result<()
             stop.send_replace(true);
             // The routing stream and activity reports end with the process.
             std::thread::sleep(Duration::from_millis(100));
+            access_log.flush(super::ACCESS_LOG_FLUSH);
             std::process::exit(0);
         });
     }
