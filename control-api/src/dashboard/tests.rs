@@ -302,7 +302,9 @@ async fn an_admin_stops_and_wakes_with_the_cli_guards() {
 async fn bad_requests_get_a_json_error_naming_the_problem() {
     let dir = tempfile::tempdir().unwrap();
     let dashboard = dashboard(dir.path());
-    let cases: Vec<(&str, &str, Option<&str>, String, u16, &str)> = vec![
+    // (method, path, content type, body, status, what the error says)
+    type Case<'a> = (&'a str, &'a str, Option<&'a str>, String, u16, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "POST",
             "/ui/api/stop",
