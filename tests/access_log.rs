@@ -399,6 +399,14 @@ async fn an_access_log_that_is_off_writes_nothing() {
         "{output}"
     );
     assert!(!access_path(dir.path()).exists());
+    // logrotate may still send SIGUSR1: with the log off it changes nothing
+    // (its default action would end the process).
+    let pid = ingress.pid().expect("running") as i32;
+    // SAFETY: a signal to our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR1) }, 0);
+    std::thread::sleep(Duration::from_millis(200));
+    let after = get(&ingress, "shop.example.com", "/", &[]).await;
+    assert_eq!(after.status, 200, "the process lives on after SIGUSR1");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -90,7 +90,7 @@ fn main() -> ExitCode {
 const ACCESS_LOG_FLUSH: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// The access log of `[log]`, its writer thread started and SIGUSR1 set to
-/// reopen its file; off when `log.access = "off"`.
+/// reopen its file; off when `log.access = "off"` (SIGUSR1 is then ignored).
 fn start_access_log(config: &Config, metrics: &Metrics) -> Result<AccessLog, String> {
     let log = AccessLog::start(
         &config.log.access,
@@ -98,9 +98,9 @@ fn start_access_log(config: &Config, metrics: &Metrics) -> Result<AccessLog, Str
         config.log.access_buffer,
         metrics.access_log_dropped.clone(),
     )?;
-    if log.is_on() {
-        install_reopen_signal().map_err(|e| format!("log.access: cannot handle SIGUSR1: {e}"))?;
-    }
+    // Also with the log off: logrotate's postrotate sends SIGUSR1 whatever the
+    // config says, and its default action would end the process.
+    install_reopen_signal().map_err(|e| format!("log.access: cannot handle SIGUSR1: {e}"))?;
     Ok(log)
 }
 

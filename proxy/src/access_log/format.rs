@@ -128,15 +128,46 @@ fn millis(out: &mut Vec<u8>, micros: u64) {
 }
 
 fn json_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    let start = out.len();
     let _ = serde_json::to_writer(&mut *out, &*String::from_utf8_lossy(bytes));
+    escape_line_separators(out, start);
 }
 
 fn json_opt(out: &mut Vec<u8>, text: Option<&str>) {
     match text {
         Some(text) => {
+            let start = out.len();
             let _ = serde_json::to_writer(&mut *out, text);
+            escape_line_separators(out, start);
         }
         None => out.extend_from_slice(b"null"),
+    }
+}
+
+/// Escapes U+0085, U+2028 and U+2029 in the JSON string written from `from`
+/// on: JSON allows them raw, but readers that split on Unicode line breaks
+/// (Python's `splitlines`, some log shippers) would cut the line there, so a
+/// client could split its own log line with a crafted User-Agent. In UTF-8
+/// their lead bytes 0xC2 and 0xE2 start a character, never continue one.
+fn escape_line_separators(out: &mut Vec<u8>, from: usize) {
+    if !out[from..].iter().any(|&b| b == 0xC2 || b == 0xE2) {
+        return;
+    }
+    let written = out.split_off(from);
+    let mut rest = &written[..];
+    while let Some((&first, tail)) = rest.split_first() {
+        let (escape, len): (&[u8], usize) = match rest {
+            [0xC2, 0x85, ..] => (b"\\u0085", 2),
+            [0xE2, 0x80, 0xA8, ..] => (b"\\u2028", 3),
+            [0xE2, 0x80, 0xA9, ..] => (b"\\u2029", 3),
+            _ => {
+                out.push(first);
+                rest = tail;
+                continue;
+            }
+        };
+        out.extend_from_slice(escape);
+        rest = &rest[len..];
     }
 }
 
@@ -180,6 +211,18 @@ mod tests {
     use crate::access_log::record::RequestText;
     use crate::request_id::RequestId;
     use crate::resolve::ResolutionKind;
+
+    #[test]
+    fn unicode_line_breaks_are_escaped_so_a_line_stays_one_line() {
+        let mut out = b"x".to_vec();
+        json_bytes(&mut out, "a\u{2028}b\u{2029}c\u{85}d\u{e9}\n".as_bytes());
+        assert_eq!(
+            String::from_utf8(out.clone()).unwrap(),
+            "x\"a\\u2028b\\u2029c\\u0085d\u{e9}\\n\""
+        );
+        let value: serde_json::Value = serde_json::from_slice(&out[1..]).unwrap();
+        assert_eq!(value, "a\u{2028}b\u{2029}c\u{85}d\u{e9}\n");
+    }
 
     fn record() -> AccessRecord {
         AccessRecord {
