@@ -7,9 +7,11 @@
 
 use std::time::{Duration, Instant};
 
-use ingress_control_api::grpc::proto::{self, admin_client::AdminClient};
-use tonic::metadata::MetadataValue;
-use tonic::transport::Channel;
+use ingress_control_api::grpc::proto;
+
+#[path = "common.rs"]
+mod common;
+use common::{admin_client, percentile};
 
 struct Args {
     server: String,
@@ -54,31 +56,10 @@ fn parse_args() -> Result<Args, String> {
     Ok(args)
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
-}
-
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), String> {
     let args = parse_args()?;
-    let channel = Channel::from_shared(args.server.clone())
-        .map_err(|e| e.to_string())?
-        .connect()
-        .await
-        .map_err(|e| format!("cannot reach {}: {e}", args.server))?;
-    let bearer = MetadataValue::try_from(format!("Bearer {}", args.token))
-        .map_err(|_| "the token cannot be a header")?;
-    let mut client =
-        AdminClient::with_interceptor(channel, move |mut request: tonic::Request<()>| {
-            request
-                .metadata_mut()
-                .insert("authorization", bearer.clone());
-            Ok(request)
-        });
+    let mut client = admin_client(&args.server, &args.token).await?;
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let mut ticker = tokio::time::interval(args.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -17,10 +17,12 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use ingress_control_api::grpc::proto::{self, admin_client::AdminClient};
+use ingress_control_api::grpc::proto;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tonic::metadata::MetadataValue;
-use tonic::transport::Channel;
+
+#[path = "common.rs"]
+mod common;
+use common::{admin_client, percentile};
 
 struct Args {
     server: String,
@@ -82,14 +84,6 @@ fn parse_args() -> Result<Args, String> {
     Ok(args)
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
-}
-
 /// `GET /routing?wait_generation=G&timeout_ms=T` on an admin listener: the
 /// status (0 when unreachable) and the generation applied.
 async fn routing(http: SocketAddr, wait: u64, timeout_ms: u64) -> (u16, u64) {
@@ -125,20 +119,7 @@ async fn routing(http: SocketAddr, wait: u64, timeout_ms: u64) -> (u16, u64) {
 async fn main() -> Result<(), String> {
     let args = parse_args()?;
     let control_http = args.control_http.expect("checked");
-    let channel = Channel::from_shared(args.server.clone())
-        .map_err(|e| e.to_string())?
-        .connect()
-        .await
-        .map_err(|e| format!("cannot reach {}: {e}", args.server))?;
-    let bearer = MetadataValue::try_from(format!("Bearer {}", args.token))
-        .map_err(|_| "the token cannot be a header")?;
-    let mut client =
-        AdminClient::with_interceptor(channel, move |mut request: tonic::Request<()>| {
-            request
-                .metadata_mut()
-                .insert("authorization", bearer.clone());
-            Ok(request)
-        });
+    let mut client = admin_client(&args.server, &args.token).await?;
     let first_generation = routing(control_http, 0, 0).await.1;
     let mut ticker = tokio::time::interval(args.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -590,13 +590,7 @@ pub fn routing_generation(http: SocketAddr, wait: u64, timeout_ms: u64) -> (u16,
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let generation = text
-        .split("\"generation\":")
-        .nth(1)
-        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
-    (status, generation)
+    (status, applied_generation(&text))
 }
 
 /// Runs `command` (output captured), killing it if it has not exited after
@@ -677,13 +671,16 @@ pub async fn wait_routing(http: SocketAddr, wait: u64, timeout_ms: u64) -> (u16,
     let path = format!("/routing?wait_generation={wait}&timeout_ms={timeout_ms}");
     let limit = Duration::from_millis(timeout_ms) + Duration::from_secs(5);
     let (status, text) = admin_get(http, &path, limit).await;
-    let generation = text
-        .split("\"generation\":")
+    (status, applied_generation(&text))
+}
+
+/// The `"generation"` of a `/routing` answer (0 when it has none).
+fn applied_generation(text: &str) -> u64 {
+    text.split("\"generation\":")
         .nth(1)
         .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
         .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
-    (status, generation)
+        .unwrap_or(0)
 }
 
 /// `GET path` on an admin HTTP listener (a new connection, `Connection:

@@ -248,10 +248,11 @@ impl FastPath {
             Ok((status, reusable, idle_hint)) => {
                 if reusable {
                     conn.uses += 1;
+                    let idle_limit = self.proxy.options().upstream_idle_timeout;
                     let idle_for = idle_hint
                         .map(|hint| hint.saturating_sub(IDLE_MARGIN))
-                        .unwrap_or(self.proxy.options().upstream_idle_timeout)
-                        .min(self.proxy.options().upstream_idle_timeout);
+                        .unwrap_or(idle_limit)
+                        .min(idle_limit);
                     pool::give_back(plan.addr, conn, idle_for, self.pool_cap);
                 }
                 let next = if plan.client_keep_alive && !self.proxy.drain.is_draining() {
@@ -569,8 +570,10 @@ impl FastPath {
         bufs: &mut Buffers,
         tally: &mut Tally,
     ) -> Result<bool, ()> {
-        let read_timeout = self.proxy.options().read_timeout;
-        let write_limit = self.proxy.options().write_timeout;
+        let (read_timeout, write_limit) = {
+            let options = self.proxy.options();
+            (options.read_timeout, options.write_timeout)
+        };
         bufs.upstream.advance(head.len);
         // What the client is sent beyond the head: counted as it is written.
         let head_out = bufs.client.len() as u64;
