@@ -5,19 +5,27 @@
 //!
 //! Why: preview sandboxes are often single-process dev servers with a small
 //! listen backlog. When a woken version becomes ready, every held request would
-//! otherwise connect at once, and a server with a backlog of 5 drops most of a
-//! burst of 200 connects. With the gate it sees at most the limit at once.
+//! otherwise connect at once. When the accept queue is full the kernel drops
+//! the handshake, and the request waits out TCP's retransmission backoff:
+//! Python's `http.server` (backlog 5) answers 64 concurrent connects in up to
+//! 28 s, 4 to 6 in milliseconds.
 //!
-//! **Fresh instances** (ready within [`FRESH_WINDOW_MS`]) get a limit that
-//! adapts, like TCP's congestion window: it starts at [`FIRST_LIMIT`], grows by
-//! one per clean exchange (slow start), halves when an exchange shows the
-//! instance dropping connections (a failed connect, or TCP retransmissions on
-//! the upstream socket: the kernel dropped the handshake's last ACK because the
-//! accept queue was full, and the request waits out retransmission backoff, up
-//! to a minute), then grows by one per window of clean exchanges. When the
-//! window ends the gate opens to the configured limit. Python's `http.server`
-//! (backlog 5) answers 64 concurrent connects in up to 28 s; at 4 to 6 in
-//! milliseconds.
+//! **Fresh instances** (ready within [`FRESH_WINDOW_MS`]) get a narrower limit:
+//! - When the instance listens on this host, its backlog is read from the
+//!   kernel ([`crate::listen_backlog`]) and the limit is backlog + 1, what
+//!   Linux's accept queue holds: the queue cannot overflow, however slowly the
+//!   server accepts.
+//! - Otherwise the limit adapts like TCP's congestion window in congestion
+//!   avoidance: it starts at [`FIRST_LIMIT`] and grows by one per window of
+//!   clean exchanges. No slow start: the sign of trouble (a failed connect, or
+//!   retransmissions on the upstream socket) arrives only when the exchange
+//!   ends, seconds later, and a limit doubling per round would reach the
+//!   configured one long before (seen in CI).
+//! - Either way it halves, once per burst, on a sign of trouble.
+//!
+//! When the window ends the gate opens to the configured limit, but not while
+//! requests wait for a slot: a queued burst released at once is what overruns a
+//! fresh server. It opens once the queue has drained.
 //!
 //! One gate per instance address, shared by every lease over that address (so a
 //! lease refresh or a clone sharing the process keeps the same count). Gates are
@@ -26,19 +34,26 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
+use crate::listen_backlog;
+
 /// An instance that became ready this long ago or less is fresh: its connects
-/// are retried and its limit adapts.
+/// are retried and its limit is narrowed.
 pub const FRESH_WINDOW_MS: u64 = 5_000;
 
-/// The limit a fresh instance starts with: inside the smallest listen backlog
-/// seen in practice (5, Python's `socketserver`; Linux queues backlog + 1).
+/// The limit a fresh instance of unknown backlog starts with: inside the
+/// smallest listen backlog seen in practice (5, Python's `socketserver`; Linux
+/// queues backlog + 1).
 pub const FIRST_LIMIT: usize = 4;
+
+/// Past its window, a gate with requests waiting checks again this often
+/// whether its queue has drained.
+const OPEN_RETRY: Duration = Duration::from_millis(100);
 
 /// True while an instance that became ready at `ready_at_ms` (0: not known to be
 /// fresh) is in its first [`FRESH_WINDOW_MS`].
@@ -53,6 +68,8 @@ pub struct Gate {
     max: usize,
     /// Set once the limit is `max` for good: releases skip the adaptive state.
     settled: AtomicBool,
+    /// Requests waiting in [`Gate::take`].
+    waiting: AtomicUsize,
     /// Counts the halvings. A slot remembers the count it was taken under, so a
     /// burst taken before a halving halves the limit once, not once per slot
     /// (TCP's one reduction per window).
@@ -60,16 +77,16 @@ pub struct Gate {
     adapt: Mutex<Adapt>,
 }
 
-/// The adaptive limit of a fresh instance.
+/// The narrowed limit of a fresh instance.
 #[derive(Debug)]
 struct Adapt {
     /// Slots in circulation (free and taken).
     limit: usize,
     /// What `limit` moves toward as slots come back.
     target: usize,
-    /// Growing by one per clean exchange, until the first sign of trouble.
-    slow_start: bool,
-    /// Clean exchanges since the last increase (after slow start).
+    /// What `target` grows to at most: backlog + 1 when known, else `max`.
+    ceiling: usize,
+    /// Clean exchanges since the last increase.
     clean: usize,
 }
 
@@ -112,19 +129,28 @@ impl Drop for Slot {
 }
 
 impl Gate {
-    /// A gate of `max` slots; `adaptive` starts it at [`FIRST_LIMIT`] until
-    /// [`Gate::open`].
-    fn new(max: usize, adaptive: bool) -> Gate {
-        let first = if adaptive { FIRST_LIMIT.min(max) } else { max };
+    /// A gate of `max` slots. A `fresh` one is narrowed until [`Gate::open`]:
+    /// to `backlog + 1` when the instance's listen backlog is known, else to
+    /// [`FIRST_LIMIT`], growing.
+    fn new(max: usize, fresh: bool, backlog: Option<u32>) -> Gate {
+        let (first, ceiling) = match (fresh, backlog) {
+            (false, _) => (max, max),
+            (true, Some(backlog)) => {
+                let holds = usize::try_from(backlog).map_or(max, |b| b.saturating_add(1));
+                (holds.min(max), holds.min(max))
+            }
+            (true, None) => (FIRST_LIMIT.min(max), max),
+        };
         Gate {
             slots: Semaphore::new(first),
             max,
             settled: AtomicBool::new(first == max),
+            waiting: AtomicUsize::new(0),
             epoch: AtomicU64::new(0),
             adapt: Mutex::new(Adapt {
                 limit: first,
                 target: first,
-                slow_start: true,
+                ceiling,
                 clean: 0,
             }),
         }
@@ -140,6 +166,7 @@ impl Gate {
     /// A slot, waiting in FIFO order. Cancel-safe: dropping the future before it
     /// completes takes nothing.
     pub async fn take(self: &Arc<Gate>) -> Slot {
+        let _waiting = Waiting::new(&self.waiting);
         // The semaphore is never closed; were it, the request would go through
         // unlimited rather than fail.
         if let Ok(permit) = self.slots.acquire().await {
@@ -156,9 +183,35 @@ impl Gate {
         }
     }
 
+    /// The limit now, while it is narrower than the configured one (a fresh
+    /// instance); `None` once the gate is open.
+    pub fn narrowed_to(&self) -> Option<usize> {
+        if self.settled.load(Ordering::Acquire) {
+            return None;
+        }
+        let limit = self.lock().limit;
+        (limit < self.max).then_some(limit)
+    }
+
     /// Free slots now.
     pub fn available(&self) -> usize {
         self.slots.available_permits()
+    }
+
+    /// Ends the fresh window: opens the gate once no request waits for a slot,
+    /// checking again every [`OPEN_RETRY`].
+    async fn open_when_drained(gate: Weak<Gate>) {
+        loop {
+            let Some(gate) = gate.upgrade() else {
+                return;
+            };
+            if gate.waiting.load(Ordering::Acquire) == 0 {
+                gate.open();
+                return;
+            }
+            drop(gate);
+            tokio::time::sleep(OPEN_RETRY).await;
+        }
     }
 
     /// Ends adaptation: the limit becomes the configured one.
@@ -196,12 +249,10 @@ impl Gate {
             // Only a slot taken since the last halving halves again.
             Exchange::Congested if epoch == self.epoch.load(Ordering::Relaxed) => {
                 self.epoch.fetch_add(1, Ordering::Relaxed);
-                adapt.slow_start = false;
                 adapt.clean = 0;
                 adapt.target = (adapt.limit / 2).max(1);
             }
             Exchange::Congested => {}
-            Exchange::Clean if adapt.slow_start => adapt.target += 1,
             Exchange::Clean => {
                 adapt.clean += 1;
                 if adapt.clean >= adapt.target {
@@ -210,7 +261,7 @@ impl Gate {
                 }
             }
         }
-        adapt.target = adapt.target.min(self.max);
+        adapt.target = adapt.target.min(adapt.ceiling);
         if adapt.limit > adapt.target {
             // This slot leaves circulation: the limit shrinks by one.
             adapt.limit -= 1;
@@ -229,6 +280,23 @@ impl Gate {
     #[cfg(test)]
     fn wants_verdict_for_test(&self) -> bool {
         !self.settled.load(Ordering::Acquire)
+    }
+}
+
+/// Counts a request in [`Gate::take`] for as long as it waits, including when
+/// its future is dropped (the client left, the queue timeout).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a AtomicUsize) -> Waiting<'a> {
+        count.fetch_add(1, Ordering::AcqRel);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -269,8 +337,8 @@ impl InstanceGates {
 
     /// The gate of each of `addrs`, or `None` when there is no limit. Called when
     /// a lease is cached, with when its instances became ready: a gate made for a
-    /// fresh instance adapts until the fresh window ends (a timer opens it; with
-    /// no runtime to run one, it starts open).
+    /// fresh instance is narrowed until the fresh window ends and its queue has
+    /// drained (a timer opens it; with no runtime to run one, it starts open).
     pub fn gates_for(
         &self,
         addrs: &[SocketAddr],
@@ -293,39 +361,57 @@ impl InstanceGates {
                 let runtime = tokio::runtime::Handle::try_current().ok()?;
                 Some((runtime, Duration::from_millis(ms)))
             });
-        // A poisoned lock only means another thread panicked mid-insert; the map
-        // of weak pointers is still usable.
-        let mut registry = self
-            .gates
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if registry.gates.len() > registry.sweep_at {
-            registry.gates.retain(|_, gate| gate.strong_count() > 0);
-            registry.sweep_at = (registry.gates.len() * 2).max(SWEEP_AT);
-        }
-        let gates = &mut registry.gates;
         let found = addrs
             .iter()
             .map(|addr| {
-                if let Some(gate) = gates.get(addr).and_then(Weak::upgrade) {
+                if let Some(gate) = self.known(addr) {
                     return gate;
                 }
-                let gate = Arc::new(Gate::new(self.max, open_in.is_some()));
+                // Asked outside the registry's lock: one netlink exchange with
+                // the kernel, only for a fresh instance.
+                let backlog = open_in.as_ref().and_then(|_| listen_backlog::of(*addr));
+                let gate = Arc::new(Gate::new(self.max, open_in.is_some(), backlog));
+                let gate = self.remember(*addr, gate);
                 if let Some((runtime, after)) = &open_in {
                     let weak = Arc::downgrade(&gate);
                     let after = *after;
                     runtime.spawn(async move {
                         tokio::time::sleep(after).await;
-                        if let Some(gate) = weak.upgrade() {
-                            gate.open();
-                        }
+                        Gate::open_when_drained(weak).await;
                     });
                 }
-                gates.insert(*addr, Arc::downgrade(&gate));
                 gate
             })
             .collect();
         Some(found)
+    }
+
+    /// The live gate of `addr`, if any lease still holds one.
+    fn known(&self, addr: &SocketAddr) -> Option<Arc<Gate>> {
+        self.registry().gates.get(addr).and_then(Weak::upgrade)
+    }
+
+    /// Records `gate` as the gate of `addr`, unless another thread recorded one
+    /// meanwhile: that one is returned and `gate` dropped.
+    fn remember(&self, addr: SocketAddr, gate: Arc<Gate>) -> Arc<Gate> {
+        let mut registry = self.registry();
+        if registry.gates.len() > registry.sweep_at {
+            registry.gates.retain(|_, gate| gate.strong_count() > 0);
+            registry.sweep_at = (registry.gates.len() * 2).max(SWEEP_AT);
+        }
+        if let Some(raced) = registry.gates.get(&addr).and_then(Weak::upgrade) {
+            return raced;
+        }
+        registry.gates.insert(addr, Arc::downgrade(&gate));
+        gate
+    }
+
+    fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
+        // A poisoned lock only means another thread panicked mid-insert; the map
+        // of weak pointers is still usable.
+        self.gates
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -393,27 +479,28 @@ mod tests {
     }
 
     #[test]
-    fn a_fresh_limit_starts_small_grows_per_clean_exchange_and_halves_on_congestion() {
-        let gate = Arc::new(Gate::new(64, true));
+    fn a_fresh_limit_of_unknown_backlog_starts_small_grows_per_window_and_halves() {
+        let gate = Arc::new(Gate::new(64, true, None));
         assert_eq!(gate.available(), FIRST_LIMIT);
         assert!(gate.wants_verdict_for_test());
         exchanges(&gate, 4, Exchange::Clean);
-        assert_eq!(gate.limit(), 8, "slow start: one more per clean exchange");
-        exchanges(&gate, 8, Exchange::Clean);
-        assert_eq!(gate.limit(), 16);
+        assert_eq!(gate.limit(), 5, "one more per window of clean exchanges");
+        exchanges(&gate, 4, Exchange::Clean);
+        assert_eq!(gate.limit(), 5, "not per exchange: no slow start");
+        exchanges(&gate, 1, Exchange::Clean);
+        assert_eq!(gate.limit(), 6);
+        for _ in 0..6 {
+            let n = gate.limit();
+            exchanges(&gate, n, Exchange::Clean);
+        }
+        assert_eq!(gate.limit(), 12);
         exchanges(&gate, 1, Exchange::Congested);
-        assert_eq!(gate.limit(), 15, "shrinks one slot per release toward 8");
-        exchanges(&gate, 15, Exchange::Unknown);
-        assert_eq!(gate.limit(), 8);
-        assert_eq!(gate.available(), 8);
-        exchanges(&gate, 8, Exchange::Clean);
-        assert_eq!(
-            gate.limit(),
-            9,
-            "after trouble: one more per window of clean ones"
-        );
+        assert_eq!(gate.limit(), 11, "shrinks one slot per release toward 6");
+        exchanges(&gate, 11, Exchange::Unknown);
+        assert_eq!(gate.limit(), 6);
+        assert_eq!(gate.available(), 6);
         exchanges(&gate, 3, Exchange::Unknown);
-        assert_eq!(gate.limit(), 9, "an unjudged exchange changes nothing");
+        assert_eq!(gate.limit(), 6, "an unjudged exchange changes nothing");
         let held = gate.try_take().unwrap();
         gate.open();
         assert_eq!(gate.available(), 63, "open: the configured limit");
@@ -424,9 +511,32 @@ mod tests {
     }
 
     #[test]
+    fn a_fresh_limit_of_known_backlog_holds_what_the_accept_queue_holds() {
+        let gate = Arc::new(Gate::new(64, true, Some(5)));
+        assert_eq!(gate.available(), 6, "Linux queues backlog + 1");
+        for _ in 0..10 {
+            exchanges(&gate, 6, Exchange::Clean);
+        }
+        assert_eq!(gate.limit(), 6, "never more than the queue holds");
+        exchanges(&gate, 6, Exchange::Congested);
+        assert_eq!(gate.limit(), 3, "a shared instance can still be overrun");
+        for _ in 0..3 {
+            let n = gate.limit();
+            exchanges(&gate, n, Exchange::Clean);
+        }
+        assert_eq!(gate.limit(), 6, "and grows back to the queue, no further");
+        let wide = Arc::new(Gate::new(64, true, Some(511)));
+        assert_eq!(
+            wide.available(),
+            64,
+            "a large backlog: the configured limit"
+        );
+        assert!(!wide.wants_verdict_for_test(), "nothing left to adapt");
+    }
+
+    #[test]
     fn a_congested_burst_halves_the_limit_once() {
-        let gate = Arc::new(Gate::new(64, true));
-        exchanges(&gate, 4, Exchange::Clean);
+        let gate = Arc::new(Gate::new(64, true, Some(7)));
         assert_eq!(gate.limit(), 8);
         exchanges(&gate, 8, Exchange::Congested);
         assert_eq!(gate.limit(), 4, "eight slots of one burst, one halving");
@@ -436,7 +546,7 @@ mod tests {
 
     #[test]
     fn the_limit_never_drops_below_one_slot() {
-        let gate = Arc::new(Gate::new(64, true));
+        let gate = Arc::new(Gate::new(64, true, None));
         for _ in 0..5 {
             let n = gate.available();
             exchanges(&gate, n, Exchange::Congested);
@@ -457,7 +567,7 @@ mod tests {
 
     #[test]
     fn a_gate_of_fewer_slots_than_the_first_limit_keeps_its_own() {
-        let gate = Arc::new(Gate::new(2, true));
+        let gate = Arc::new(Gate::new(2, true, None));
         assert_eq!(gate.available(), 2);
         assert!(!gate.wants_verdict_for_test());
     }
@@ -478,9 +588,42 @@ mod tests {
         assert_eq!(fresh[0].available(), 64);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn past_its_window_a_gate_opens_only_once_its_queue_has_drained() {
+        let gates = InstanceGates::new(64);
+        let now = 1_000_000;
+        let gate = gates.gates_for(&[addr(1)], now, now).unwrap()[0].clone();
+        let held: Vec<Slot> = (0..FIRST_LIMIT).map_while(|_| gate.try_take()).collect();
+        let waiter = tokio::spawn({
+            let gate = Arc::clone(&gate);
+            async move { gate.take().await }
+        });
+        tokio::time::sleep(Duration::from_millis(FRESH_WINDOW_MS + 500)).await;
+        assert!(!waiter.is_finished(), "still narrow while a request waits");
+        assert_eq!(gate.limit(), FIRST_LIMIT);
+        drop(held);
+        let slot = waiter.await.unwrap();
+        tokio::time::sleep(OPEN_RETRY * 2).await;
+        assert_eq!(gate.available(), 63, "drained: open");
+        drop(slot);
+    }
+
+    #[tokio::test]
+    async fn a_fresh_gate_on_this_host_starts_at_its_listeners_backlog() {
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.bind(&addr(0).into()).unwrap();
+        socket.listen(5).unwrap();
+        let listening = socket.local_addr().unwrap().as_socket().unwrap();
+        let gates = InstanceGates::new(64);
+        let now = 1_000_000;
+        let fresh = gates.gates_for(&[listening], now, now).unwrap();
+        assert_eq!(fresh[0].available(), 6, "backlog 5 holds 6");
+    }
+
     #[tokio::test]
     async fn a_waiter_is_served_when_a_slot_comes_back() {
-        let gate = Arc::new(Gate::new(1, false));
+        let gate = Arc::new(Gate::new(1, false, None));
         let held = gate.try_take().unwrap();
         let waiter = tokio::spawn({
             let gate = Arc::clone(&gate);

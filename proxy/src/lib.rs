@@ -12,6 +12,7 @@ pub mod http1;
 pub mod instance_gate;
 pub mod lease;
 pub mod lease_source;
+pub mod listen_backlog;
 pub mod metrics;
 pub mod request_id;
 pub mod resolve;

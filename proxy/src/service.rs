@@ -378,13 +378,21 @@ impl IngressProxy {
             Some(Err(_)) => {
                 self.metrics.queue_rejections.inc();
                 let target = ctx.target.as_deref();
+                let limit = match gate.narrowed_to() {
+                    Some(limit) => format!(
+                        "{limit} requests (the limit of an instance that only just started, its listen backlog or a slow start; it widens to runtime.max_conns_per_instance)"
+                    ),
+                    None => format!(
+                        "{} requests (runtime.max_conns_per_instance)",
+                        self.leases.instance_limit()
+                    ),
+                };
                 ctx.answer = Some(ErrorAnswer {
                     status: 503,
                     code: "instance_saturated",
                     message: format!(
-                        "{}every instance is busy with {} requests (runtime.max_conns_per_instance) and none freed a slot within {}ms (proxy.queue_timeout); try again shortly",
+                        "{}every instance is busy with {limit} and none freed a slot within {}ms (proxy.queue_timeout); try again shortly",
                         target.map_or(String::new(), |t| format!("version {} of app {}: ", t.version_id, t.app)),
-                        self.leases.instance_limit(),
                         self.options.load().queue_timeout.as_millis()
                     ),
                     retry_after_secs: Some(1),
