@@ -55,6 +55,9 @@ pub const FIRST_LIMIT: usize = 4;
 /// whether its queue has drained.
 const OPEN_RETRY: Duration = Duration::from_millis(100);
 
+/// Past its window, a gate whose queue never drains opens after this anyway.
+const OPEN_DEADLINE: Duration = Duration::from_secs(10);
+
 /// True while an instance that became ready at `ready_at_ms` (0: not known to be
 /// fresh) is in its first [`FRESH_WINDOW_MS`].
 pub fn is_fresh(ready_at_ms: u64, now_ms: u64) -> bool {
@@ -199,15 +202,26 @@ impl Gate {
     }
 
     /// Ends the fresh window: opens the gate once no request waits for a slot,
-    /// checking again every [`OPEN_RETRY`].
+    /// checking again every [`OPEN_RETRY`]. Meanwhile the limit may grow past
+    /// the backlog (one per window of clean exchanges, halving on trouble), and
+    /// [`OPEN_DEADLINE`] after the window it opens anyway: a queue that never
+    /// drains (steady load, or a client keeping requests queued) must not pin
+    /// the instance at its narrow limit.
     async fn open_when_drained(gate: Weak<Gate>) {
+        let deadline = tokio::time::Instant::now() + OPEN_DEADLINE;
+        let mut widened = false;
         loop {
             let Some(gate) = gate.upgrade() else {
                 return;
             };
-            if gate.waiting.load(Ordering::Acquire) == 0 {
+            if gate.waiting.load(Ordering::Acquire) == 0 || tokio::time::Instant::now() >= deadline
+            {
                 gate.open();
                 return;
+            }
+            if !widened {
+                gate.lock().ceiling = gate.max;
+                widened = true;
             }
             drop(gate);
             tokio::time::sleep(OPEN_RETRY).await;
@@ -269,6 +283,10 @@ impl Gate {
             let grow = adapt.target - adapt.limit;
             adapt.limit = adapt.target;
             self.slots.add_permits(1 + grow);
+            if adapt.limit == self.max {
+                // Grown to the configured limit: nothing left to adapt.
+                self.settled.store(true, Ordering::Release);
+            }
         }
     }
 
@@ -606,6 +624,37 @@ mod tests {
         tokio::time::sleep(OPEN_RETRY * 2).await;
         assert_eq!(gate.available(), 63, "drained: open");
         drop(slot);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_queue_that_never_drains_does_not_keep_the_gate_narrow() {
+        let gates = InstanceGates::new(64);
+        let now = 1_000_000;
+        let gate = gates.gates_for(&[addr(1)], now, now).unwrap()[0].clone();
+        let _held: Vec<Slot> = (0..FIRST_LIMIT).map_while(|_| gate.try_take()).collect();
+        let waiter = tokio::spawn({
+            let gate = Arc::clone(&gate);
+            async move { gate.take().await }
+        });
+        let window = Duration::from_millis(FRESH_WINDOW_MS);
+        tokio::time::sleep(window + OPEN_DEADLINE - OPEN_RETRY * 2).await;
+        assert!(!waiter.is_finished(), "narrow until the deadline");
+        tokio::time::sleep(OPEN_RETRY * 3).await;
+        assert!(waiter.await.is_ok(), "then open, queue or not");
+        assert_eq!(gate.narrowed_to(), None);
+    }
+
+    #[test]
+    fn past_its_window_the_limit_grows_past_the_backlog_to_the_configured_one() {
+        let gate = Arc::new(Gate::new(8, true, Some(5)));
+        gate.lock().ceiling = 8;
+        for _ in 0..2 {
+            let n = gate.limit();
+            exchanges(&gate, n, Exchange::Clean);
+        }
+        assert_eq!(gate.limit(), 8);
+        assert_eq!(gate.narrowed_to(), None, "grown to the limit: settled");
+        assert!(!gate.wants_verdict_for_test());
     }
 
     #[tokio::test]

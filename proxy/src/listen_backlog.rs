@@ -3,16 +3,18 @@
 //! Why: a fresh sandbox is often a dev server with a tiny backlog (Python's
 //! `socketserver` listens with 5). When its accept queue is full the kernel
 //! drops new handshakes, and each such request waits out TCP's retransmission
-//! backoff (seconds, up to a minute). With no more connections in flight than
-//! the queue holds (backlog + 1 on Linux), the queue cannot overflow however
-//! slowly the server accepts. Knowing the backlog makes that a guarantee rather
-//! than a guess; see [`crate::instance_gate`].
+//! backoff (seconds, up to a minute). With no more of this process's
+//! connections in flight than the queue holds (backlog + 1 on Linux), they
+//! cannot overflow it however slowly the server accepts; see
+//! [`crate::instance_gate`].
 //!
 //! How: one `sock_diag` netlink dump of the TCP sockets in state LISTEN (what
 //! `ss -lt` shows; for a listener, the kernel reports its backlog as
 //! `idiag_wqueue`). Only sockets in this process's network namespace are
-//! visible, so an instance on another host (or in another namespace) gives
-//! `None`, and the caller falls back to adapting.
+//! visible, and a wildcard listener is matched only for a loopback address, so
+//! an instance on another host (or in another namespace) gives `None`, and the
+//! caller falls back to adapting. It is a few microseconds of system calls,
+//! made once per fresh instance when its lease is cached.
 
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -53,12 +55,15 @@ pub fn of(addr: SocketAddr) -> Option<u32> {
 }
 
 /// True when a listener bound to `local` takes connections to `target`: the
-/// same port, and the same address or a wildcard (IPv4-mapped addresses
-/// compared as IPv4).
+/// same port, and the same address or a wildcard with `target` on loopback
+/// (IPv4-mapped addresses compared as IPv4).
 fn accepts(local: SocketAddr, target: SocketAddr) -> bool {
-    let canonical = |ip: IpAddr| ip.to_canonical();
+    let (local_ip, target_ip) = (local.ip().to_canonical(), target.ip().to_canonical());
+    // A wildcard listener takes every address of this host, but which
+    // addresses are this host's is not known here: only loopback is trusted,
+    // so an instance on another host sharing the port is never matched.
     local.port() == target.port()
-        && (local.ip().is_unspecified() || canonical(local.ip()) == canonical(target.ip()))
+        && (local_ip == target_ip || (local_ip.is_unspecified() && target_ip.is_loopback()))
 }
 
 /// Every TCP listener of `family` in this namespace: its address and backlog.
@@ -78,7 +83,7 @@ fn dump_listeners(family: libc::c_int) -> Option<Vec<(SocketAddr, u32)>> {
     let socket = unsafe { OwnedFd::from_raw_fd(raw) };
     // The kernel answers at once; a bound on the wait keeps a surprise from
     // stalling the caller.
-    set_receive_timeout(&socket, Duration::from_millis(500))?;
+    set_receive_timeout(&socket, Duration::from_millis(100))?;
 
     let request = request(family);
     // SAFETY: `request` is a readable buffer of its length; the destination
@@ -111,7 +116,14 @@ fn dump_listeners(family: libc::c_int) -> Option<Vec<(SocketAddr, u32)>> {
                 0,
             )
         };
-        let read = usize::try_from(read).ok()?;
+        let read = match usize::try_from(read) {
+            Ok(read) => read,
+            // A signal arrived first: ask again (bounded by MAX_READS).
+            Err(_) if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted => {
+                continue;
+            }
+            Err(_) => return None,
+        };
         match parse(&buffer[..read], &mut listeners)? {
             Parsed::Done => return Some(listeners),
             Parsed::More => {}
@@ -173,7 +185,11 @@ fn parse(mut bytes: &[u8], listeners: &mut Vec<(SocketAddr, u32)>) -> Option<Par
             return None;
         }
         match i32::from(kind) {
-            libc::NLMSG_DONE => return Some(Parsed::Done),
+            // DONE carries the dump's error code: zero when it is whole.
+            libc::NLMSG_DONE => {
+                let code = bytes.get(HEADER_LEN..HEADER_LEN + 4)?;
+                return (i32::from_ne_bytes(code.try_into().ok()?) == 0).then_some(Parsed::Done);
+            }
             libc::NLMSG_ERROR => return None,
             _ if kind == SOCK_DIAG_BY_FAMILY => {
                 listeners.push(listener(&bytes[HEADER_LEN..length])?);
@@ -265,6 +281,10 @@ mod tests {
         assert!(accepts(at("[::]:80"), at("127.0.0.1:80")));
         assert!(accepts(at("[::ffff:127.0.0.1]:80"), at("127.0.0.1:80")));
         assert!(!accepts(at("127.0.0.2:80"), at("127.0.0.1:80")));
+        assert!(
+            !accepts(at("0.0.0.0:80"), at("10.0.0.7:80")),
+            "another host's instance is not this host's listener"
+        );
         assert!(!accepts(at("127.0.0.1:81"), at("127.0.0.1:80")));
     }
 
@@ -282,6 +302,13 @@ mod tests {
         truncated[0..4].copy_from_slice(&30u32.to_ne_bytes());
         truncated[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
         assert!(parse(&truncated, &mut listeners).is_none());
+        let mut failed = vec![0u8; 20];
+        failed[0..4].copy_from_slice(&20u32.to_ne_bytes());
+        failed[4..6].copy_from_slice(&(libc::NLMSG_DONE as u16).to_ne_bytes());
+        failed[16..20].copy_from_slice(&(-4i32).to_ne_bytes());
+        assert!(parse(&failed, &mut listeners).is_none(), "a dump cut short");
+        failed[16..20].copy_from_slice(&0i32.to_ne_bytes());
+        assert!(matches!(parse(&failed, &mut listeners), Some(Parsed::Done)));
         assert!(listeners.is_empty());
     }
 }

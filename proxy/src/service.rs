@@ -380,7 +380,7 @@ impl IngressProxy {
                 let target = ctx.target.as_deref();
                 let limit = match gate.narrowed_to() {
                     Some(limit) => format!(
-                        "{limit} requests (the limit of an instance that only just started, its listen backlog or a slow start; it widens to runtime.max_conns_per_instance)"
+                        "{limit} requests (a narrower limit while the instance starts; it widens to runtime.max_conns_per_instance)"
                     ),
                     None => format!(
                         "{} requests (runtime.max_conns_per_instance)",
@@ -962,6 +962,10 @@ impl ProxyHttp for IngressProxy {
             if reused || !slot.wants_verdict() {
                 slot.judge(Exchange::Unknown);
             } else {
+                // Trouble until its answer begins: an exchange that ends first
+                // (a timeout, the client leaving) may leave its connection in
+                // the instance's accept queue after the slot is given back.
+                slot.judge(Exchange::Congested);
                 ctx.upstream_fd = Some(fd);
             }
         }
