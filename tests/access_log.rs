@@ -41,9 +41,9 @@ fn access_path(dir: &Path) -> PathBuf {
     dir.join("access.log")
 }
 
-/// The line of `path` that holds `needle`, waiting up to 5 s for the writer.
+/// The line of `path` that holds `needle`, waiting up to 10 s for the writer.
 fn line_with(path: &Path, needle: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let text = std::fs::read_to_string(path).unwrap_or_default();
         if let Some(line) = text.lines().find(|line| line.contains(needle)) {
@@ -428,8 +428,14 @@ async fn sigusr1_reopens_the_file_after_a_rotation() {
     let pid = ingress.pid().expect("running") as i32;
     // SAFETY: a signal to our own child.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR1) }, 0);
-    // The writer looks at the signal at each drain, every 20 ms.
-    std::thread::sleep(Duration::from_millis(600));
+    // The writer looks at the signal at each drain, every 20 ms, and reopening
+    // creates the file: wait for it rather than for a fixed time, which a
+    // loaded machine can overrun.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !path.exists() {
+        assert!(Instant::now() < deadline, "SIGUSR1 did not reopen the file");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let after = get(
         &ingress,
         "shop.example.com",
