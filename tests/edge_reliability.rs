@@ -7,7 +7,7 @@ mod support;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use support::binary::{shop, Ingress};
 use support::raw::{keepalive_get, send_raw, send_raw_within};
@@ -309,10 +309,15 @@ async fn past_max_connections_new_ones_are_closed_and_open_ones_keep_working() {
         "{metrics}"
     );
     open.truncate(15);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Ready again once the ingress has seen the closes (a loaded machine may
+    // take a while), and then a new client is served.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while admin_status(&ingress, "/readyz").await != 200 {
+        assert!(Instant::now() < deadline, "not ready after closing five");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let mut again = TcpStream::connect(ingress.proxy).await.expect("connect");
     assert_eq!(keepalive_get(&mut again).await, 200);
-    assert_eq!(admin_status(&ingress, "/readyz").await, 200);
 }
 
 /// A `--command` preview running Python's plain `http.server` (the default

@@ -383,7 +383,7 @@ async fn probes_matching_the_ignore_rules_neither_wake_nor_count_as_activity() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_start_answers_502_with_the_reason_and_retries_after_the_back_off() {
     let shop = Shop::start(&sections(
-        "[wake]\nfailure_backoff = \"1s\"\nfailure_backoff_max = \"1s\"\n",
+        "[wake]\nfailure_backoff = \"5s\"\nfailure_backoff_max = \"5s\"\n",
     ));
     let id = shop.deploy_preview("pr-1", "feat", "app", "--exit 3");
     let failed = shop.get(PREVIEW_HOST, "/").await;
@@ -412,7 +412,7 @@ async fn a_failed_start_answers_502_with_the_reason_and_retries_after_the_back_o
     assert!(again.body.contains("next start"), "{}", again.body);
     assert_eq!(shop.starts("app"), 1);
 
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    tokio::time::sleep(Duration::from_millis(5200)).await;
     assert_eq!(shop.get(PREVIEW_HOST, "/").await.status, 502);
     assert_eq!(shop.starts("app"), 2, "a new start after the back-off");
     assert!(shop.audit().contains("version.start_failed"));
@@ -461,7 +461,8 @@ async fn an_in_flight_request_is_not_cut_by_the_idle_stop() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_newer_preview_of_a_branch_supersedes_older_ones_after_the_grace() {
-    let shop = Shop::start(&sections("[supersede]\ngrace = \"1s\"\n"));
+    // A grace long enough for a loaded machine's ctl runs to see it pending.
+    let shop = Shop::start(&sections("[supersede]\ngrace = \"5s\"\n"));
     let old = shop.deploy_preview("pr-1", "feature/login", "old", "");
     let other_branch = shop.deploy_preview("pr-9", "main", "other", "");
     assert_eq!(shop.get(PREVIEW_HOST, "/").await.status, 200);
@@ -477,7 +478,7 @@ async fn a_newer_preview_of_a_branch_supersedes_older_ones_after_the_grace() {
         "ready",
         "still serving during the grace"
     );
-    shop.wait_for(&old, Duration::from_secs(10), |v| {
+    shop.wait_for(&old, Duration::from_secs(20), |v| {
         v["desired_state"] == "stopped" && observed(v) == "stopped" && v["pending"].is_null()
     });
     assert_eq!(observed(&shop.version(&new)), "ready");
@@ -492,7 +493,7 @@ async fn a_newer_preview_of_a_branch_supersedes_older_ones_after_the_grace() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manual_wake_overwrites_a_pending_stop_and_a_manual_stop_drains() {
-    let shop = Shop::start(&sections("[supersede]\ngrace = \"1500ms\"\n"));
+    let shop = Shop::start(&sections("[supersede]\ngrace = \"5s\"\n"));
     let old = shop.deploy_preview("pr-1", "feat", "old", "");
     assert_eq!(shop.get(PREVIEW_HOST, "/").await.status, 200);
     shop.deploy_preview("pr-2", "feat", "new", "");
@@ -508,7 +509,8 @@ async fn a_manual_wake_overwrites_a_pending_stop_and_a_manual_stop_drains() {
         "the wake replaced the pending stop: {woken}"
     );
     assert_eq!(woken["observed_state"], "ready");
-    std::thread::sleep(Duration::from_millis(2000));
+    // Past the end of the grace: the replaced stop must not fire.
+    std::thread::sleep(Duration::from_millis(5500));
     let still = shop.version(&old);
     assert_eq!(still["desired_state"], "running", "{still}");
     assert_eq!(observed(&still), "ready");
@@ -752,7 +754,7 @@ async fn a_clone_shares_its_source_instance_until_the_last_holder_lets_go() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_while_stopping_wakes_the_version_and_records_it_running() {
     let shop = Shop::start(
-        "[runtime]\nstop_grace = \"1s\"\ndrain_timeout = \"1s\"\nstart_timeout = \"10s\"\n",
+        "[runtime]\nstop_grace = \"4s\"\ndrain_timeout = \"1s\"\nstart_timeout = \"10s\"\n",
     );
     let id = shop.deploy_preview("pr-1", "feat", "app", "--ignore-term");
     assert_eq!(shop.get(PREVIEW_HOST, "/").await.status, 200);
@@ -760,8 +762,8 @@ async fn a_request_while_stopping_wakes_the_version_and_records_it_running() {
         v["desired_state"] == "running"
     });
     shop.ingress.ctl(&["stop", "shop", &id]).expect_ok();
-    // It ignores SIGTERM, so it stays stopping until the SIGKILL a second later.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // It ignores SIGTERM, so it stays stopping until the SIGKILL four seconds
+    // later (long enough for a loaded machine to look).
     assert_eq!(observed(&shop.version(&id)), "stopping");
     let woken = shop.get(PREVIEW_HOST, "/").await;
     assert_eq!(woken.status, 200, "{}", woken.body);
