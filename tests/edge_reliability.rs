@@ -437,9 +437,11 @@ async fn a_saturated_instance_queues_then_answers_503_with_retry_after() {
             send_raw(proxy, request.as_bytes()).await
         })
     };
-    // The first holds the only slot for 400 ms; the second waits 150 ms in line.
-    let first = slow("/slow");
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The first holds the only slot for 3 s; the second, sent well inside that
+    // (a loaded machine may take a while to pass the first on), waits 150 ms
+    // in line.
+    let first = slow("/slow?ms=3000");
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let second = slow("/").await.expect("second");
     let first = first.await.expect("first");
     assert_eq!(first.status, 200, "{}", first.head);
@@ -478,7 +480,7 @@ async fn a_queued_request_is_served_when_a_slot_frees_in_time() {
             tokio::spawn(async move {
                 send_raw(
                     proxy,
-                    b"GET /slow HTTP/1.1\r\nHost: shop.example.com\r\nConnection: close\r\n\r\n",
+                    b"GET /slow?ms=1500 HTTP/1.1\r\nHost: shop.example.com\r\nConnection: close\r\n\r\n",
                 )
                 .await
                 .status

@@ -62,7 +62,7 @@ pub fn closed_addr() -> SocketAddr {
 
 /// A real HTTP/1.1 upstream. Every answer is JSON naming the upstream and echoing
 /// the request's path and headers, with an `x-upstream` header. `/slow` waits
-/// 400 ms before answering.
+/// 400 ms before answering (`/slow?ms=N`: N ms).
 pub struct Upstream {
     pub addr: SocketAddr,
     pub name: String,
@@ -109,7 +109,13 @@ impl Upstream {
 
 async fn answer(name: &str, request: Request<Incoming>) -> Response<Full<Bytes>> {
     if request.uri().path() == "/slow" {
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        let ms = request
+            .uri()
+            .query()
+            .and_then(|query| query.strip_prefix("ms="))
+            .and_then(|ms| ms.parse().ok())
+            .unwrap_or(400);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     let headers: serde_json::Map<String, serde_json::Value> = request
         .headers()
