@@ -139,8 +139,10 @@ impl Gate {
         let (first, ceiling) = match (fresh, backlog) {
             (false, _) => (max, max),
             (true, Some(backlog)) => {
-                let holds = usize::try_from(backlog).map_or(max, |b| b.saturating_add(1));
-                (holds.min(max), holds.min(max))
+                let holds = usize::try_from(backlog)
+                    .map_or(max, |b| b.saturating_add(1))
+                    .min(max);
+                (holds, holds)
             }
             (true, None) => (FIRST_LIMIT.min(max), max),
         };
@@ -209,7 +211,6 @@ impl Gate {
     /// the instance at its narrow limit.
     async fn open_when_drained(gate: Weak<Gate>) {
         let deadline = tokio::time::Instant::now() + OPEN_DEADLINE;
-        let mut widened = false;
         loop {
             let Some(gate) = gate.upgrade() else {
                 return;
@@ -219,10 +220,7 @@ impl Gate {
                 gate.open();
                 return;
             }
-            if !widened {
-                gate.lock().ceiling = gate.max;
-                widened = true;
-            }
+            gate.lock().ceiling = gate.max;
             drop(gate);
             tokio::time::sleep(OPEN_RETRY).await;
         }
@@ -659,11 +657,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_fresh_gate_on_this_host_starts_at_its_listeners_backlog() {
-        let socket =
-            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        socket.bind(&addr(0).into()).unwrap();
-        socket.listen(5).unwrap();
-        let listening = socket.local_addr().unwrap().as_socket().unwrap();
+        let (_socket, listening) = crate::listen_backlog::tests::listen(addr(0), 5);
         let gates = InstanceGates::new(64);
         let now = 1_000_000;
         let fresh = gates.gates_for(&[listening], now, now).unwrap();

@@ -225,11 +225,11 @@ fn listener(body: &[u8]) -> Option<(SocketAddr, u32)> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    /// A listener on `addr` with `backlog`, through libc (std picks its own).
-    fn listen(addr: SocketAddr, backlog: i32) -> (OwnedFd, SocketAddr) {
+    /// A listener on `addr` with `backlog` (std picks its own backlog).
+    pub(crate) fn listen(addr: SocketAddr, backlog: i32) -> (OwnedFd, SocketAddr) {
         let socket = socket2::Socket::new(
             socket2::Domain::for_address(addr),
             socket2::Type::STREAM,
